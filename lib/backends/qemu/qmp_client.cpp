@@ -1,0 +1,140 @@
+#include "qmp_client.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "vmfest/error.h"
+
+namespace vmfest::detail::qemu {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// sun_path holds ~107 bytes; a deeper instance folder is reached through /proc/self/fd/N.
+int connect_unix(const fs::path& socket_path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  int directory_fd = -1;
+  std::string address = socket_path.string();
+  sockaddr_un addr{};
+  if (address.size() >= sizeof(addr.sun_path)) {
+    directory_fd = ::open(socket_path.parent_path().c_str(), O_PATH | O_CLOEXEC);
+    address = fmt::format("/proc/self/fd/{}/{}", directory_fd, socket_path.filename().string());
+  }
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, address.c_str(), sizeof(addr.sun_path) - 1);
+  int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  if (directory_fd >= 0) ::close(directory_fd);
+  if (rc != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+int remaining_millis(Clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+  return static_cast<int>(std::max<std::chrono::milliseconds::rep>(0, left.count()));
+}
+
+}  // namespace
+
+QmpClient QmpClient::try_connect(const fs::path& socket,
+                                 std::chrono::milliseconds timeout) noexcept {
+  try {
+    return connect(socket, timeout);
+  } catch (const Error&) {
+    return QmpClient(-1);
+  }
+}
+
+QmpClient QmpClient::connect(const fs::path& socket, std::chrono::milliseconds timeout) {
+  int fd = connect_unix(socket);
+  if (fd < 0) {
+    throw BackendError(fmt::format("cannot connect to QMP socket {}: {}", socket.string(),
+                                   std::strerror(errno)));
+  }
+  QmpClient client(fd);
+  auto deadline = Clock::now() + timeout;
+  nlohmann::json greeting = client.read_message(deadline);
+  if (!greeting.contains("QMP")) {
+    throw BackendError(fmt::format("unexpected QMP greeting on {}: {}", socket.string(),
+                                   greeting.dump()));
+  }
+  client.execute("qmp_capabilities", nlohmann::json::object(), timeout);
+  return client;
+}
+
+QmpClient::QmpClient(QmpClient&& other) noexcept
+    : fd_(other.fd_), buffer_(std::move(other.buffer_)) {
+  other.fd_ = -1;
+}
+
+QmpClient& QmpClient::operator=(QmpClient&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    buffer_ = std::move(other.buffer_);
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+QmpClient::~QmpClient() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+nlohmann::json QmpClient::read_message(Clock::time_point deadline) {
+  while (true) {
+    if (auto newline = buffer_.find('\n'); newline != std::string::npos) {
+      std::string line = buffer_.substr(0, newline);
+      buffer_.erase(0, newline + 1);
+      if (line.find_first_not_of(" \r\t") == std::string::npos) continue;
+      return nlohmann::json::parse(line);
+    }
+    pollfd poller{fd_, POLLIN, 0};
+    int ready = ::poll(&poller, 1, remaining_millis(deadline));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) throw BackendError("QEMU did not answer on its QMP socket in time");
+    char chunk[4096];
+    ssize_t n = ::read(fd_, chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw BackendError("QEMU closed its QMP socket (the VM process has exited)");
+    buffer_.append(chunk, static_cast<std::size_t>(n));
+  }
+}
+
+nlohmann::json QmpClient::execute(const std::string& command, const nlohmann::json& arguments,
+                                  std::chrono::milliseconds timeout) {
+  if (fd_ < 0) throw BackendError("QMP client is not connected");
+  nlohmann::json request = {{"execute", command}};
+  if (!arguments.empty()) request["arguments"] = arguments;
+  std::string wire = request.dump() + "\n";
+  for (std::size_t sent = 0; sent < wire.size();) {
+    ssize_t n = ::send(fd_, wire.data() + sent, wire.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw BackendError("QEMU closed its QMP socket (the VM process has exited)");
+    sent += static_cast<std::size_t>(n);
+  }
+  auto deadline = Clock::now() + timeout;
+  while (true) {
+    nlohmann::json reply = read_message(deadline);
+    if (reply.contains("return")) return reply["return"];
+    if (reply.contains("error")) {
+      throw BackendError(fmt::format("QMP command '{}' failed: {}", command,
+                                     reply["error"].value("desc", reply["error"].dump())));
+    }
+    // Anything else is an asynchronous event (SHUTDOWN, STOP, ...): not our answer.
+  }
+}
+
+}  // namespace vmfest::detail::qemu

@@ -1,0 +1,28 @@
+// Where vmfest keeps its models, instances and caches on this host.
+#pragma once
+
+#include <filesystem>
+
+namespace vmfest {
+
+class Home {
+ public:
+  // $VMFEST_HOME, else $XDG_DATA_HOME/vmfest, else ~/.local/share/vmfest.
+  static Home from_environment();
+  explicit Home(std::filesystem::path root);
+
+  [[nodiscard]] const std::filesystem::path& root() const noexcept { return root_; }
+  [[nodiscard]] std::filesystem::path models() const { return root_ / "models"; }
+  [[nodiscard]] std::filesystem::path instances() const { return root_ / "instances"; }
+  [[nodiscard]] std::filesystem::path cache() const { return root_ / "cache"; }
+
+ private:
+  std::filesystem::path root_;
+};
+
+// Checks that `name` is usable as a model or instance name: 1-64 characters of [A-Za-z0-9._-],
+// starting with a letter or digit (so no "..", no "/", no hidden files). Throws InvalidArgument
+// naming `what` ("model", "instance") otherwise.
+void validate_name(const std::string& name, const char* what);
+
+}  // namespace vmfest

@@ -1,0 +1,97 @@
+// Instances: transient copy-on-write clones of a model (or permanent VMs with their own copy),
+// owned by an RAII handle that powers them down and destroys them.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "vmfest/home.h"
+#include "vmfest/ssh/session.h"
+
+namespace vmfest {
+
+struct Profile {
+  std::string name;
+  int memory_mib = 256;
+  int cpus = 1;
+
+  // "micro" (256 MiB, 1 CPU), "small" (512 MiB, 1), "medium" (1024 MiB, 2), "large" (2048 MiB, 2);
+  // anything else is InvalidArgument listing these.
+  static Profile named(std::string_view name);
+  // A custom profile; InvalidArgument unless 64 <= memory_mib <= 65536 and 1 <= cpus <= 64.
+  static Profile custom(int memory_mib, int cpus);
+};
+
+enum class InstanceState { Created, Running, Paused, Stopped };
+std::string_view to_string(InstanceState state);
+
+// What you want: which model, how big, how long it may take to become ready.
+struct InstanceRequest {
+  std::string model;
+  std::string name;  // empty: a unique name is generated (unique across processes)
+  Profile profile = Profile::named("micro");
+  std::chrono::seconds ready_timeout{120};
+  bool permanent = false;  // own full copy of the disk, kept across power cycles
+  bool detached = false;   // no owner process: lives until destroyed (CLI instances)
+};
+
+class Instance {
+ public:
+  // Clones the model into a new instance (not started). Throws ModelError for an unknown model,
+  // InvalidArgument for a bad name, StateError when the name is taken.
+  static Instance create(const InstanceRequest& request, const Home& home = Home::from_environment());
+  // Takes a handle on an existing instance (e.g. one the CLI created). The handle does not
+  // destroy it on destruction.
+  static Instance open(const std::string& name, const Home& home = Home::from_environment());
+
+  Instance(Instance&&) noexcept;
+  Instance& operator=(Instance&&) noexcept;
+  // Powers down and destroys the instance, unless keep() was called, it is permanent, or it was
+  // opened rather than created.
+  ~Instance();
+
+  // Boots the VM and returns once an SSH command succeeds (NotReadyError with the console tail
+  // otherwise).
+  void start();
+  void pause();
+  void resume();
+  // ACPI power button, then a hard stop after `grace`.
+  void power_down(std::chrono::milliseconds grace = std::chrono::seconds(30));
+  // Stops the VM if needed and removes every file of the instance.
+  void destroy();
+  [[nodiscard]] InstanceState state() const;
+
+  // The SSH handle into the running guest (connected on first use after start()).
+  ssh::Session& ssh();
+
+  // Leave the instance (running or not) when this handle goes away.
+  void keep() noexcept;
+
+  [[nodiscard]] const std::string& name() const noexcept;
+  [[nodiscard]] const std::string& model_name() const noexcept;
+  [[nodiscard]] std::filesystem::path directory() const;
+  [[nodiscard]] std::filesystem::path console_log() const;
+  [[nodiscard]] std::string console_tail(std::size_t lines = 40) const;
+  // Seconds from start() to ready, of the last start.
+  [[nodiscard]] double boot_seconds() const noexcept;
+  // The accelerator the VM runs under ("tcg", "kvm"; backend-specific otherwise).
+  [[nodiscard]] std::string accelerator() const;
+
+  struct Impl;
+
+ private:
+  explicit Instance(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Instance names present in the registry (all states, all owners).
+std::vector<std::string> list_instances(const Home& home = Home::from_environment());
+
+// Kills and removes every instance whose owner process has died. Returns the names reaped.
+std::vector<std::string> reap_leaked_instances(const Home& home = Home::from_environment());
+
+}  // namespace vmfest

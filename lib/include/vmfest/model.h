@@ -1,0 +1,76 @@
+// Models: registered VM images that instances are cloned from.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "vmfest/home.h"
+
+namespace vmfest {
+
+// How a model boots: from its own disk (BIOS + the image's bootloader, like distro cloud images),
+// or from a kernel and initrd shipped with the model.
+struct BootSpec {
+  enum class Kind { Disk, Kernel };
+  Kind kind = Kind::Disk;
+  std::filesystem::path kernel;  // absolute, Kernel only
+  std::filesystem::path initrd;  // absolute, Kernel only (may be empty)
+  std::string cmdline;           // Kernel only
+};
+
+struct Model {
+  std::string name;
+  std::filesystem::path directory;  // the model's folder in the registry
+  std::filesystem::path disk;       // absolute path of the (read-only) disk image
+  std::string format;               // qcow2, raw, vdi or vmdk
+  std::uint64_t size_bytes = 0;     // of the disk file
+  std::string sha256;               // of the disk file
+  std::string source;               // URL or path it was set up from
+  BootSpec boot;
+  std::string ssh_user = "root";
+  int ssh_port = 22;
+  std::string ready_marker;  // a console line the guest prints when SSH is up; empty: none
+};
+
+class ModelRegistry {
+ public:
+  explicit ModelRegistry(Home home = Home::from_environment());
+
+  // The registered model, or ModelError listing what is registered and how to add it.
+  [[nodiscard]] Model get(const std::string& name) const;
+  [[nodiscard]] std::optional<Model> find(const std::string& name) const;
+  [[nodiscard]] std::vector<Model> list() const;
+
+  // Removes a model; refused with ModelError while instances of it exist.
+  void remove(const std::string& name);
+
+  [[nodiscard]] const Home& home() const noexcept { return home_; }
+
+ private:
+  Home home_;
+};
+
+struct Progress {
+  std::uint64_t bytes = 0;                 // read from the source so far
+  std::optional<std::uint64_t> total;      // when the source says
+};
+
+struct SetupOptions {
+  std::string name;    // registered name; empty: derived from the source's file name
+  std::string sha256;  // expected sha256 of the downloaded file (before decompression); empty: none
+  bool replace = false;  // re-install even when a model of that name exists
+  std::function<void(const Progress&)> on_progress;  // empty: a bar on a terminal, lines in CI
+};
+
+// Installs a model from a URL (http, https, file) or a local path: a disk image (qcow2, raw, vdi,
+// vmdk; optionally gzip-compressed) or a bundle (a folder or tar holding vmfest-model.json and the
+// files it names). Safe against concurrent callers for the same name: one installs, the others wait
+// and use the result. Returns the registered model.
+Model setup_model(const std::string& source, const SetupOptions& options = {},
+                  const Home& home = Home::from_environment());
+
+}  // namespace vmfest

@@ -1,0 +1,74 @@
+// The one interface between vmfest's core and a hypervisor. The core (instances, registry, reaper,
+// readiness, SSH) knows only this; each backend lives in lib/backends/<name>/.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "vmfest/instance.h"
+#include "vmfest/model.h"
+#include "vmfest/ssh/session.h"
+
+namespace vmfest::detail {
+
+// Everything a backend needs to make one VM. The core owns `directory` (it creates it and removes
+// it); the backend keeps its files for this VM inside it.
+struct MachineConfig {
+  std::string instance_name;
+  std::filesystem::path directory;
+  Model model;
+  Profile profile;
+  std::filesystem::path seed_image;  // cloud-init NoCloud ISO (label cidata), attached read-only
+  bool full_copy = false;            // permanent VM: its own full copy of the model's disk
+  std::filesystem::path cache_directory;  // host-wide cache the backend may use (probe results)
+};
+
+// One VM of a backend. Calls come from one thread at a time (the Instance serialises them).
+class Machine {
+ public:
+  virtual ~Machine() = default;
+
+  // Creates the VM's disk: a copy-on-write clone of the model (or a full copy for full_copy).
+  virtual void create_disk() = 0;
+  // Starts the VM and returns once its process runs; readiness is the core's business.
+  virtual void launch() = 0;
+  virtual void pause() = 0;
+  virtual void resume() = 0;
+  // ACPI power button, then a hard stop once `grace` has passed. Returns when the VM is off.
+  virtual void power_down(std::chrono::milliseconds grace) = 0;
+  // Hard stop now, whatever the state; never throws (used by destroy and the reaper).
+  virtual void kill() noexcept = 0;
+  // Asks the hypervisor, not a cache.
+  virtual InstanceState state() = 0;
+  // Releases hypervisor-side registrations (files in `directory` are removed by the core).
+  virtual void remove() = 0;
+
+  // Where SSH reaches the guest (user filled in by the core from the model).
+  [[nodiscard]] virtual ssh::Endpoint ssh_endpoint() const = 0;
+  [[nodiscard]] virtual std::filesystem::path console_log() const = 0;
+  [[nodiscard]] virtual std::string accelerator() const = 0;
+  // Backend-specific state to persist in the instance record, so another process can re-attach.
+  [[nodiscard]] virtual nlohmann::json saved_state() const = 0;
+  // Lets go of the VM without stopping it (its owner handle goes away, the VM keeps running).
+  virtual void detach() noexcept = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  [[nodiscard]] virtual std::string name() const = 0;
+  // A machine for `config`; `saved` is what saved_state() returned earlier (null for a new one).
+  virtual std::unique_ptr<Machine> machine(const MachineConfig& config,
+                                           const nlohmann::json& saved) = 0;
+};
+
+// The backend called `name` ("qemu", "virtualbox"), or InvalidArgument listing the known ones.
+std::unique_ptr<Backend> make_backend(const std::string& name);
+// $VMFEST_BACKEND, default "qemu".
+std::string default_backend_name();
+
+}  // namespace vmfest::detail

@@ -1,0 +1,124 @@
+#include "files.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+
+#include "vmfest/error.h"
+
+namespace vmfest::detail {
+namespace fs = std::filesystem;
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("cannot read {}: {}", path.string(), std::strerror(errno)));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string read_text_if_exists(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+void write_text_atomically(const fs::path& path, const std::string& text) {
+  std::random_device random;
+  fs::path temporary = path;
+  temporary += fmt::format(".tmp-{:08x}", random());
+  int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    throw Error(fmt::format("cannot write {}: {}", path.string(), std::strerror(errno)));
+  }
+  std::size_t written = 0;
+  while (written < text.size()) {
+    ssize_t n = ::write(fd, text.data() + written, text.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int saved = errno;
+      ::close(fd);
+      fs::remove(temporary);
+      throw Error(fmt::format("cannot write {}: {}", path.string(), std::strerror(saved)));
+    }
+    written += static_cast<std::size_t>(n);
+  }
+  bool synced = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!synced) {
+    fs::remove(temporary);
+    throw Error(fmt::format("cannot write {}: fsync failed", path.string()));
+  }
+  fs::rename(temporary, path);
+}
+
+std::string sha256_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("cannot read {} to hash it", path.string()));
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context(EVP_MD_CTX_new(),
+                                                                  EVP_MD_CTX_free);
+  EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr);
+  std::vector<char> buffer(1 << 20);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    EVP_DigestUpdate(context.get(), buffer.data(), static_cast<std::size_t>(in.gcount()));
+  }
+  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(context.get(), digest.data(), &length);
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
+  return hex;
+}
+
+std::string tail_lines(const fs::path& path, std::size_t lines) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  std::deque<std::string> last;
+  for (std::string line; std::getline(in, line);) {
+    last.push_back(std::move(line));
+    if (last.size() > lines) last.pop_front();
+  }
+  std::string text;
+  for (const auto& line : last) text += line + "\n";
+  return text;
+}
+
+FileLock::FileLock(const fs::path& path, Mode mode) {
+  fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC | (mode == Mode::TryExisting ? 0 : O_CREAT), 0644);
+  if (fd_ < 0 && mode == Mode::TryExisting && errno == ENOENT) return;
+  if (fd_ < 0) {
+    throw Error(fmt::format("cannot open lock file {}: {}", path.string(), std::strerror(errno)));
+  }
+  int operation = LOCK_EX | (mode == Mode::Wait ? 0 : LOCK_NB);
+  while (::flock(fd_, operation) != 0) {
+    if (errno == EINTR) continue;
+    int saved = errno;
+    ::close(fd_);
+    fd_ = -1;
+    if (saved == EWOULDBLOCK) return;
+    throw Error(fmt::format("cannot lock {}: {}", path.string(), std::strerror(saved)));
+  }
+}
+
+FileLock::FileLock(FileLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+
+FileLock::~FileLock() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+}  // namespace vmfest::detail

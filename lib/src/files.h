@@ -1,0 +1,39 @@
+// Small file helpers shared by the registry, instances and backends.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+namespace vmfest::detail {
+
+std::string read_text(const std::filesystem::path& path);
+// The file's content, or "" when it does not exist (yet).
+std::string read_text_if_exists(const std::filesystem::path& path);
+// Writes to a temporary file beside `path`, fsyncs and renames, so readers see old or new, never half.
+void write_text_atomically(const std::filesystem::path& path, const std::string& text);
+// Lowercase hex sha256 of a file's content.
+std::string sha256_file(const std::filesystem::path& path);
+// The last `lines` lines of a text file ("" if it does not exist).
+std::string tail_lines(const std::filesystem::path& path, std::size_t lines);
+
+// An exclusive flock(2) on a lock file, released on destruction. Close-on-exec, so child processes
+// (qemu) never inherit it.
+class FileLock {
+ public:
+  // Wait: block until free. TryOnce: give up at once when held. TryExisting: like TryOnce, and
+  // also not held when the lock file does not exist (it is never created).
+  enum class Mode { Wait, TryOnce, TryExisting };
+  FileLock(const std::filesystem::path& path, Mode mode = Mode::Wait);
+  FileLock(FileLock&& other) noexcept;
+  FileLock& operator=(FileLock&&) = delete;
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+  ~FileLock();
+  // False when Mode::TryOnce found the lock held by someone else.
+  [[nodiscard]] bool held() const noexcept { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace vmfest::detail

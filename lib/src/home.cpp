@@ -1,0 +1,61 @@
+#include "vmfest/home.h"
+
+#include <cstdlib>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "vmfest/error.h"
+
+namespace vmfest {
+namespace fs = std::filesystem;
+
+Home::Home(fs::path root) : root_(fs::absolute(std::move(root)).lexically_normal()) {}
+
+Home Home::from_environment() {
+  if (const char* home = std::getenv("VMFEST_HOME"); home != nullptr && *home != '\0') {
+    return Home(home);
+  }
+  if (const char* data = std::getenv("XDG_DATA_HOME"); data != nullptr && *data != '\0') {
+    return Home(fs::path(data) / "vmfest");
+  }
+  const char* user_home = std::getenv("HOME");
+  if (user_home == nullptr || *user_home == '\0') {
+    throw InvalidArgument("cannot find a place for vmfest's data: set VMFEST_HOME");
+  }
+  return Home(fs::path(user_home) / ".local/share/vmfest");
+}
+
+void validate_name(const std::string& name, const char* what) {
+  constexpr std::size_t kMaxLength = 64;
+  auto allowed = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-';
+  };
+  auto alnum = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+  };
+  std::string problem;
+  if (name.empty()) {
+    problem = "it is empty";
+  } else if (name.size() > kMaxLength) {
+    problem = fmt::format("it is {} characters long (at most {})", name.size(), kMaxLength);
+  } else if (!alnum(name.front())) {
+    problem = "it must start with a letter or digit";
+  } else {
+    for (char c : name) {
+      if (!allowed(c)) {
+        problem = fmt::format("it contains '{}'", c);
+        break;
+      }
+    }
+  }
+  if (!problem.empty()) {
+    throw InvalidArgument(fmt::format(
+        "invalid {} name \"{}\": {}; use 1-{} characters of letters, digits, '.', '_' and '-', "
+        "starting with a letter or digit",
+        what, name, problem, kMaxLength));
+  }
+}
+
+}  // namespace vmfest

@@ -1,0 +1,440 @@
+#include "vmfest/instance.h"
+
+#include <unistd.h>
+
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "backend.h"
+#include "files.h"
+#include "instance_record.h"
+#include "seed.h"
+#include "vmfest/error.h"
+#include "vmfest/model.h"
+#include "vmfest/ssh/keys.h"
+
+namespace vmfest {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// ---- profiles ---------------------------------------------------------------------------------
+
+Profile Profile::named(std::string_view name) {
+  if (name == "micro") return {"micro", 256, 1};
+  if (name == "small") return {"small", 512, 1};
+  if (name == "medium") return {"medium", 1024, 2};
+  if (name == "large") return {"large", 2048, 2};
+  throw InvalidArgument(fmt::format(
+      "unknown hardware profile '{}'; use micro (256 MiB, 1 CPU), small (512 MiB, 1 CPU), "
+      "medium (1024 MiB, 2 CPUs), large (2048 MiB, 2 CPUs) or Profile::custom(memory, cpus)",
+      name));
+}
+
+Profile Profile::custom(int memory_mib, int cpus) {
+  if (memory_mib < 64 || memory_mib > 65536 || cpus < 1 || cpus > 64) {
+    throw InvalidArgument(fmt::format(
+        "invalid hardware profile: {} MiB, {} CPUs; memory must be 64-65536 MiB and CPUs 1-64",
+        memory_mib, cpus));
+  }
+  return {fmt::format("custom-{}m-{}c", memory_mib, cpus), memory_mib, cpus};
+}
+
+std::string_view to_string(InstanceState state) {
+  switch (state) {
+    case InstanceState::Created:
+      return "created";
+    case InstanceState::Running:
+      return "running";
+    case InstanceState::Paused:
+      return "paused";
+    case InstanceState::Stopped:
+      return "stopped";
+  }
+  return "unknown";
+}
+
+// ---- instance ---------------------------------------------------------------------------------
+
+namespace {
+
+std::string random_suffix() {
+  thread_local std::mt19937_64 generator{std::random_device{}()};
+  return fmt::format("{:08x}", static_cast<std::uint32_t>(generator()));
+}
+
+std::string generated_name(const std::string& model) {
+  constexpr std::size_t kMaxPrefix = 64 - 9;
+  return fmt::format("{}-{}", model.substr(0, kMaxPrefix), random_suffix());
+}
+
+detail::MachineConfig machine_config(const Home& home, const detail::InstanceRecord& record,
+                                     const Model& model) {
+  const fs::path directory = home.instances() / record.name;
+  return {record.name,         directory, model, record.profile, directory / "seed.iso",
+          record.permanent, home.cache()};
+}
+
+// A placeholder when the model of a leaked instance is gone: enough to stop and remove it.
+Model model_or_stub(const Home& home, const std::string& name) {
+  try {
+    if (auto model = ModelRegistry(home).find(name)) return *model;
+  } catch (const Error&) {
+  }
+  Model stub;
+  stub.name = name;
+  return stub;
+}
+
+void reap_once_per_process(const Home& home) {
+  static std::once_flag once;
+  std::call_once(once, [&] {
+    for (const auto& name : reap_leaked_instances(home)) {
+      spdlog::info("vmfest: reaped leaked instance '{}' (its owner process had died)", name);
+    }
+  });
+}
+
+}  // namespace
+
+struct Instance::Impl {
+  Home home;
+  detail::InstanceRecord record;
+  Model model;
+  std::unique_ptr<detail::Backend> backend;
+  std::unique_ptr<detail::Machine> machine;
+  std::optional<detail::FileLock> owner_lock;
+  ssh::Credentials credentials;
+  std::optional<ssh::Session> session;
+  bool owned = false;  // created by this handle: destroyed with it
+  bool kept = false;
+  bool destroyed = false;
+  double boot_seconds = 0;
+  std::chrono::seconds ready_timeout{120};
+
+  explicit Impl(Home h) : home(std::move(h)) {}
+
+  [[nodiscard]] fs::path directory() const { return home.instances() / record.name; }
+
+  void save_record() {
+    record.machine = machine->saved_state();
+    detail::write_instance_record(directory(), record);
+  }
+
+  void require_alive_handle(const char* action) const {
+    if (destroyed) {
+      throw StateError(fmt::format("cannot {} instance '{}': it was destroyed", action,
+                                   record.name));
+    }
+  }
+
+  void require_state(const char* action, std::initializer_list<InstanceState> allowed) {
+    require_alive_handle(action);
+    InstanceState now = current_state();
+    for (InstanceState state : allowed) {
+      if (state == now) return;
+    }
+    throw StateError(fmt::format("cannot {} instance '{}': it is {}", action, record.name,
+                                 to_string(now)));
+  }
+
+  InstanceState current_state() {
+    InstanceState state = machine->state();
+    if (state == InstanceState::Stopped && !record.started) return InstanceState::Created;
+    return state;
+  }
+
+  ssh::Endpoint endpoint() const {
+    ssh::Endpoint endpoint = machine->ssh_endpoint();
+    endpoint.user = model.ssh_user;
+    return endpoint;
+  }
+
+  std::string console_tail(std::size_t lines) const {
+    return detail::tail_lines(machine->console_log(), lines);
+  }
+
+  [[noreturn]] void fail_not_ready(const std::string& why) const {
+    throw NotReadyError(
+        fmt::format("instance '{}' (model '{}') did not become ready: {}. Console log: {}",
+                    record.name, model.name, why, machine->console_log().string()),
+        console_tail(40));
+  }
+
+  // The guest prints the model's marker once sshd listens: no SSH attempt is wasted before it.
+  void wait_for_marker(Clock::time_point deadline, std::chrono::seconds timeout) {
+    int checks = 0;
+    while (true) {
+      std::string console = detail::read_text_if_exists(machine->console_log());
+      if (console.find(model.ready_marker) != std::string::npos) return;
+      if (Clock::now() >= deadline) {
+        fail_not_ready(fmt::format("the guest did not print its ready marker '{}' within {} s",
+                                   model.ready_marker, timeout.count()));
+      }
+      if (++checks % 25 == 0 && machine->state() == InstanceState::Stopped) {
+        fail_not_ready("the VM stopped while booting");
+      }
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+  }
+
+  void wait_until_ready(std::chrono::seconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    const bool has_marker = !model.ready_marker.empty();
+    if (has_marker) wait_for_marker(deadline, timeout);
+    std::string last_error = "no SSH attempt finished";
+    while (Clock::now() < deadline) {
+      auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+      try {
+        ssh::Session attempt = ssh::Session::connect(
+            endpoint(), credentials, std::min(left, milliseconds(has_marker ? 10000 : 3000)));
+        attempt.check("true");
+        session.emplace(std::move(attempt));
+        return;
+      } catch (const SshAuthError& error) {
+        // After the marker the keys are in place: a refusal will not go away by waiting.
+        if (has_marker) throw;
+        last_error = error.what();
+      } catch (const HostKeyMismatchError& error) {
+        if (has_marker) throw;
+        last_error = error.what();
+      } catch (const SshError& error) {
+        last_error = error.what();
+      }
+      if (machine->state() == InstanceState::Stopped) {
+        fail_not_ready("the VM stopped while booting");
+      }
+      std::this_thread::sleep_for(milliseconds(100));
+    }
+    fail_not_ready(fmt::format("no SSH command succeeded within {} s; last error: {}",
+                               timeout.count(), last_error));
+  }
+
+  void destroy() {
+    session.reset();
+    machine->kill();
+    machine->remove();
+    // The owner lock is held until the folder is gone, so a reaper never races this removal.
+    fs::remove_all(directory());
+    owner_lock.reset();
+    destroyed = true;
+  }
+};
+
+Instance::Instance(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Instance::Instance(Instance&&) noexcept = default;
+Instance& Instance::operator=(Instance&&) noexcept = default;
+
+Instance::~Instance() {
+  if (!impl_ || impl_->destroyed) return;
+  try {
+    if (!impl_->owned || impl_->kept) {
+      impl_->machine->detach();
+    } else if (impl_->record.permanent) {
+      if (impl_->current_state() != InstanceState::Created &&
+          impl_->current_state() != InstanceState::Stopped) {
+        impl_->session.reset();
+        impl_->machine->power_down(std::chrono::seconds(30));
+      }
+    } else {
+      impl_->destroy();
+    }
+  } catch (const std::exception& error) {
+    spdlog::error("vmfest: could not clean up instance '{}': {}; `vmfest reap` or "
+                  "`vmfest destroy {}` removes it",
+                  impl_->record.name, error.what(), impl_->record.name);
+  }
+}
+
+Instance Instance::create(const InstanceRequest& request, const Home& home) {
+  validate_name(request.model, "model");
+  const std::string name = request.name.empty() ? generated_name(request.model) : request.name;
+  validate_name(name, "instance");
+  fs::create_directories(home.instances());
+  reap_once_per_process(home);
+
+  auto impl = std::make_unique<Impl>(home);
+  impl->model = ModelRegistry(home).get(request.model);
+  impl->record.name = name;
+  impl->record.model = request.model;
+  impl->record.backend = detail::default_backend_name();
+  impl->record.profile = request.profile;
+  impl->record.permanent = request.permanent;
+  impl->record.detached = request.detached;
+  impl->record.owner_pid = static_cast<int>(::getpid());
+  impl->backend = detail::make_backend(impl->record.backend);
+  impl->owned = true;
+  impl->ready_timeout = request.ready_timeout;
+
+  // Reserve the name atomically across processes: build a private folder, hold its owner lock,
+  // then rename it into place (rename fails when the name exists).
+  const fs::path staging = home.instances() / fmt::format(".new-{}-{}", name, random_suffix());
+  fs::create_directory(staging);
+  fs::permissions(staging, fs::perms::owner_all);
+  impl->owner_lock.emplace(staging / detail::kOwnerLock);
+  detail::write_instance_record(staging, impl->record);
+  std::error_code rename_error;
+  fs::rename(staging, impl->directory(), rename_error);
+  if (rename_error) {
+    fs::remove_all(staging);
+    throw StateError(fmt::format("an instance named '{}' already exists; choose another name, or "
+                                 "`vmfest destroy {}` first",
+                                 name, name));
+  }
+
+  try {
+    const fs::path directory = impl->directory();
+    ssh::KeyPair client = ssh::KeyPair::generate("vmfest-client@" + name);
+    ssh::KeyPair host = ssh::KeyPair::generate("vmfest-host@" + name);
+    client.save(directory / detail::kClientKey);
+    detail::write_text_atomically(directory / detail::kHostPublicKey, host.public_openssh + "\n");
+    detail::write_seed_image(directory, {name, client.public_openssh, host.private_openssh,
+                                         host.public_openssh});
+    impl->credentials = {client.private_openssh, host.public_openssh};
+    impl->machine = impl->backend->machine(machine_config(home, impl->record, impl->model),
+                                           nlohmann::json());
+    impl->machine->create_disk();
+    impl->save_record();
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(impl->directory(), ignored);
+    throw;
+  }
+  return Instance(std::move(impl));
+}
+
+Instance Instance::open(const std::string& name, const Home& home) {
+  validate_name(name, "instance");
+  const fs::path directory = home.instances() / name;
+  auto record = detail::read_instance_record(directory);
+  if (!record) {
+    throw StateError(fmt::format("no instance named '{}' in {}; `vmfest ls` lists them", name,
+                                 home.instances().string()));
+  }
+  auto impl = std::make_unique<Impl>(home);
+  impl->record = *record;
+  impl->model = model_or_stub(home, record->model);
+  impl->backend = detail::make_backend(record->backend);
+  impl->machine =
+      impl->backend->machine(machine_config(home, *record, impl->model), record->machine);
+  ssh::KeyPair client = ssh::KeyPair::load(directory / detail::kClientKey);
+  std::string host = detail::read_text(directory / detail::kHostPublicKey);
+  while (!host.empty() && host.back() == '\n') host.pop_back();
+  impl->credentials = {client.private_openssh, host};
+  return Instance(std::move(impl));
+}
+
+void Instance::start() {
+  impl_->require_state("start", {InstanceState::Created, InstanceState::Stopped});
+  impl_->session.reset();
+  const auto begin = Clock::now();
+  impl_->machine->launch();
+  impl_->record.started = true;
+  impl_->save_record();
+  impl_->wait_until_ready(impl_->ready_timeout);
+  impl_->boot_seconds = std::chrono::duration<double>(Clock::now() - begin).count();
+}
+
+void Instance::pause() {
+  impl_->require_state("pause", {InstanceState::Running});
+  impl_->machine->pause();
+}
+
+void Instance::resume() {
+  impl_->require_state("resume", {InstanceState::Paused});
+  impl_->machine->resume();
+}
+
+void Instance::power_down(milliseconds grace) {
+  impl_->require_state("power down", {InstanceState::Running, InstanceState::Paused});
+  impl_->session.reset();
+  impl_->machine->power_down(grace);
+}
+
+void Instance::destroy() {
+  impl_->require_alive_handle("destroy");
+  impl_->destroy();
+}
+
+InstanceState Instance::state() const {
+  if (impl_->destroyed) {
+    throw StateError(fmt::format("instance '{}' was destroyed", impl_->record.name));
+  }
+  return impl_->current_state();
+}
+
+ssh::Session& Instance::ssh() {
+  if (!impl_->session) {
+    impl_->require_state("open SSH to", {InstanceState::Running});
+    impl_->session.emplace(ssh::Session::connect(impl_->endpoint(), impl_->credentials));
+  }
+  return *impl_->session;
+}
+
+void Instance::keep() noexcept {
+  if (!impl_ || impl_->kept || impl_->destroyed) return;
+  impl_->kept = true;
+  // A kept instance outlives its owner: mark it detached so the reaper leaves it alone.
+  impl_->record.detached = true;
+  try {
+    impl_->save_record();
+  } catch (const std::exception& error) {
+    spdlog::error("vmfest: could not mark instance '{}' as kept: {}", impl_->record.name,
+                  error.what());
+  }
+}
+
+const std::string& Instance::name() const noexcept { return impl_->record.name; }
+const std::string& Instance::model_name() const noexcept { return impl_->record.model; }
+fs::path Instance::directory() const { return impl_->directory(); }
+fs::path Instance::console_log() const { return impl_->machine->console_log(); }
+std::string Instance::console_tail(std::size_t lines) const { return impl_->console_tail(lines); }
+double Instance::boot_seconds() const noexcept { return impl_->boot_seconds; }
+std::string Instance::accelerator() const { return impl_->machine->accelerator(); }
+
+// ---- registry-wide operations -----------------------------------------------------------------
+
+std::vector<std::string> list_instances(const Home& home) {
+  std::vector<std::string> names;
+  if (!fs::exists(home.instances())) return names;
+  for (const auto& entry : fs::directory_iterator(home.instances())) {
+    std::string name = entry.path().filename().string();
+    if (entry.is_directory() && !name.starts_with(".")) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::vector<std::string> reap_leaked_instances(const Home& home) {
+  std::vector<std::string> reaped;
+  if (!fs::exists(home.instances())) return reaped;
+  for (const auto& entry : fs::directory_iterator(home.instances())) {
+    const fs::path directory = entry.path();
+    if (!entry.is_directory()) continue;
+    try {
+      auto record = detail::read_instance_record(directory);
+      if (record && (record->detached || record->permanent)) continue;
+      detail::FileLock owner(directory / detail::kOwnerLock, detail::FileLock::Mode::TryExisting);
+      if (!owner.held()) continue;  // the owner is alive (or the folder is being removed)
+      if (record) {
+        Model model = model_or_stub(home, record->model);
+        detail::MachineConfig config = machine_config(home, *record, model);
+        config.directory = directory;
+        auto machine = detail::make_backend(record->backend)->machine(config, record->machine);
+        machine->kill();
+        machine->remove();
+      }
+      fs::remove_all(directory);
+      reaped.push_back(record ? record->name : directory.filename().string());
+    } catch (const std::exception& error) {
+      spdlog::warn("vmfest: could not reap {}: {}", directory.string(), error.what());
+    }
+  }
+  return reaped;
+}
+
+}  // namespace vmfest

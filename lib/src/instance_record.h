@@ -1,0 +1,36 @@
+// The on-disk record of an instance (private): instances/<name>/instance.json.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "vmfest/instance.h"
+
+namespace vmfest::detail {
+
+constexpr const char* kRecordFile = "instance.json";
+// Held (flock) by the owning process for as long as it lives: a lock that can be taken means the
+// owner is gone and the instance has leaked.
+constexpr const char* kOwnerLock = "owner.lock";
+constexpr const char* kClientKey = "id_ed25519";
+constexpr const char* kHostPublicKey = "host_ed25519.pub";
+
+struct InstanceRecord {
+  std::string name;
+  std::string model;
+  std::string backend;
+  Profile profile;
+  bool permanent = false;
+  bool detached = false;
+  bool started = false;
+  int owner_pid = 0;  // informational; ownership is decided by the owner lock
+  nlohmann::json machine = nlohmann::json::object();  // the backend's saved state
+};
+
+std::optional<InstanceRecord> read_instance_record(const std::filesystem::path& directory);
+void write_instance_record(const std::filesystem::path& directory, const InstanceRecord& record);
+
+}  // namespace vmfest::detail

@@ -1,0 +1,129 @@
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "files.h"
+#include "instance_record.h"
+#include "registry_store.h"
+#include "vmfest/error.h"
+#include "vmfest/model.h"
+
+namespace vmfest {
+namespace fs = std::filesystem;
+
+namespace detail {
+
+Model model_from_json(const nlohmann::json& json, const fs::path& directory) {
+  auto file = [&](const std::string& name) {
+    return name.empty() ? fs::path() : (directory / name).lexically_normal();
+  };
+  Model model;
+  model.name = json.value("name", "");
+  model.directory = directory;
+  model.disk = file(json.at("disk").get<std::string>());
+  model.format = json.value("format", "qcow2");
+  model.size_bytes = json.value("size_bytes", std::uint64_t{0});
+  model.sha256 = json.value("sha256", "");
+  model.source = json.value("source", "");
+  const auto boot = json.value("boot", nlohmann::json::object());
+  if (boot.value("kind", "disk") == "kernel") {
+    model.boot.kind = BootSpec::Kind::Kernel;
+    model.boot.kernel = file(boot.at("kernel").get<std::string>());
+    model.boot.initrd = file(boot.value("initrd", ""));
+    model.boot.cmdline = boot.value("cmdline", "");
+  }
+  const auto ssh = json.value("ssh", nlohmann::json::object());
+  model.ssh_user = ssh.value("user", "root");
+  model.ssh_port = ssh.value("port", 22);
+  model.ready_marker = json.value("ready_marker", "");
+  return model;
+}
+
+nlohmann::json model_to_json(const Model& model) {
+  auto relative = [&](const fs::path& path) {
+    return path.empty() ? std::string() : path.lexically_relative(model.directory).string();
+  };
+  nlohmann::json boot = {{"kind", model.boot.kind == BootSpec::Kind::Kernel ? "kernel" : "disk"}};
+  if (model.boot.kind == BootSpec::Kind::Kernel) {
+    boot["kernel"] = relative(model.boot.kernel);
+    boot["initrd"] = relative(model.boot.initrd);
+    boot["cmdline"] = model.boot.cmdline;
+  }
+  return {{"name", model.name},
+          {"disk", relative(model.disk)},
+          {"format", model.format},
+          {"size_bytes", model.size_bytes},
+          {"sha256", model.sha256},
+          {"source", model.source},
+          {"boot", boot},
+          {"ssh", {{"user", model.ssh_user}, {"port", model.ssh_port}}},
+          {"ready_marker", model.ready_marker}};
+}
+
+std::vector<std::string> instances_of_model(const Home& home, const std::string& model) {
+  std::vector<std::string> names;
+  for (const auto& name : list_instances(home)) {
+    auto record = read_instance_record(home.instances() / name);
+    if (record && record->model == model) names.push_back(name);
+  }
+  return names;
+}
+
+}  // namespace detail
+
+ModelRegistry::ModelRegistry(Home home) : home_(std::move(home)) {}
+
+std::optional<Model> ModelRegistry::find(const std::string& name) const {
+  validate_name(name, "model");
+  const fs::path directory = home_.models() / name;
+  const fs::path file = directory / detail::kModelFile;
+  if (!fs::exists(file)) return std::nullopt;
+  auto json = nlohmann::json::parse(detail::read_text(file), nullptr, false);
+  if (json.is_discarded()) {
+    throw ModelError(fmt::format("model '{}' has a corrupt {}; remove it with `vmfest rm-model {}` "
+                                 "and set it up again",
+                                 name, file.string(), name));
+  }
+  return detail::model_from_json(json, directory);
+}
+
+Model ModelRegistry::get(const std::string& name) const {
+  if (auto model = find(name)) return *model;
+  std::vector<std::string> known;
+  for (const auto& model : list()) known.push_back(model.name);
+  throw ModelError(fmt::format(
+      "model '{}' is not registered in {} (registered: {}); install it with "
+      "`vmfest setup-model URL --name {}` or vmfest::setup_model()",
+      name, home_.models().string(), known.empty() ? "none" : fmt::format("{}", fmt::join(known, ", ")),
+      name));
+}
+
+std::vector<Model> ModelRegistry::list() const {
+  std::vector<Model> models;
+  if (!fs::exists(home_.models())) return models;
+  for (const auto& entry : fs::directory_iterator(home_.models())) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || name.starts_with(".")) continue;
+    if (auto model = find(name)) models.push_back(*model);
+  }
+  std::sort(models.begin(), models.end(),
+            [](const Model& a, const Model& b) { return a.name < b.name; });
+  return models;
+}
+
+void ModelRegistry::remove(const std::string& name) {
+  Model model = get(name);
+  detail::FileLock lock(home_.models() / fmt::format(".{}.lock", name));
+  auto users = detail::instances_of_model(home_, name);
+  if (!users.empty()) {
+    throw ModelError(fmt::format("model '{}' still has {} instance(s) ({}); destroy them first "
+                                 "(`vmfest destroy NAME`, or `vmfest reap` for leaked ones)",
+                                 name, users.size(), fmt::join(users, ", ")));
+  }
+  // Rename first so a concurrent reader never sees a half-deleted model.
+  const fs::path trash = home_.models() / fmt::format(".removed-{}-{}", name, ::getpid());
+  fs::rename(model.directory, trash);
+  fs::permissions(trash, fs::perms::owner_all, fs::perm_options::add);
+  fs::remove_all(trash);
+}
+
+}  // namespace vmfest

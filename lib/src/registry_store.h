@@ -1,0 +1,25 @@
+// The on-disk form of models in the registry (private): models/<name>/model.json beside its files.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "vmfest/home.h"
+#include "vmfest/model.h"
+
+namespace vmfest::detail {
+
+constexpr const char* kModelFile = "model.json";      // in the registry
+constexpr const char* kBundleManifest = "vmfest-model.json";  // in a bundle
+
+// A model from its JSON description; relative file names resolve against `directory`.
+Model model_from_json(const nlohmann::json& json, const std::filesystem::path& directory);
+nlohmann::json model_to_json(const Model& model);
+
+// Names of instances (any state) cloned from `model`.
+std::vector<std::string> instances_of_model(const Home& home, const std::string& model);
+
+}  // namespace vmfest::detail

@@ -1,0 +1,54 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "seed.h"
+#include "subprocess.h"
+#include "vmfest/ssh/keys.h"
+
+namespace {
+namespace fs = std::filesystem;
+
+TEST(Seed, CloudConfigCarriesTheInstanceIdentity) {
+  auto client = vmfest::ssh::KeyPair::generate("client");
+  auto host = vmfest::ssh::KeyPair::generate("host");
+  std::string text = vmfest::detail::cloud_config(
+      {"inst-1", client.public_openssh, host.private_openssh, host.public_openssh});
+  EXPECT_EQ(text.rfind("#cloud-config\n", 0), 0u);
+  EXPECT_NE(text.find("hostname: inst-1\n"), std::string::npos);
+  EXPECT_NE(text.find("ssh_authorized_keys:\n  - " + client.public_openssh + "\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("  ed25519_public: " + host.public_openssh + "\n"), std::string::npos);
+}
+
+TEST(Seed, KeysAreFreshEveryTime) {
+  auto a = vmfest::ssh::KeyPair::generate("a");
+  auto b = vmfest::ssh::KeyPair::generate("b");
+  EXPECT_NE(a.public_openssh, b.public_openssh);
+  EXPECT_EQ(a.public_openssh.rfind("ssh-ed25519 ", 0), 0u);
+}
+
+TEST(Seed, ImageIsAnIsoLabelledCidataAndPrivate) {
+  fs::path directory = fs::temp_directory_path() / ("vmfest-seed-test-" + std::to_string(::getpid()));
+  fs::create_directories(directory);
+  auto client = vmfest::ssh::KeyPair::generate("client");
+  auto host = vmfest::ssh::KeyPair::generate("host");
+  fs::path image = vmfest::detail::write_seed_image(
+      directory, {"inst-2", client.public_openssh, host.private_openssh, host.public_openssh});
+  ASSERT_TRUE(fs::exists(image));
+  EXPECT_EQ(fs::status(image).permissions() & fs::perms::others_read, fs::perms::none);
+  // ISO 9660 primary volume descriptor at 32 KiB: "CD001" then the volume id at offset 40.
+  std::ifstream in(image, std::ios::binary);
+  std::string sector(2048, '\0');
+  in.seekg(16 * 2048);
+  in.read(sector.data(), 2048);
+  EXPECT_EQ(sector.substr(1, 5), "CD001");
+  EXPECT_EQ(sector.substr(40, 6), "cidata");
+  EXPECT_FALSE(fs::exists(directory / "seed")) << "loose copies of the host key must be removed";
+  fs::remove_all(directory);
+}
+
+}  // namespace

@@ -1,0 +1,120 @@
+// Real-VM tests of the walking skeleton: clone, boot, SSH, lifecycle, destroy.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "files.h"
+#include "vmfest/error.h"
+#include "vmfest/gtest/fixture.h"
+#include "vmfest/model.h"
+
+namespace {
+namespace fs = std::filesystem;
+using vmfest::Instance;
+using vmfest::InstanceState;
+
+vmfest::InstanceRequest default_request() {
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::kDefaultModel;
+  return request;
+}
+
+class Guest : public vmfest::testing::InstanceTest {};
+
+TEST_F(Guest, CommandOutputAndExitStatus) {
+  auto result = ssh().run("echo hello; echo oops >&2; exit 3");
+  EXPECT_EQ(result.stdout_text, "hello\n");
+  EXPECT_EQ(result.stderr_text, "oops\n");
+  EXPECT_EQ(result.exit_status, 3);
+  EXPECT_EQ(ssh().run("true").exit_status, 0);
+  EXPECT_EQ(ssh().run("no-such-command-here").exit_status, 127);
+}
+
+TEST_F(Guest, GuestHasTheInstanceNameAndItsOwnHostKey) {
+  EXPECT_EQ(ssh().check("hostname").stdout_text, instance().name() + "\n");
+  std::string pinned = vmfest::detail::read_text(instance().directory() / "host_ed25519.pub");
+  EXPECT_NE(pinned.find("vmfest-host@" + instance().name()), std::string::npos);
+}
+
+TEST_F(Guest, CheckThrowsWithStatusAndStderr) {
+  try {
+    ssh().check("echo broken >&2; exit 4");
+    FAIL() << "expected CommandFailedError";
+  } catch (const vmfest::CommandFailedError& error) {
+    EXPECT_EQ(error.exit_status(), 4);
+    EXPECT_NE(std::string(error.what()).find("broken"), std::string::npos) << error.what();
+  }
+}
+
+TEST(Clones, AreIndependentAndLeaveTheModelUnchanged) {
+  vmfest::Model model = vmfest::ModelRegistry().get(vmfest::testing::kDefaultModel);
+  const std::string model_hash = vmfest::detail::sha256_file(model.disk);
+  fs::path first_directory;
+  {
+    Instance first = Instance::create(default_request());
+    first_directory = first.directory();
+    // A fresh clone costs kilobytes, not a copy of the image.
+    EXPECT_LT(fs::file_size(first.directory() / "disk.qcow2"), 1024u * 1024u);
+    first.start();
+    first.ssh().check("echo written-by-first > /root/marker && sync");
+    EXPECT_EQ(first.ssh().check("cat /root/marker").stdout_text, "written-by-first\n");
+  }
+  EXPECT_FALSE(fs::exists(first_directory)) << "destroyed instance left its folder";
+  Instance second = Instance::create(default_request());
+  second.start();
+  EXPECT_NE(second.ssh().run("test -e /root/marker").exit_status, 0);
+  EXPECT_EQ(vmfest::detail::sha256_file(model.disk), model_hash);
+}
+
+TEST(Clones, TwoInstancesRunSideBySide) {
+  Instance a = Instance::create(default_request());
+  Instance b = Instance::create(default_request());
+  std::thread boot_b([&] { b.start(); });
+  a.start();
+  boot_b.join();
+  EXPECT_EQ(a.state(), InstanceState::Running);
+  EXPECT_EQ(b.state(), InstanceState::Running);
+  EXPECT_NE(a.ssh().endpoint().port, b.ssh().endpoint().port);
+  EXPECT_EQ(a.ssh().check("hostname").stdout_text, a.name() + "\n");
+  EXPECT_EQ(b.ssh().check("hostname").stdout_text, b.name() + "\n");
+}
+
+TEST(Lifecycle, PauseResumePowerDownDestroy) {
+  Instance vm = Instance::create(default_request());
+  EXPECT_EQ(vm.state(), InstanceState::Created);
+  EXPECT_THROW(vm.pause(), vmfest::StateError);
+  vm.start();
+  EXPECT_EQ(vm.state(), InstanceState::Running);
+  EXPECT_THROW(vm.start(), vmfest::StateError);
+  vm.pause();
+  EXPECT_EQ(vm.state(), InstanceState::Paused);
+  EXPECT_THROW(vm.pause(), vmfest::StateError);
+  vm.resume();
+  EXPECT_EQ(vm.state(), InstanceState::Running);
+  EXPECT_EQ(vm.ssh().check("echo back").stdout_text, "back\n");
+  vm.power_down(std::chrono::seconds(20));
+  EXPECT_EQ(vm.state(), InstanceState::Stopped);
+  EXPECT_THROW(vm.resume(), vmfest::StateError);
+  fs::path directory = vm.directory();
+  vm.destroy();
+  EXPECT_FALSE(fs::exists(directory));
+  EXPECT_THROW(vm.start(), vmfest::StateError);
+}
+
+TEST(Readiness, AGuestThatIsNotReadyInTimeFailsWithItsConsoleTail) {
+  vmfest::InstanceRequest request = default_request();
+  request.ready_timeout = std::chrono::seconds(1);
+  Instance vm = Instance::create(request);
+  try {
+    vm.start();
+    FAIL() << "a 1 s readiness budget cannot be met under TCG";
+  } catch (const vmfest::NotReadyError& error) {
+    std::string message = error.what();
+    EXPECT_NE(message.find(vm.name()), std::string::npos) << message;
+    EXPECT_NE(message.find("last lines of the console log"), std::string::npos) << message;
+    EXPECT_NE(message.find("serial.log"), std::string::npos) << message;
+  }
+}
+
+}  // namespace
