@@ -9,7 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost1.81-dev libboost-filesystem1.81-dev
   gsoap libgsoap-dev
-  libssh-dev libcurl4-openssl-dev zlib1g-dev libssl-dev
+  libssh-dev libcurl4-openssl-dev zlib1g-dev libssl-dev libarchive-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   # hypervisor
   qemu-system-x86 qemu-utils

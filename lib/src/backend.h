@@ -25,6 +25,7 @@ struct MachineConfig {
   std::filesystem::path seed_image;  // cloud-init NoCloud ISO (label cidata), attached read-only
   bool full_copy = false;            // permanent VM: its own full copy of the model's disk
   std::filesystem::path cache_directory;  // host-wide cache the backend may use (probe results)
+  int ssh_host_port = 0;  // host port forwarded to the guest's SSH port; 0: the backend picks one
 };
 
 // One VM of a backend. Calls come from one thread at a time (the Instance serialises them).

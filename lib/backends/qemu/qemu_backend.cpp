@@ -131,6 +131,12 @@ class QemuMachine final : public Machine {
     log_choice_once(choice);
     accelerator_ = choice.name;
 
+    if (config_.ssh_host_port != 0) {
+      port_ = config_.ssh_host_port;
+      if (spawn()) return;
+      throw BackendError(fmt::format("instance '{}': host port {} for SSH is already in use",
+                                     config_.instance_name, port_));
+    }
     for (int attempt = 1; attempt <= kPortAttempts; ++attempt) {
       port_ = pick_free_port();
       if (spawn()) return;
