@@ -19,6 +19,18 @@ boost::asio::io_context& process_context() {
   return context;
 }
 
+bool is_running(bp::process& child) noexcept {
+  boost::system::error_code error;
+  bool running = child.running(error);
+  return running && !error;
+}
+
+void kill_and_reap(bp::process& child) noexcept {
+  boost::system::error_code ignored;
+  if (is_running(child)) child.terminate(ignored);
+  child.wait(ignored);
+}
+
 std::filesystem::path find_program(const std::string& program, const std::string& package) {
   auto path = bp::environment::find_executable(program);
   if (path.empty()) {

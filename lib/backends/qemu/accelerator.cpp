@@ -42,9 +42,11 @@ void write_boot_sector(const fs::path& path) {
   std::ofstream(path, std::ios::binary) << image;
 }
 
-// Boots the payload under KVM; true when the success text reaches the serial log in time.
-bool guest_runs_under_kvm(const fs::path& qemu, const fs::path& work, const fs::path& kernel,
-                          std::chrono::milliseconds timeout, std::string& detail) {
+}  // namespace
+
+bool kvm_runs_guest(const fs::path& qemu, const fs::path& work, const fs::path& kernel,
+                    std::chrono::milliseconds timeout, std::string& why) {
+  fs::create_directories(work);
   const fs::path serial = work / "probe-serial.log";
   fs::remove(serial);
   std::vector<std::string> args = {"-accel", "kvm", "-nodefaults", "-no-user-config",
@@ -72,25 +74,24 @@ bool guest_runs_under_kvm(const fs::path& qemu, const fs::path& work, const fs::
       found = true;
       break;
     }
-    if (!child.running()) break;
+    if (!is_running(child)) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  if (child.running()) {
-    child.terminate();
-  }
-  child.wait();
+  kill_and_reap(child);
   if (!found) {
     found = read_text_if_exists(serial).find(success) != std::string::npos;
   }
   if (!found) {
     std::string qemu_log = tail_lines(work / "probe-qemu.log", 5);
-    detail = qemu_log.empty()
+    why = qemu_log.empty()
                  ? fmt::format("the probe guest showed no sign of life within {} ms under KVM",
                                timeout.count())
                  : fmt::format("qemu -accel kvm failed: {}", qemu_log);
   }
   return found;
 }
+
+namespace {
 
 std::string host_key(const fs::path& qemu, const fs::path& kernel) {
   utsname host{};
@@ -130,7 +131,7 @@ AcceleratorChoice choose_accelerator(const fs::path& qemu, const fs::path& cache
   }
   std::string detail;
   AcceleratorChoice choice;
-  if (guest_runs_under_kvm(qemu, cache_dir, probe_kernel, probe_timeout, detail)) {
+  if (kvm_runs_guest(qemu, cache_dir, probe_kernel, probe_timeout, detail)) {
     choice = {"kvm", "a probe guest ran under KVM"};
   } else {
     choice = {"tcg", "KVM is present but unusable (" + detail +

@@ -21,4 +21,11 @@ AcceleratorChoice choose_accelerator(const std::filesystem::path& qemu,
                                      const std::filesystem::path& probe_kernel,
                                      std::chrono::milliseconds probe_timeout);
 
+// The probe itself: boots a tiny payload (`kernel`, or a built-in boot sector when empty) with
+// `-accel kvm` and returns true when its success text reaches the serial console within `timeout`.
+// On false, `why` says what was seen. Working files go to `work`.
+bool kvm_runs_guest(const std::filesystem::path& qemu, const std::filesystem::path& work,
+                    const std::filesystem::path& kernel, std::chrono::milliseconds timeout,
+                    std::string& why);
+
 }  // namespace vmfest::detail::qemu

@@ -171,9 +171,7 @@ class QemuMachine final : public Machine {
 
   void kill() noexcept override {
     if (process_) {
-      boost::system::error_code ignored;
-      process_->terminate(ignored);
-      process_->wait(ignored);
+      kill_and_reap(*process_);
       process_.reset();
     } else if (is_our_qemu(pid_, config_.directory)) {
       ::kill(pid_, SIGKILL);
@@ -272,9 +270,8 @@ class QemuMachine final : public Machine {
 
     const auto deadline = Clock::now() + kLaunchTimeout;
     while (Clock::now() < deadline) {
-      if (!process_->running()) {
-        boost::system::error_code ignored;
-        process_->wait(ignored);
+      if (!is_running(*process_)) {
+        kill_and_reap(*process_);
         process_.reset();
         std::string log_text = read_text_if_exists(path(kQemuLog));
         if (log_text.find("host forwarding") != std::string::npos) return false;
@@ -293,10 +290,7 @@ class QemuMachine final : public Machine {
   QmpClient qmp() const { return QmpClient::connect(path(kQmpSocket), milliseconds(5000)); }
 
   bool alive() noexcept {
-    if (process_) {
-      boost::system::error_code error;
-      return process_->running(error) && !error;
-    }
+    if (process_) return is_running(*process_);
     return is_our_qemu(pid_, config_.directory);
   }
 
@@ -305,8 +299,7 @@ class QemuMachine final : public Machine {
     while (Clock::now() < deadline) {
       if (!alive()) {
         if (process_) {
-          boost::system::error_code ignored;
-          process_->wait(ignored);
+          kill_and_reap(*process_);
           process_.reset();
         }
         return true;
