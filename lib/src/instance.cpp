@@ -13,6 +13,7 @@
 #include "files.h"
 #include "instance_record.h"
 #include "seed.h"
+#include "vm_slots.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"
 #include "vmfest/ssh/keys.h"
@@ -21,6 +22,9 @@ namespace vmfest {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
+
+// How long start() waits for a free VM slot before it gives up.
+constexpr std::chrono::minutes kSlotTimeout{10};
 
 // ---- profiles ---------------------------------------------------------------------------------
 
@@ -108,6 +112,7 @@ struct Instance::Impl {
   std::unique_ptr<detail::Backend> backend;
   std::unique_ptr<detail::Machine> machine;
   std::optional<detail::FileLock> owner_lock;
+  std::optional<detail::VmSlot> slot;  // held while the VM runs
   ssh::Credentials credentials;
   std::optional<ssh::Session> session;
   bool owned = false;  // created by this handle: destroyed with it
@@ -218,6 +223,7 @@ struct Instance::Impl {
     session.reset();
     machine->kill();
     machine->remove();
+    slot.reset();
     // The owner lock is held until the folder is gone, so a reaper never races this removal.
     fs::remove_all(directory());
     owner_lock.reset();
@@ -332,6 +338,7 @@ void Instance::start() {
   impl_->require_state("start", {InstanceState::Created, InstanceState::Stopped});
   impl_->session.reset();
   const auto begin = Clock::now();
+  if (!impl_->slot) impl_->slot.emplace(detail::acquire_vm_slot(impl_->record.name, kSlotTimeout));
   impl_->machine->launch();
   impl_->record.started = true;
   impl_->save_record();
@@ -353,6 +360,7 @@ void Instance::power_down(milliseconds grace) {
   impl_->require_state("power down", {InstanceState::Running, InstanceState::Paused});
   impl_->session.reset();
   impl_->machine->power_down(grace);
+  impl_->slot.reset();
 }
 
 void Instance::destroy() {

@@ -1,0 +1,90 @@
+#include "vm_slots.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "vmfest/error.h"
+
+namespace vmfest::detail {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+int max_running_vms() {
+  if (const char* configured = std::getenv("VMFEST_MAX_VMS");
+      configured != nullptr && *configured != '\0') {
+    char* end = nullptr;
+    long value = std::strtol(configured, &end, 10);
+    if (*end != '\0' || value < 1 || value > 1024) {
+      throw InvalidArgument(
+          fmt::format("VMFEST_MAX_VMS={} is not valid: use a whole number from 1 to 1024",
+                      configured));
+    }
+    return static_cast<int>(value);
+  }
+  long cores = std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN));
+  long memory_mib = ::sysconf(_SC_PHYS_PAGES) / 1024 * ::sysconf(_SC_PAGE_SIZE) / 1024;
+  constexpr long kMibPerVm = 512;
+  return static_cast<int>(std::max(1L, std::min(cores, memory_mib / kMibPerVm)));
+}
+
+fs::path slots_directory() {
+  if (const char* configured = std::getenv("VMFEST_SLOTS_DIR");
+      configured != nullptr && *configured != '\0') {
+    return configured;
+  }
+  return fs::temp_directory_path() / fmt::format("vmfest-{}", ::getuid()) / "slots";
+}
+
+namespace {
+
+std::string holders(const fs::path& directory, int count) {
+  std::string text;
+  for (int index = 0; index < count; ++index) {
+    std::ifstream in(directory / fmt::format("slot-{}.lock", index));
+    std::string holder;
+    std::getline(in, holder);
+    if (!holder.empty()) text += (text.empty() ? "" : ", ") + holder;
+  }
+  return text.empty() ? "unknown" : text;
+}
+
+}  // namespace
+
+VmSlot acquire_vm_slot(const std::string& instance_name, std::chrono::milliseconds timeout) {
+  const int count = max_running_vms();
+  const fs::path directory = slots_directory();
+  fs::create_directories(directory);
+  const auto deadline = Clock::now() + timeout;
+  bool told = false;
+  while (true) {
+    for (int index = 0; index < count; ++index) {
+      const fs::path file = directory / fmt::format("slot-{}.lock", index);
+      FileLock lock(file, FileLock::Mode::TryOnce);
+      if (!lock.held()) continue;
+      std::ofstream(file, std::ios::trunc)
+          << fmt::format("pid {} instance {}\n", ::getpid(), instance_name);
+      return VmSlot(std::move(lock), index);
+    }
+    if (Clock::now() >= deadline) {
+      throw StateError(fmt::format(
+          "instance '{}' waited {} s for one of the host's {} VM slots (VMFEST_MAX_VMS); held by: "
+          "{}. Raise VMFEST_MAX_VMS, or run fewer VM tests at once",
+          instance_name, std::chrono::duration_cast<std::chrono::seconds>(timeout).count(), count,
+          holders(directory, count)));
+    }
+    if (!told) {
+      spdlog::info("vmfest: instance '{}' waits for a free VM slot ({} running, the cap)",
+                   instance_name, count);
+      told = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+}  // namespace vmfest::detail

@@ -1,0 +1,32 @@
+// A host-wide cap on running VMs, shared by every process of this user: one flock'd slot file per
+// running VM. The kernel releases a dead process's slots, so a killed test never leaks capacity.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+
+#include "files.h"
+
+namespace vmfest::detail {
+
+class VmSlot {
+ public:
+  VmSlot(FileLock lock, int index) : lock_(std::move(lock)), index_(index) {}
+  [[nodiscard]] int index() const noexcept { return index_; }
+
+ private:
+  FileLock lock_;
+  int index_;
+};
+
+// $VMFEST_MAX_VMS, else min(cores, memory / 512 MiB), at least 1.
+int max_running_vms();
+
+// $VMFEST_SLOTS_DIR, else /tmp/vmfest-<uid>/slots: shared by all processes whatever their
+// VMFEST_HOME, since they share the CPUs.
+std::filesystem::path slots_directory();
+
+// Waits for a free slot; StateError after `timeout` naming the cap and the holders' pids.
+VmSlot acquire_vm_slot(const std::string& instance_name, std::chrono::milliseconds timeout);
+
+}  // namespace vmfest::detail
