@@ -181,6 +181,11 @@ checks=$(ssh "${ssh_opts[@]}" root@127.0.0.1 \
   'grep "^root:" /etc/shadow | cut -d: -f2; stat -c "%a %n" /root/.ssh /root/.ssh/authorized_keys')
 [[ $checks == $'*\n700 /root/.ssh\n600 /root/.ssh/authorized_keys' ]] || fail "unexpected guest state: $checks"
 
+# Modules the library relies on beyond disk and network: virtio-serial (agent), rng, ISO seed, ACPI.
+mods=$(ssh "${ssh_opts[@]}" root@127.0.0.1 \
+  'for m in virtio_console virtio_rng isofs button evdev; do [ -d /sys/module/$m ] || echo $m; done')
+[[ -z $mods ]] || fail "modules not loaded in the guest: $mods"
+
 head -c 100000 /dev/urandom >"$tmp/blob"
 printf 'ls -l /\nput %s /tmp/blob\nget /tmp/blob %s\n' "$tmp/blob" "$tmp/blob.back" >"$tmp/sftp.batch"
 sftp -b "$tmp/sftp.batch" -i "$tmp/client_key" -o "UserKnownHostsFile=$tmp/known_hosts" \
