@@ -238,7 +238,7 @@ Instance& Instance::operator=(Instance&&) noexcept = default;
 Instance::~Instance() {
   if (!impl_ || impl_->destroyed) return;
   try {
-    if (!impl_->owned || impl_->kept) {
+    if (!impl_->owned || impl_->kept || impl_->record.detached) {
       impl_->machine->detach();
     } else if (impl_->record.permanent) {
       if (impl_->current_state() != InstanceState::Created &&
@@ -404,6 +404,14 @@ std::string Instance::console_tail(std::size_t lines) const { return impl_->cons
 double Instance::boot_seconds() const noexcept { return impl_->boot_seconds; }
 std::string Instance::accelerator() const { return impl_->machine->accelerator(); }
 
+InstanceInfo Instance::info() const {
+  const detail::InstanceRecord& record = impl_->record;
+  return {record.name,      record.model,    record.backend,
+          record.profile,   state(),         record.permanent,
+          record.detached,  record.detached ? 0 : record.owner_pid,
+          impl_->endpoint(), impl_->directory()};
+}
+
 // ---- registry-wide operations -----------------------------------------------------------------
 
 std::vector<std::string> list_instances(const Home& home) {
@@ -415,6 +423,18 @@ std::vector<std::string> list_instances(const Home& home) {
   }
   std::sort(names.begin(), names.end());
   return names;
+}
+
+std::vector<InstanceInfo> describe_instances(const Home& home) {
+  std::vector<InstanceInfo> infos;
+  for (const auto& name : list_instances(home)) {
+    try {
+      infos.push_back(Instance::open(name, home).info());
+    } catch (const StateError&) {
+      // Removed between listing and opening: no longer there to describe.
+    }
+  }
+  return infos;
 }
 
 std::vector<std::string> reap_leaked_instances(const Home& home) {

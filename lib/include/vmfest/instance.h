@@ -39,6 +39,20 @@ struct InstanceRequest {
   bool detached = false;   // no owner process: lives until destroyed (CLI instances)
 };
 
+// What `vmfest ls` shows about one instance; the state is asked of the hypervisor.
+struct InstanceInfo {
+  std::string name;
+  std::string model;
+  std::string backend;
+  Profile profile;
+  InstanceState state = InstanceState::Created;
+  bool permanent = false;
+  bool detached = false;  // no owner process: lives until destroyed
+  int owner_pid = 0;      // the owning process (0 when detached)
+  ssh::Endpoint ssh;      // where SSH reaches it while running
+  std::filesystem::path directory;
+};
+
 class Instance {
  public:
   // Clones the model into a new instance (not started). Throws ModelError for an unknown model,
@@ -50,8 +64,8 @@ class Instance {
 
   Instance(Instance&&) noexcept;
   Instance& operator=(Instance&&) noexcept;
-  // Powers down and destroys the instance, unless keep() was called, it is permanent, or it was
-  // opened rather than created.
+  // Destroys the instance, unless keep() was called, it is detached, or it was opened rather than
+  // created; a permanent VM is powered down and kept.
   ~Instance();
 
   // Boots the VM and returns once an SSH command succeeds (NotReadyError with the console tail
@@ -80,6 +94,8 @@ class Instance {
   [[nodiscard]] double boot_seconds() const noexcept;
   // The accelerator the VM runs under ("tcg", "kvm"; backend-specific otherwise).
   [[nodiscard]] std::string accelerator() const;
+  // Name, model, state (asked of the hypervisor), ownership and SSH endpoint.
+  [[nodiscard]] InstanceInfo info() const;
 
   struct Impl;
 
@@ -90,6 +106,8 @@ class Instance {
 
 // Instance names present in the registry (all states, all owners).
 std::vector<std::string> list_instances(const Home& home = Home::from_environment());
+
+std::vector<InstanceInfo> describe_instances(const Home& home = Home::from_environment());
 
 // Kills and removes every instance whose owner process has died. Returns the names reaped.
 std::vector<std::string> reap_leaked_instances(const Home& home = Home::from_environment());

@@ -1,6 +1,7 @@
 // Models: registered VM images that instances are cloned from.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -55,21 +56,31 @@ class ModelRegistry {
 };
 
 struct Progress {
-  std::uint64_t bytes = 0;                 // read from the source so far
+  std::uint64_t bytes = 0;                 // read from the source so far (back to 0 if it restarts)
   std::optional<std::uint64_t> total;      // when the source says
 };
 
 struct SetupOptions {
   std::string name;    // registered name; empty: derived from the source's file name
-  std::string sha256;  // expected sha256 of the downloaded file (before decompression); empty: none
+  // Expected sha256 (64 hex digits) of the file as served, i.e. of the compressed bytes for a .gz,
+  // the way publishers list them in SHA256SUMS; empty: not checked.
+  std::string sha256;
   bool replace = false;  // re-install even when a model of that name exists
   std::function<void(const Progress&)> on_progress;  // empty: a bar on a terminal, lines in CI
+  // A download that delivers less than 1 KiB/s for this long is abandoned (its bytes are kept).
+  std::chrono::seconds stall_timeout{60};
 };
 
 // Installs a model from a URL (http, https, file) or a local path: a disk image (qcow2, raw, vdi,
-// vmdk; optionally gzip-compressed) or a bundle (a folder or tar holding vmfest-model.json and the
-// files it names). Safe against concurrent callers for the same name: one installs, the others wait
-// and use the result. Returns the registered model.
+// vmdk; optionally gzip-compressed, single- or multi-member) or a bundle (a folder, or a tar,
+// optionally gzip-compressed, holding vmfest-model.json and the files it names). Compression and
+// tar are recognised by their content, not by the file name. qcow2, raw, vdi and vmdk disks are
+// kept as they are (QEMU backs an instance's overlay on any of them); other formats QEMU reads
+// (vpc, vhdx, qed, ...) are converted to qcow2. An interrupted http(s) download is kept under
+// Home::cache() and the next call resumes it where the server supports ranges.
+// Safe against concurrent callers for the same name: one installs, the others wait and use the
+// result; a failed setup registers nothing. The same source again is a no-op unless `replace`.
+// Returns the registered model.
 Model setup_model(const std::string& source, const SetupOptions& options = {},
                   const Home& home = Home::from_environment());
 

@@ -1,0 +1,107 @@
+// Fetching a model's source: http(s) downloads with libcurl that resume after an interruption,
+// and local files, both handed on byte by byte to a sink (the decompressor), with progress shown.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "files.h"
+#include "vmfest/error.h"
+#include "vmfest/model.h"
+
+namespace vmfest::detail {
+
+// Receives a source's bytes in order.
+class ByteSink {
+ public:
+  virtual ~ByteSink() = default;
+  virtual void write(std::span<const unsigned char> bytes) = 0;
+  // Forget everything written: the source is sent again from its first byte (a server that
+  // could not resume, or whose file changed since the bytes we kept).
+  virtual void restart() = 0;
+};
+
+// A transfer that broke off part-way; what arrived is kept and the next call resumes from there.
+class DownloadInterrupted : public SetupError {
+ public:
+  using SetupError::SetupError;
+};
+
+struct TransferLimits {
+  std::chrono::seconds connect_timeout{30};
+  // Give up on a connection that delivers under 1 KiB/s for this long (a stalled server).
+  std::chrono::seconds stall_timeout{60};
+  int attempts = 4;  // within one call, when each broken attempt still made progress
+};
+
+// Progress of one source: the caller's callback if given, else a bar on a terminal (stderr is a
+// TTY and CI is not "true"), else a plain line every few seconds for logs.
+class ProgressReporter {
+ public:
+  ProgressReporter(std::string what, std::function<void(const Progress&)> callback);
+  ProgressReporter(const ProgressReporter&) = delete;
+  ProgressReporter& operator=(const ProgressReporter&) = delete;
+  ~ProgressReporter();
+
+  // Bytes from here on count towards the rate (those before were kept from an earlier call).
+  void start(std::uint64_t already_have);
+  void update(std::uint64_t bytes, std::optional<std::uint64_t> total);
+  // The source has been read completely.
+  void finish();
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  void emit(bool final);
+
+  std::string what_;
+  std::function<void(const Progress&)> callback_;
+  bool terminal_ = false;
+  Progress progress_;
+  std::uint64_t rate_origin_bytes_ = 0;
+  Clock::time_point rate_origin_ = Clock::now();
+  Clock::time_point last_emit_;
+  bool shown_ = false;  // something was printed (so a closing line/newline is due)
+};
+
+// The bytes of one URL kept under `cache_root` between calls: `partial` while it downloads,
+// renamed `complete` at the end (so a crash after the download does not fetch it again), with the
+// server's validator (ETag or Last-Modified) so a resume never splices two versions of a file.
+// Holds a lock: one process downloads a URL at a time.
+class DownloadCache {
+ public:
+  DownloadCache(const std::filesystem::path& cache_root, const std::string& url);
+  [[nodiscard]] const std::filesystem::path& directory() const noexcept { return directory_; }
+  [[nodiscard]] std::filesystem::path partial() const { return directory_ / "partial"; }
+  [[nodiscard]] std::filesystem::path complete() const { return directory_ / "complete"; }
+  [[nodiscard]] std::filesystem::path validator() const { return directory_ / "validator"; }
+  // Removes the kept bytes (after a successful setup, or when they are useless).
+  void discard() noexcept;
+
+ private:
+  FileLock lock_;
+  std::filesystem::path directory_;
+};
+
+// Sends every byte of the http(s) `url` to `sink`, in order from the first: those kept in `cache`
+// by an earlier interrupted call, then the rest with a Range request. Throws SetupError (HTTP
+// status, unreachable host, ...) or DownloadInterrupted (bytes kept for the next call).
+void download(const std::string& url, DownloadCache& cache, ByteSink& sink,
+              const TransferLimits& limits, ProgressReporter& progress);
+
+// Sends every byte of a local file to `sink`.
+void read_local(const std::filesystem::path& file, ByteSink& sink, ProgressReporter& progress);
+
+struct UrlParts {
+  std::string scheme;  // lowercase: "http", "https", "file", ...
+  std::string path;    // percent-decoded, without query or fragment
+};
+// Splits a URL ("https://host/dir/name.qcow2.gz?x=1" -> "https", "/dir/name.qcow2.gz");
+// InvalidArgument when it is not a valid URL.
+UrlParts parse_url(const std::string& url);
+
+}  // namespace vmfest::detail
