@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -26,6 +27,7 @@ struct MachineConfig {
   bool full_copy = false;            // permanent VM: its own full copy of the model's disk
   std::filesystem::path cache_directory;  // host-wide cache the backend may use (probe results)
   int ssh_host_port = 0;  // host port forwarded to the guest's SSH port; 0: the backend picks one
+  std::optional<PrivateNic> private_nic = std::nullopt;  // a second card on a private segment
 };
 
 // One VM of a backend. Calls come from one thread at a time (the Instance serialises them).

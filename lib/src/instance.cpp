@@ -301,8 +301,9 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
     detail::write_seed_image(directory, {name, client.public_openssh, host.private_openssh,
                                          host.public_openssh});
     impl->credentials = {client.private_openssh, host.public_openssh};
-    impl->machine = impl->backend->machine(machine_config(home, impl->record, impl->model),
-                                           nlohmann::json());
+    detail::MachineConfig config = machine_config(home, impl->record, impl->model);
+    config.private_nic = request.private_nic;
+    impl->machine = impl->backend->machine(config, nlohmann::json());
     impl->machine->create_disk();
     impl->save_record();
   } catch (...) {

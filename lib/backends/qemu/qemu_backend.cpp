@@ -250,12 +250,23 @@ class QemuMachine final : public Machine {
                  "-serial", fmt::format("file:{}", kSerialLog),
                  "-qmp", fmt::format("unix:{},server=on,wait=off", kQmpSocket),
                  "-pidfile", kPidFile});
+    if (config_.private_nic) {
+      const PrivateNic& nic = *config_.private_nic;
+      args.insert(args.end(),
+                  {"-netdev",
+                   fmt::format("dgram,id=net1,local.type=unix,local.path={},remote.type=unix,"
+                               "remote.path={}",
+                               nic.port_socket.string(), nic.hub_socket.string()),
+                   "-device", fmt::format("virtio-net-pci,netdev=net1,id=vnet1,mac={}", nic.mac)});
+    }
     return args;
   }
 
   // Starts qemu; true once its QMP socket answers, false when the SSH port was taken meanwhile.
   bool spawn() {
     fs::remove(path(kQmpSocket));
+    // QEMU binds the private card's port socket and leaves it behind when it exits.
+    if (config_.private_nic) fs::remove(config_.private_nic->port_socket);
     FILE* log = std::fopen(path(kQemuLog).c_str(), "w");
     if (log == nullptr) {
       throw BackendError(fmt::format("cannot write {}", path(kQemuLog).string()));

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,6 +30,16 @@ struct Profile {
 enum class InstanceState { Created, Running, Paused, Stopped };
 std::string_view to_string(InstanceState state);
 
+// A second network card on an Ethernet segment private to some instances of this host, so that
+// e.g. a client VM reaches a server VM at a fixed address. The card's frames travel as datagrams
+// from its port socket to the segment's hub socket; the hub (vmfest::testing::PrivateNetwork in the
+// GoogleTest plugin) relays them to the other members.
+struct PrivateNic {
+  std::filesystem::path hub_socket;   // unix datagram socket the segment's hub listens on
+  std::filesystem::path port_socket;  // this card's end; the backend creates it
+  std::string mac;                    // fixed, so the guest can find the card by it
+};
+
 // What you want: which model, how big, how long it may take to become ready.
 struct InstanceRequest {
   std::string model;
@@ -37,6 +48,7 @@ struct InstanceRequest {
   std::chrono::seconds ready_timeout{120};
   bool permanent = false;  // own full copy of the disk, kept across power cycles
   bool detached = false;   // no owner process: lives until destroyed (CLI instances)
+  std::optional<PrivateNic> private_nic;  // none: only the NIC that carries SSH
 };
 
 // What `vmfest ls` shows about one instance; the state is asked of the hypervisor.
