@@ -28,6 +28,9 @@ struct MachineConfig {
   std::filesystem::path cache_directory;  // host-wide cache the backend may use (probe results)
   int ssh_host_port = 0;  // host port forwarded to the guest's SSH port; 0: the backend picks one
   std::optional<PrivateNic> private_nic = std::nullopt;  // a second card on a private segment
+  // A warm image (see warm.h) to clone: the disk is an overlay on its base and the first launch
+  // resumes its saved memory state instead of booting. Empty: a cold clone of the model.
+  std::filesystem::path warm_image;
 };
 
 // One VM of a backend. Calls come from one thread at a time (the Instance serialises them).
@@ -58,6 +61,18 @@ class Machine {
   [[nodiscard]] virtual nlohmann::json saved_state() const = 0;
   // Lets go of the VM without stopping it (its owner handle goes away, the VM keeps running).
   virtual void detach() noexcept = 0;
+
+  // Warm clones, for backends that can save and resume a running guest (the defaults say no).
+  //
+  // Stops the running VM and saves it into `image_directory` as a warm image: the memory and
+  // device state, and the disk frozen at the same instant as a read-only base. The VM exits.
+  // Returns backend facts to record in the image's manifest.
+  virtual nlohmann::json save_warm_image(const std::filesystem::path& image_directory);
+  // Sends one request line (plus payload) to the guest agent and returns its reply line.
+  virtual std::string agent_exchange(const std::string& request,
+                                     std::chrono::milliseconds timeout);
+  // True when the last launch resumed a warm image rather than booting.
+  [[nodiscard]] virtual bool resumed_warm() const { return false; }
 };
 
 class Backend {
@@ -67,6 +82,10 @@ class Backend {
   // A machine for `config`; `saved` is what saved_state() returned earlier (null for a new one).
   virtual std::unique_ptr<Machine> machine(const MachineConfig& config,
                                            const nlohmann::json& saved) = 0;
+  // Everything that makes a warm image of `config` valid (hypervisor version, machine type,
+  // accelerator, the exact hardware); a different fingerprint needs a new image. Empty when the
+  // backend cannot make warm images.
+  virtual std::string warm_fingerprint(const MachineConfig& config);
 };
 
 // The backend called `name` ("qemu", "virtualbox"), or InvalidArgument listing the known ones.

@@ -1,5 +1,6 @@
 #include "vmfest/instance.h"
 
+#include <time.h>
 #include <unistd.h>
 
 #include <mutex>
@@ -7,6 +8,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
 #include "backend.h"
@@ -14,6 +16,7 @@
 #include "instance_record.h"
 #include "seed.h"
 #include "vm_slots.h"
+#include "warm.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"
 #include "vmfest/ssh/keys.h"
@@ -78,11 +81,17 @@ std::string generated_name(const std::string& model) {
 
 detail::MachineConfig machine_config(const Home& home, const detail::InstanceRecord& record,
                                      const Model& model) {
-  const fs::path directory = home.instances() / record.name;
-  return {record.name,         directory, model, record.profile, directory / "seed.iso",
-          record.permanent, home.cache()};
+  detail::MachineConfig config;
+  config.instance_name = record.name;
+  config.directory = home.instances() / record.name;
+  config.model = model;
+  config.profile = record.profile;
+  config.seed_image = config.directory / "seed.iso";
+  config.full_copy = record.permanent;
+  config.cache_directory = home.cache();
+  config.warm_image = record.warm_image;
+  return config;
 }
-
 // A placeholder when the model of a leaked instance is gone: enough to stop and remove it.
 Model model_or_stub(const Home& home, const std::string& name) {
   try {
@@ -187,9 +196,11 @@ struct Instance::Impl {
     }
   }
 
-  void wait_until_ready(std::chrono::seconds timeout) {
+  // `use_marker`: wait for the model's console marker first (a booting guest); a resumed warm
+  // clone is past that point already.
+  void wait_until_ready(std::chrono::seconds timeout, bool use_marker) {
     const auto deadline = Clock::now() + timeout;
-    const bool has_marker = !model.ready_marker.empty();
+    const bool has_marker = use_marker && !model.ready_marker.empty();
     if (has_marker) wait_for_marker(deadline, timeout);
     std::string last_error = "no SSH attempt finished";
     while (Clock::now() < deadline) {
@@ -219,6 +230,42 @@ struct Instance::Impl {
                                timeout.count(), last_error));
   }
 
+  // Hands a resumed warm clone its own identity through the guest agent, in one exchange: the
+  // host's clock, fresh entropy, and the cloud-config with its keys and hostname.
+  void deliver_identity() {
+    const std::string user_data = detail::read_text(directory() / detail::kIdentity);
+    timespec now{};
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    unsigned char entropy[32];
+    if (RAND_bytes(entropy, sizeof(entropy)) != 1) {
+      throw Error("OpenSSL could not produce random bytes to reseed the guest");
+    }
+    std::string hex;
+    for (unsigned char byte : entropy) hex += fmt::format("{:02x}", byte);
+    const std::string reply = machine->agent_exchange(
+        fmt::format("identity {} {} {} {}\n{}", now.tv_sec, now.tv_nsec, hex, user_data.size(),
+                    user_data),
+        std::chrono::seconds(20));
+    if (reply != "ok") {
+      throw BackendError(fmt::format("the guest agent of instance '{}' refused its identity: {}",
+                                     record.name, reply));
+    }
+  }
+
+  // Boots the instance's disk afresh from the model when resuming its warm image failed.
+  void fall_back_to_cold_boot(const std::string& why) {
+    spdlog::warn("vmfest: instance '{}': resuming the warm image failed ({}); falling back to a "
+                 "cold boot",
+                 record.name, why);
+    machine->kill();
+    record.warm_image.clear();
+    machine = backend->machine(machine_config(home, record, model), nlohmann::json());
+    machine->create_disk();
+    machine->launch();
+    save_record();
+    wait_until_ready(ready_timeout, true);
+  }
+
   void destroy() {
     session.reset();
     machine->kill();
@@ -230,6 +277,90 @@ struct Instance::Impl {
     destroyed = true;
   }
 };
+
+namespace detail {
+
+// Builds and finds warm images; a friend of Instance because it drives one instance's machine
+// past what the public API offers (saving its state).
+struct InstanceAccess {
+  // The warm image for `model` and `profile`, built on first use (one cold boot, then a save)
+  // under a lock so that concurrent processes build it once. Empty when the backend or the
+  // model cannot have warm clones.
+  static fs::path warm_image_for(const Home& home, const Model& model, const Profile& profile,
+                                 Backend& backend) {
+    MachineConfig probe;
+    probe.instance_name = "warm-fingerprint";
+    probe.directory = home.cache();
+    probe.model = model;
+    probe.profile = profile;
+    probe.seed_image = home.cache() / "seed.iso";
+    probe.cache_directory = home.cache();
+    const std::string fingerprint = backend.warm_fingerprint(probe);
+    if (fingerprint.empty()) return {};
+    const fs::path image = warm_image_directory(model, profile, fingerprint);
+    if (auto status = check_warm_image(image); status != WarmStatus::Missing) {
+      return status == WarmStatus::Ready ? image : fs::path();
+    }
+    fs::create_directories(image.parent_path());
+    FileLock lock(image.parent_path() / (image.filename().string() + ".lock"));
+    if (auto status = check_warm_image(image); status != WarmStatus::Missing) {
+      return status == WarmStatus::Ready ? image : fs::path();
+    }
+    return build(home, model, profile, fingerprint, image);
+  }
+
+ private:
+  static fs::path build(const Home& home, const Model& model, const Profile& profile,
+                        const std::string& fingerprint, const fs::path& image) {
+    spdlog::info("vmfest: building a warm image of model '{}' ({} MiB, {} CPUs): one cold boot, "
+                 "then its state is saved for every later clone",
+                 model.name, profile.memory_mib, profile.cpus);
+    InstanceRequest request;
+    request.model = model.name;
+    request.profile = profile;
+    request.warm = false;
+    request.name = fmt::format("warm-{}-{}", image.filename().string().substr(0, 8),
+                               random_suffix());
+    Instance builder = Instance::create(request, home);
+    builder.start();
+    Instance::Impl& impl = *builder.impl_;
+    std::string reply;
+    try {
+      reply = impl.machine->agent_exchange("ping\n", std::chrono::seconds(5));
+    } catch (const Error& error) {
+      reply = error.what();
+    }
+    if (reply != "pong") {
+      const std::string reason = "no vmfest guest agent answered on the agent port (" + reply + ")";
+      spdlog::warn("vmfest: model '{}' cannot have warm clones: {}; its instances boot cold",
+                   model.name, reason);
+      write_unsupported_manifest(image, fingerprint, reason);
+      return {};
+    }
+    impl.session.reset();
+    const fs::path staging = image.parent_path() / fmt::format(".building-{}-{}",
+                                                               image.filename().string(), ::getpid());
+    fs::remove_all(staging);
+    fs::create_directories(staging);
+    try {
+      const auto begin = Clock::now();
+      nlohmann::json facts = impl.machine->save_warm_image(staging);
+      const double seconds = std::chrono::duration<double>(Clock::now() - begin).count();
+      write_warm_manifest(staging, fingerprint, facts, seconds);
+      fs::remove_all(image);  // an image that failed its check
+      fs::rename(staging, image);
+      spdlog::info("vmfest: warm image of model '{}' saved in {:.2f} s: {}", model.name, seconds,
+                   image.string());
+    } catch (...) {
+      std::error_code ignored;
+      fs::remove_all(staging, ignored);
+      throw;
+    }
+    return image;
+  }
+};
+
+}  // namespace detail
 
 Instance::Instance(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Instance::Instance(Instance&&) noexcept = default;
@@ -274,6 +405,11 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
   impl->record.owner_pid = static_cast<int>(::getpid());
   impl->backend = detail::make_backend(impl->record.backend);
   impl->owned = true;
+  if (request.warm && !request.permanent && !request.private_nic && detail::warm_enabled()) {
+    impl->record.warm_image =
+        detail::InstanceAccess::warm_image_for(home, impl->model, request.profile, *impl->backend)
+            .string();
+  }
   impl->ready_timeout = request.ready_timeout;
 
   // Reserve the name atomically across processes: build a private folder, hold its owner lock,
@@ -298,8 +434,11 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
     ssh::KeyPair host = ssh::KeyPair::generate("vmfest-host@" + name);
     client.save(directory / detail::kClientKey);
     detail::write_text_atomically(directory / detail::kHostPublicKey, host.public_openssh + "\n");
-    detail::write_seed_image(directory, {name, client.public_openssh, host.private_openssh,
-                                         host.public_openssh});
+    const detail::SeedIdentity identity{name, client.public_openssh, host.private_openssh,
+                                        host.public_openssh};
+    detail::write_seed_image(directory, identity);
+    detail::write_text_atomically(directory / detail::kIdentity, detail::cloud_config(identity));
+    fs::permissions(directory / detail::kIdentity, fs::perms::owner_read | fs::perms::owner_write);
     impl->credentials = {client.private_openssh, host.public_openssh};
     detail::MachineConfig config = machine_config(home, impl->record, impl->model);
     config.private_nic = request.private_nic;
@@ -343,7 +482,16 @@ void Instance::start() {
   impl_->machine->launch();
   impl_->record.started = true;
   impl_->save_record();
-  impl_->wait_until_ready(impl_->ready_timeout);
+  if (impl_->machine->resumed_warm()) {
+    try {
+      impl_->deliver_identity();
+      impl_->wait_until_ready(impl_->ready_timeout, false);
+    } catch (const Error& error) {
+      impl_->fall_back_to_cold_boot(error.what());
+    }
+  } else {
+    impl_->wait_until_ready(impl_->ready_timeout, true);
+  }
   impl_->boot_seconds = std::chrono::duration<double>(Clock::now() - begin).count();
 }
 

@@ -21,6 +21,7 @@ std::optional<InstanceRecord> read_instance_record(const fs::path& directory) {
   record.detached = json.value("detached", false);
   record.started = json.value("started", false);
   record.owner_pid = json.value("owner_pid", 0);
+  record.warm_image = json.value("warm_image", "");
   record.machine = json.value("machine", nlohmann::json::object());
   return record;
 }
@@ -38,6 +39,7 @@ void write_instance_record(const fs::path& directory, const InstanceRecord& reco
       {"detached", record.detached},
       {"started", record.started},
       {"owner_pid", record.owner_pid},
+      {"warm_image", record.warm_image},
       {"machine", record.machine}};
   write_text_atomically(directory / kRecordFile, json.dump(2));
 }

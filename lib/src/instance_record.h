@@ -17,6 +17,9 @@ constexpr const char* kRecordFile = "instance.json";
 constexpr const char* kOwnerLock = "owner.lock";
 constexpr const char* kClientKey = "id_ed25519";
 constexpr const char* kHostPublicKey = "host_ed25519.pub";
+// The instance's cloud-config (as in its seed; holds the host private key, mode 0600): a warm
+// clone hands it to the guest agent after resuming.
+constexpr const char* kIdentity = "identity.cloud-config";
 
 struct InstanceRecord {
   std::string name;
@@ -27,6 +30,7 @@ struct InstanceRecord {
   bool detached = false;
   bool started = false;
   int owner_pid = 0;  // informational; ownership is decided by the owner lock
+  std::string warm_image;  // the warm image this instance was cloned from; empty: cold clone
   nlohmann::json machine = nlohmann::json::object();  // the backend's saved state
 };
 

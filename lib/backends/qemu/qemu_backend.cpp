@@ -6,8 +6,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <poll.h>
+
 #include <cstdio>
 #include <optional>
+#include <sstream>
 #include <thread>
 
 #include <boost/process/v2/process.hpp>
@@ -20,6 +23,7 @@
 #include "../../src/subprocess.h"
 #include "accelerator.h"
 #include "qmp_client.h"
+#include "unix_socket.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail::qemu {
@@ -35,6 +39,10 @@ constexpr const char* kSerialLog = "serial.log";
 constexpr const char* kQemuLog = "qemu.log";
 constexpr const char* kQmpSocket = "qmp.sock";
 constexpr const char* kPidFile = "qemu.pid";
+constexpr const char* kAgentSocket = "agent.sock";
+constexpr const char* kWarmBase = "base.qcow2";
+constexpr const char* kWarmState = "state";
+constexpr milliseconds kMigrationTimeout{120000};
 constexpr int kPortAttempts = 5;
 constexpr milliseconds kLaunchTimeout{15000};
 constexpr milliseconds kProbeTimeout{8000};
@@ -52,6 +60,35 @@ const fs::path& qemu_binary() {
 const fs::path& qemu_img() {
   static const fs::path path = find_program("qemu-img", "qemu-utils");
   return path;
+}
+
+// "QEMU emulator version 7.2.22 (Debian ...)": part of what makes a warm image valid.
+const std::string& qemu_version() {
+  static const std::string version = [] {
+    std::string output = run_tool_checked(qemu_binary(), {"--version"}, "asking QEMU its version");
+    return output.substr(0, output.find('\n'));
+  }();
+  return version;
+}
+
+// The versioned machine type behind the "pc" alias (e.g. pc-i440fx-7.2). Warm images only resume
+// on the machine type they were saved on, so every launch names it exactly.
+const std::string& machine_type() {
+  static const std::string type = [] {
+    std::string output =
+        run_tool_checked(qemu_binary(), {"-machine", "help"}, "listing QEMU machine types");
+    const std::string marker = "(alias of ";
+    std::istringstream lines(output);
+    for (std::string line; std::getline(lines, line);) {
+      if (!line.starts_with("pc ")) continue;
+      auto at = line.find(marker);
+      if (at == std::string::npos) break;
+      auto start = at + marker.size();
+      return line.substr(start, line.find(')', start) - start);
+    }
+    return std::string("pc");
+  }();
+  return type;
 }
 
 // A port the kernel considers free on 127.0.0.1 right now. Another process may take it before
@@ -86,6 +123,12 @@ bool is_our_qemu(int pid, const fs::path& directory) {
          stat[close_paren + 2] != 'Z';
 }
 
+AcceleratorChoice accelerator_choice(const MachineConfig& config) {
+  const fs::path kernel =
+      config.model.boot.kind == BootSpec::Kind::Kernel ? config.model.boot.kernel : fs::path();
+  return choose_accelerator(qemu_binary(), config.cache_directory, kernel, kProbeTimeout);
+}
+
 class QemuMachine final : public Machine {
  public:
   QemuMachine(MachineConfig config, const nlohmann::json& saved) : config_(std::move(config)) {
@@ -93,6 +136,7 @@ class QemuMachine final : public Machine {
       port_ = saved.value("port", 0);
       pid_ = saved.value("pid", 0);
       accelerator_ = saved.value("accelerator", "");
+      warm_restored_ = saved.value("warm_restored", false);
     }
     if (pid_ == 0) {
       // Killed between spawn and the record update: QEMU's own pidfile still says who it is.
@@ -108,12 +152,19 @@ class QemuMachine final : public Machine {
 
   void create_disk() override {
     const fs::path disk = path(kDisk);
+    fs::remove(disk);  // a warm clone falling back to a cold boot starts over
     if (config_.full_copy) {
       run_tool_checked(qemu_img(),
                        {"convert", "-f", config_.model.format, "-O", "qcow2",
                         config_.model.disk.string(), disk.string()},
                        fmt::format("copying model '{}' for permanent VM '{}'", config_.model.name,
                                    config_.instance_name));
+    } else if (!config_.warm_image.empty()) {
+      run_tool_checked(qemu_img(),
+                       {"create", "-q", "-f", "qcow2", "-b",
+                        (config_.warm_image / kWarmBase).string(), "-F", "qcow2", disk.string()},
+                       fmt::format("cloning the warm image of model '{}' for instance '{}'",
+                                   config_.model.name, config_.instance_name));
     } else {
       run_tool_checked(qemu_img(),
                        {"create", "-q", "-f", "qcow2", "-b", config_.model.disk.string(), "-F",
@@ -124,13 +175,16 @@ class QemuMachine final : public Machine {
   }
 
   void launch() override {
-    const fs::path kernel =
-        config_.model.boot.kind == BootSpec::Kind::Kernel ? config_.model.boot.kernel : fs::path();
-    AcceleratorChoice choice =
-        choose_accelerator(qemu_binary(), config_.cache_directory, kernel, kProbeTimeout);
+    AcceleratorChoice choice = accelerator_choice(config_);
     log_choice_once(choice);
     accelerator_ = choice.name;
+    // Only the first launch of a warm clone resumes the image; later ones boot its disk.
+    resuming_ = !config_.warm_image.empty() && !warm_restored_;
+    start_process();
+    if (resuming_) resume_warm_state();
+  }
 
+  void start_process() {
     if (config_.ssh_host_port != 0) {
       port_ = config_.ssh_host_port;
       if (spawn()) return;
@@ -193,13 +247,87 @@ class QemuMachine final : public Machine {
 
   void remove() override {}
 
+  nlohmann::json save_warm_image(const fs::path& image_directory) override {
+    QmpClient client = qmp();
+    // Unthrottled: the state goes to a local file, and the guest is stopped meanwhile anyway.
+    client.execute("migrate-set-parameters", {{"max-bandwidth", 107374182400LL}});
+    client.execute("stop");
+    const fs::path state = image_directory / kWarmState;
+    client.execute("migrate", {{"uri", "exec:cat > " + shell_quote(state.string())}});
+    wait_for_migration(client, "saving the warm image");
+    client.execute("quit");
+    if (!wait_for_exit(milliseconds(10000))) kill();
+    // The disk as it was at the stop is the base every clone's overlay sits on: never written again.
+    const fs::path base = image_directory / kWarmBase;
+    fs::rename(path(kDisk), base);
+    fs::permissions(base, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+    fs::permissions(state, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+    return {{"qemu_version", qemu_version()},
+            {"machine_type", machine_type()},
+            {"accelerator", accelerator_}};
+  }
+
+  std::string agent_exchange(const std::string& request, milliseconds timeout) override {
+    const auto deadline = Clock::now() + timeout;
+    int fd = connect_unix(path(kAgentSocket));
+    if (fd < 0) {
+      throw BackendError(fmt::format("instance '{}': cannot reach the guest agent socket: {}",
+                                     config_.instance_name, std::strerror(errno)));
+    }
+    std::unique_ptr<int, void (*)(int*)> closer(&fd, [](int* socket) { ::close(*socket); });
+    for (std::size_t sent = 0; sent < request.size();) {
+      ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw BackendError("the guest agent socket closed while sending");
+      sent += static_cast<std::size_t>(n);
+    }
+    std::string reply;
+    while (reply.find('\n') == std::string::npos) {
+      pollfd poller{fd, POLLIN, 0};
+      int ready = ::poll(&poller, 1, remaining_millis(deadline));
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0) {
+        throw BackendError(fmt::format(
+            "instance '{}': the guest agent did not answer within {} ms (is vmfest-agent running "
+            "in the model?)",
+            config_.instance_name, timeout.count()));
+      }
+      char chunk[256];
+      ssize_t n = ::read(fd, chunk, sizeof(chunk));
+      if (n <= 0) throw BackendError("the guest agent socket closed before the reply");
+      reply.append(chunk, static_cast<std::size_t>(n));
+    }
+    return reply.substr(0, reply.find('\n'));
+  }
+
+  [[nodiscard]] bool resumed_warm() const override { return resuming_; }
+
+  // The parts of the command line a saved guest depends on: machine, memory, CPUs, kernel
+  // command line and the ordered device list (QEMU refuses state from other hardware).
+  [[nodiscard]] std::string hardware_signature() {
+    accelerator_ = accelerator_choice(config_).name;
+    std::string signature;
+    const std::vector<std::string> args = arguments();
+    for (std::size_t i = 0; i + 1 < args.size(); ++i) {
+      const std::string& flag = args[i];
+      if (flag == "-machine" || flag == "-accel" || flag == "-m" || flag == "-smp" ||
+          flag == "-device" || flag == "-append") {
+        signature += flag + " " + args[i + 1] + "\n";
+      }
+    }
+    return signature;
+  }
+
   [[nodiscard]] ssh::Endpoint ssh_endpoint() const override {
     return ssh::Endpoint{"127.0.0.1", port_, config_.model.ssh_user};
   }
   [[nodiscard]] fs::path console_log() const override { return path(kSerialLog); }
   [[nodiscard]] std::string accelerator() const override { return accelerator_; }
   [[nodiscard]] nlohmann::json saved_state() const override {
-    return {{"port", port_}, {"pid", pid_}, {"accelerator", accelerator_}};
+    return {{"port", port_},
+            {"pid", pid_},
+            {"accelerator", accelerator_},
+            {"warm_restored", warm_restored_}};
   }
 
   void detach() noexcept override {
@@ -227,7 +355,7 @@ class QemuMachine final : public Machine {
     const Model& model = config_.model;
     std::vector<std::string> args = {
         "-name", config_.instance_name,
-        "-machine", "pc", "-accel", accelerator_,
+        "-machine", machine_type(), "-accel", accelerator_,
         "-m", std::to_string(config_.profile.memory_mib),
         "-smp", std::to_string(config_.profile.cpus),
         "-nodefaults", "-no-user-config", "-display", "none"};
@@ -247,6 +375,10 @@ class QemuMachine final : public Machine {
                  fmt::format("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{}", port_, model.ssh_port),
                  "-device", "virtio-net-pci,netdev=net0,id=vnet0",
                  "-device", "virtio-rng-pci,id=rng0",
+                 // The guest agent's port: warm clones get their identity through it.
+                 "-device", "virtio-serial-pci,id=vser0",
+                 "-chardev", fmt::format("socket,id=agent0,path={},server=on,wait=off", kAgentSocket),
+                 "-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.vmfest.agent",
                  "-serial", fmt::format("file:{}", kSerialLog),
                  "-qmp", fmt::format("unix:{},server=on,wait=off", kQmpSocket),
                  "-pidfile", kPidFile});
@@ -259,6 +391,7 @@ class QemuMachine final : public Machine {
                                nic.port_socket.string(), nic.hub_socket.string()),
                    "-device", fmt::format("virtio-net-pci,netdev=net1,id=vnet1,mac={}", nic.mac)});
     }
+    if (resuming_) args.insert(args.end(), {"-incoming", "defer"});
     return args;
   }
 
@@ -300,6 +433,39 @@ class QemuMachine final : public Machine {
 
   QmpClient qmp() const { return QmpClient::connect(path(kQmpSocket), milliseconds(5000)); }
 
+  // Loads the warm image's memory state into the just-started (incoming) QEMU and runs it.
+  void resume_warm_state() {
+    QmpClient client = qmp();
+    const fs::path state = config_.warm_image / kWarmState;
+    client.execute("migrate-incoming", {{"uri", "exec:cat " + shell_quote(state.string())}});
+    const auto deadline = Clock::now() + kMigrationTimeout;
+    while (client.execute("query-status").value("status", "") == "inmigrate") {
+      if (Clock::now() >= deadline || !alive()) {
+        throw BackendError(fmt::format(
+            "instance '{}': resuming the warm image {} failed: {}", config_.instance_name,
+            config_.warm_image.string(), tail_lines(path(kQemuLog), 5)));
+      }
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+    // The image was saved from a stopped VM, so it arrives paused.
+    client.execute("cont");
+    warm_restored_ = true;
+  }
+
+  void wait_for_migration(QmpClient& client, const char* what) {
+    const auto deadline = Clock::now() + kMigrationTimeout;
+    while (true) {
+      auto status = client.execute("query-migrate");
+      std::string state = status.value("status", "");
+      if (state == "completed") return;
+      if (state == "failed" || state == "cancelled" || Clock::now() >= deadline) {
+        throw BackendError(fmt::format("instance '{}': {} failed ({}): {}", config_.instance_name,
+                                       what, state, status.value("error-desc", "timed out")));
+      }
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+  }
+
   bool alive() noexcept {
     if (process_) return is_running(*process_);
     return is_our_qemu(pid_, config_.directory);
@@ -325,7 +491,10 @@ class QemuMachine final : public Machine {
   int port_ = 0;
   int pid_ = 0;
   std::string accelerator_;
+  bool warm_restored_ = false;  // a warm clone's image has been resumed once
+  bool resuming_ = false;       // the current launch resumes the warm image
 };
+
 
 class QemuBackend final : public Backend {
  public:
@@ -333,6 +502,16 @@ class QemuBackend final : public Backend {
   std::unique_ptr<Machine> machine(const MachineConfig& config,
                                    const nlohmann::json& saved) override {
     return std::make_unique<QemuMachine>(config, saved);
+  }
+
+  std::string warm_fingerprint(const MachineConfig& config) override {
+    const Model& model = config.model;
+    std::string fingerprint = fmt::format("{}\nmodel {}\n", qemu_version(), model.sha256);
+    if (model.boot.kind == BootSpec::Kind::Kernel) {
+      fingerprint += fmt::format("kernel {}\ninitrd {}\n", sha256_file(model.boot.kernel),
+                                 model.boot.initrd.empty() ? "" : sha256_file(model.boot.initrd));
+    }
+    return fingerprint + QemuMachine(config, nlohmann::json()).hardware_signature();
   }
 };
 

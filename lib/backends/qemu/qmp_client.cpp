@@ -1,9 +1,9 @@
 #include "qmp_client.h"
 
-#include <fcntl.h>
+#include "unix_socket.h"
+
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -17,36 +17,6 @@ namespace vmfest::detail::qemu {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-namespace {
-
-// sun_path holds ~107 bytes; a deeper instance folder is reached through /proc/self/fd/N.
-int connect_unix(const fs::path& socket_path) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  int directory_fd = -1;
-  std::string address = socket_path.string();
-  sockaddr_un addr{};
-  if (address.size() >= sizeof(addr.sun_path)) {
-    directory_fd = ::open(socket_path.parent_path().c_str(), O_PATH | O_CLOEXEC);
-    address = fmt::format("/proc/self/fd/{}/{}", directory_fd, socket_path.filename().string());
-  }
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, address.c_str(), sizeof(addr.sun_path) - 1);
-  int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  if (directory_fd >= 0) ::close(directory_fd);
-  if (rc != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-int remaining_millis(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-  return static_cast<int>(std::max<std::chrono::milliseconds::rep>(0, left.count()));
-}
-
-}  // namespace
 
 QmpClient QmpClient::try_connect(const fs::path& socket,
                                  std::chrono::milliseconds timeout) noexcept {

@@ -14,6 +14,9 @@
 #include "vmfest/ssh/session.h"
 
 namespace vmfest {
+namespace detail {
+struct InstanceAccess;
+}
 
 struct Profile {
   std::string name;
@@ -48,6 +51,10 @@ struct InstanceRequest {
   std::chrono::seconds ready_timeout{120};
   bool permanent = false;  // own full copy of the disk, kept across power cycles
   bool detached = false;   // no owner process: lives until destroyed (CLI instances)
+  // Resume a warm image of the model (a booted guest saved once, built on first use) instead of
+  // booting: a fraction of a boot. Falls back to a cold boot, with a log line, when the backend or
+  // model cannot. VMFEST_WARM=0 turns it off everywhere.
+  bool warm = true;
   std::optional<PrivateNic> private_nic;  // none: only the NIC that carries SSH
 };
 
@@ -112,6 +119,7 @@ class Instance {
   struct Impl;
 
  private:
+  friend struct detail::InstanceAccess;
   explicit Instance(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -1,0 +1,102 @@
+#include "warm.h"
+
+#include <sys/stat.h>
+
+#include <cstdlib>
+
+#include <fmt/format.h>
+#include <openssl/evp.h>
+#include <spdlog/spdlog.h>
+
+#include "files.h"
+
+namespace vmfest::detail {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kBase = "base.qcow2";
+constexpr const char* kState = "state";
+
+std::string sha256_text(const std::string& text) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(text.data(), text.size(), digest, &length, EVP_sha256(), nullptr);
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
+  return hex;
+}
+
+// Cheap identity of a file: changes when it is rewritten, replaced or touched.
+nlohmann::json file_identity(const fs::path& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0) return nullptr;
+  return {{"size", info.st_size},
+          {"inode", info.st_ino},
+          {"mtime_ns", static_cast<long long>(info.st_mtim.tv_sec) * 1000000000LL +
+                           info.st_mtim.tv_nsec}};
+}
+
+nlohmann::json file_entry(const fs::path& path) {
+  return {{"sha256", sha256_file(path)}, {"identity", file_identity(path)}};
+}
+
+bool file_matches(const fs::path& path, const nlohmann::json& entry) {
+  nlohmann::json identity = file_identity(path);
+  if (identity.is_null()) return false;
+  if (identity == entry.value("identity", nlohmann::json())) return true;
+  return sha256_file(path) == entry.value("sha256", "");
+}
+
+}  // namespace
+
+bool warm_enabled() {
+  const char* setting = std::getenv("VMFEST_WARM");
+  return setting == nullptr || std::string(setting) != "0";
+}
+
+fs::path warm_image_directory(const Model& model, const Profile& profile,
+                              const std::string& fingerprint) {
+  const std::string key = sha256_text(
+      fmt::format("{}profile {} MiB {} CPUs\n", fingerprint, profile.memory_mib, profile.cpus));
+  return model.directory / "warm" / key.substr(0, 16);
+}
+
+WarmStatus check_warm_image(const fs::path& directory) {
+  const fs::path manifest_path = directory / kManifest;
+  if (!fs::exists(manifest_path)) return WarmStatus::Missing;
+  auto manifest = nlohmann::json::parse(read_text_if_exists(manifest_path), nullptr, false);
+  if (manifest.is_discarded()) return WarmStatus::Missing;
+  if (manifest.value("status", "") == "unsupported") return WarmStatus::Unsupported;
+  if (file_matches(directory / kBase, manifest.value("base", nlohmann::json::object())) &&
+      file_matches(directory / kState, manifest.value("state", nlohmann::json::object()))) {
+    return WarmStatus::Ready;
+  }
+  spdlog::warn("vmfest: warm image {} does not match its manifest (its base or state changed); "
+               "it will be rebuilt",
+               directory.string());
+  return WarmStatus::Missing;
+}
+
+void write_warm_manifest(const fs::path& directory, const std::string& fingerprint,
+                         const nlohmann::json& backend_facts, double save_seconds) {
+  nlohmann::json manifest = {{"status", "ready"},
+                             {"fingerprint", fingerprint},
+                             {"backend", backend_facts},
+                             {"save_seconds", save_seconds},
+                             {"base", file_entry(directory / kBase)},
+                             {"state", file_entry(directory / kState)}};
+  write_text_atomically(directory / kManifest, manifest.dump(2));
+}
+
+void write_unsupported_manifest(const fs::path& directory, const std::string& fingerprint,
+                                const std::string& reason) {
+  fs::create_directories(directory);
+  write_text_atomically(
+      directory / kManifest,
+      nlohmann::json{{"status", "unsupported"}, {"fingerprint", fingerprint}, {"reason", reason}}
+          .dump(2));
+}
+
+}  // namespace vmfest::detail

@@ -1,0 +1,40 @@
+// Warm images: a booted guest saved once (memory + device state, and its disk frozen at the same
+// instant as a read-only base), so that clones resume it in a fraction of a boot. Stored in the
+// registry next to their model: models/<model>/warm/<key>/{base.qcow2,state,manifest.json}, keyed
+// by everything that makes the image valid (the backend's fingerprint and the profile).
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "vmfest/instance.h"
+#include "vmfest/model.h"
+
+namespace vmfest::detail {
+
+// False when VMFEST_WARM=0: every instance boots cold.
+bool warm_enabled();
+
+std::filesystem::path warm_image_directory(const Model& model, const Profile& profile,
+                                           const std::string& fingerprint);
+
+enum class WarmStatus { Missing, Ready, Unsupported };
+
+// Checks the image against its manifest: base and state must be the very files that were saved
+// together (QEMU would happily resume memory over the wrong disk). File identity (size, mtime,
+// inode) is compared first; on any difference the sha256 of both is recomputed and compared.
+// A tampered or incomplete image is Missing (and is rebuilt); Unsupported when the model has no
+// guest agent to give clones their own identity.
+WarmStatus check_warm_image(const std::filesystem::path& directory);
+
+// Writes the manifest of a freshly saved image in `directory` (holding base.qcow2 and state).
+void write_warm_manifest(const std::filesystem::path& directory, const std::string& fingerprint,
+                         const nlohmann::json& backend_facts, double save_seconds);
+// Records that this model cannot have warm clones, and why, so no process tries again.
+void write_unsupported_manifest(const std::filesystem::path& directory,
+                                const std::string& fingerprint, const std::string& reason);
+
+}  // namespace vmfest::detail
