@@ -26,14 +26,22 @@ namespace vmfest::testing {
 
 class ChildProcess {
  public:
-  // Runs argv[0] (a path) with `argv`, the current environment plus `extra_environment`
-  // ("NAME=value"), output to `output`.
+  // Runs argv[0] (a path) with `argv`, the current environment with `extra_environment`
+  // ("NAME=value") added or replacing, output to `output`.
   ChildProcess(const std::vector<std::string>& argv, const std::filesystem::path& output,
                const std::vector<std::string>& extra_environment = {})
       : output_(output) {
-    std::vector<std::string> environment;
-    for (char** entry = environ; *entry != nullptr; ++entry) environment.emplace_back(*entry);
-    environment.insert(environment.end(), extra_environment.begin(), extra_environment.end());
+    std::vector<std::string> environment = extra_environment;
+    auto overridden = [&](const std::string& entry) {
+      for (const auto& extra : extra_environment) {
+        if (entry.substr(0, entry.find('=') + 1) == extra.substr(0, extra.find('=') + 1))
+          return true;
+      }
+      return false;
+    };
+    for (char** entry = environ; *entry != nullptr; ++entry) {
+      if (!overridden(*entry)) environment.emplace_back(*entry);
+    }
     auto pointers = [](std::vector<std::string>& strings) {
       std::vector<char*> result;
       for (auto& text : strings) result.push_back(text.data());

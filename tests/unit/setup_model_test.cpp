@@ -42,12 +42,39 @@ std::string message_of(const std::function<void()>& action) {
   return "(no error)";
 }
 
-// Images, gzip files and bundles every test serves, made once per run.
+// Images, gzip files and bundles every test serves. ctest runs each test in its own process, so
+// they are made once for all of them: in a folder named after this file's hash (a change of the
+// recipe below makes a new one), built aside and renamed into place under a lock.
 class TestData {
  public:
-  TestData() : dir_(fs::temp_directory_path() / fmt::format("vmfest-setup-data-{}", ::getpid())) {
+  TestData() {
+    const std::string key = vmfest::detail::sha256_file(__FILE__).substr(0, 12);
+    dir_ = fs::temp_directory_path() / fmt::format("vmfest-setup-data-{}", key);
+    vmfest::detail::FileLock lock(fs::temp_directory_path() / "vmfest-setup-data.lock");
+    if (fs::exists(dir_ / ".complete")) return;
+    const fs::path final_dir = dir_;
+    dir_ += fmt::format(".building-{}", ::getpid());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
+    make();
+    std::ofstream(dir_ / ".complete").close();
+    fs::remove_all(final_dir);
+    fs::rename(dir_, final_dir);
+    dir_ = final_dir;
+  }
+
+  [[nodiscard]] const fs::path& dir() const noexcept { return dir_; }
+  [[nodiscard]] fs::path operator/(const std::string& file) const { return dir_ / file; }
+  [[nodiscard]] std::string sha256(const std::string& file) const {
+    return vmfest::detail::sha256_file(dir_ / file);
+  }
+  // Where evil-absolute.tar tries to write.
+  [[nodiscard]] static fs::path absolute_escape() {
+    return fs::temp_directory_path() / "vmfest-setup-data-escaped.txt";
+  }
+
+ private:
+  void make() const {
     const std::string qemu_img = vmfest::detail::find_program("qemu-img", "qemu-utils").string();
     const std::string qemu_io = vmfest::detail::find_program("qemu-io", "qemu-utils").string();
     sh(fmt::format(
@@ -108,17 +135,7 @@ with tarfile.open("evil-manifest.tar", "w") as out:
     sh(fmt::format("cd {}; {} make_tars.py {}", quoted(dir_), HttpServer::python(),
                    quoted(absolute_escape())));
   }
-  ~TestData() { fs::remove_all(dir_); }
 
-  [[nodiscard]] const fs::path& dir() const noexcept { return dir_; }
-  [[nodiscard]] fs::path operator/(const std::string& file) const { return dir_ / file; }
-  [[nodiscard]] std::string sha256(const std::string& file) const {
-    return vmfest::detail::sha256_file(dir_ / file);
-  }
-  // Where evil-absolute.tar tries to write.
-  [[nodiscard]] fs::path absolute_escape() const { return dir_.string() + "-escaped.txt"; }
-
- private:
   fs::path dir_;
 };
 
