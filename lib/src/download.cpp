@@ -139,11 +139,17 @@ std::string cache_key(const std::string& url) {
   return hash.hex_digest().substr(0, 16);
 }
 
+// The lock file sits beside the folder, which discard() removes: a lock file removed while held
+// would let the next process lock a new file while the holder still works.
+FileLock lock_downloads_of(const fs::path& cache_root, const std::string& url) {
+  fs::create_directories(cache_root);
+  return FileLock(cache_root / (cache_key(url) + ".lock"));
+}
+
 }  // namespace
 
 DownloadCache::DownloadCache(const fs::path& cache_root, const std::string& url)
-    : lock_((fs::create_directories(cache_root), cache_root / (cache_key(url) + ".lock"))),
-      directory_(cache_root / cache_key(url)) {
+    : lock_(lock_downloads_of(cache_root, url)), directory_(cache_root / cache_key(url)) {
   fs::create_directories(directory_);
   if (!fs::exists(directory_ / "url")) write_text_atomically(directory_ / "url", url + "\n");
 }
