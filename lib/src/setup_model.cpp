@@ -415,16 +415,19 @@ Model stage_source(const Source& source, const SetupOptions& options, const Home
   }
   ContentWriter writer(staging / ".content", what,
                        options.sha256.empty() ? "" : checked_sha256(options.sha256));
+  detail::BackgroundSink background(writer);  // gunzip and write while the next bytes arrive
   detail::ProgressReporter progress(fmt::format("model '{}'", name), options.on_progress);
   if (!source.local.empty()) {
-    detail::read_local(source.local, writer, progress);
+    detail::read_local(source.local, background, progress);
+    background.drain();
     return stage_content(writer.finish(), staging, what);
   }
   detail::DownloadCache cache(home.cache() / "downloads", source.url);
   try {
     detail::TransferLimits limits;
     limits.stall_timeout = options.stall_timeout;
-    detail::download(source.url, cache, writer, limits, progress);
+    detail::download(source.url, cache, background, limits, progress);
+    background.drain();
     Model model = stage_content(writer.finish(), staging, what);
     cache.discard();
     return model;
