@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs a built vmfest tree into a prefix, then configures, builds and runs samples/basic against
+# that installed package, as a consumer project would (find_package(vmfest CONFIG)).
+# Usage: samples/test-installed-package.sh VMFEST_BUILD_DIR [WORK_DIR]
+#   WORK_DIR (default VMFEST_BUILD_DIR/sample-consumer) receives prefix/ and build/.
+# Extra ctest arguments may follow after `--`.
+set -euo pipefail
+samples=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+[ $# -ge 1 ] || { echo "usage: $0 VMFEST_BUILD_DIR [WORK_DIR] [-- ctest args]" >&2; exit 2; }
+build=$(cd "$1" && pwd)
+shift
+work=$build/sample-consumer
+if [ $# -gt 0 ] && [ "$1" != -- ]; then work=$1; shift; fi
+[ "${1:-}" = -- ] && shift
+
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+rm -rf "$work/prefix"
+cmake --install "$build" --prefix "$work/prefix" >/dev/null
+cmake -S "$samples/basic" -B "$work/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
+cmake --build "$work/build"
+ctest --test-dir "$work/build" --output-on-failure "$@"
