@@ -1,0 +1,34 @@
+// The `vmfest` command-line tool: each subcommand registers itself on the CLI11 app and, once its
+// command line has parsed, leaves the work to do in a Command that main() runs.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+namespace vmfest::cli {
+
+// Exit statuses (also listed in `vmfest --help`).
+inline constexpr int kExitFailure = 1;  // vmfest could not do it; the message says why
+inline constexpr int kExitUsage = 2;    // a malformed command line or an unusable argument
+// `vmfest ssh NAME -- CMD` exits with CMD's status, so its own failures use ssh(1)'s 255.
+inline constexpr int kExitSshFailure = 255;
+
+struct Command {
+  std::function<int()> run;           // returns the exit status
+  int failure_status = kExitFailure;  // when run() throws a vmfest::Error
+};
+
+// setup-model, models, rm-model.
+void add_model_commands(CLI::App& app, Command& command);
+// create, start, pause, resume, power-down, destroy, reap.
+void add_instance_commands(CLI::App& app, Command& command);
+// ls.
+void add_list_command(CLI::App& app, Command& command);
+// ssh; `remote_command` is what followed `--` on the command line.
+void add_ssh_command(CLI::App& app, Command& command,
+                     const std::vector<std::string>& remote_command);
+
+}  // namespace vmfest::cli

@@ -1,0 +1,86 @@
+// `vmfest setup-model`, `vmfest models`, `vmfest rm-model`.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "vmfest/model.h"
+#include "vmfest_cli.h"
+#include "vmfest_cli_table.h"
+
+namespace vmfest::cli {
+namespace {
+
+std::string mebibytes(std::uint64_t bytes) {
+  return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
+}
+
+struct SetupArguments {
+  std::string source;
+  SetupOptions options;
+};
+
+void add_setup_command(CLI::App& app, Command& command) {
+  auto args = std::make_shared<SetupArguments>();
+  CLI::App* sub = app.add_subcommand(
+      "setup-model",
+      "Install a model from a URL (http, https, file) or a local path: a qcow2, raw, vdi or vmdk "
+      "disk image (optionally gzip-compressed) or a model bundle (folder or tar holding "
+      "vmfest-model.json). Interrupted downloads resume");
+  sub->add_option("source", args->source, "URL or path of the image or bundle")->required();
+  sub->add_option("-n,--name", args->options.name,
+                  "register it under this name (default: from the bundle or the file name)");
+  sub->add_option("--sha256", args->options.sha256,
+                  "expected SHA-256 of the file as served (64 hex digits; of the compressed bytes "
+                  "for a .gz)");
+  sub->add_flag("--replace", args->options.replace,
+                "install again even when a model of that name exists");
+  sub->callback([&command, args] {
+    command.run = [args] {
+      Model model = setup_model(args->source, args->options);
+      fmt::print("model '{}' is ready ({}, {}): {}\n", model.name, model.format,
+                 mebibytes(model.size_bytes), model.directory.string());
+      return 0;
+    };
+  });
+}
+
+void add_list_models_command(CLI::App& app, Command& command) {
+  CLI::App* sub = app.add_subcommand("models", "List the installed models");
+  sub->callback([&command] {
+    command.run = [] {
+      Table table({"NAME", "FORMAT", "SIZE", "BOOT", "SOURCE"});
+      for (const Model& model : ModelRegistry().list()) {
+        table.add({model.name, model.format, mebibytes(model.size_bytes),
+                   model.boot.kind == BootSpec::Kind::Kernel ? "kernel" : "disk", model.source});
+      }
+      table.print();
+      return 0;
+    };
+  });
+}
+
+void add_remove_model_command(CLI::App& app, Command& command) {
+  auto name = std::make_shared<std::string>();
+  CLI::App* sub = app.add_subcommand(
+      "rm-model", "Remove an installed model (refused while instances of it exist)");
+  sub->add_option("name", *name, "the model")->required();
+  sub->callback([&command, name] {
+    command.run = [name] {
+      ModelRegistry().remove(*name);
+      fmt::print("model '{}' is removed\n", *name);
+      return 0;
+    };
+  });
+}
+
+}  // namespace
+
+void add_model_commands(CLI::App& app, Command& command) {
+  add_setup_command(app, command);
+  add_list_models_command(app, command);
+  add_remove_model_command(app, command);
+}
+
+}  // namespace vmfest::cli
