@@ -130,6 +130,7 @@ key_inputs() {
     printf '%s %s\n' "$p" "${pkg_version[$p]}"
   done
   printf '%s %s\n' "$kernel_meta" "$kernel_version_pkg"
+  printf 'compiler %s\n' "$(gcc --version | sed -n 1p)" # builds the guest agent
 }
 inputs=$(key_inputs)
 key=$(sha256sum <<<"$inputs")
@@ -265,6 +266,11 @@ done < <("$busybox" --list-full)
 install_program "$dropbear" /usr/sbin/dropbear
 install_program "$dropbearconvert" /usr/bin/dropbearconvert
 install_program "$sftp_real" "$sftp_path"
+# The guest agent (warm clones get their identity through it), linked against the glibc that
+# dropbear already brought in.
+gcc -O2 -Wall -Wextra -Werror -o "$work/vmfest-agent" "$guest_dir/agent/vmfest-agent.c" ||
+  die "cannot compile the guest agent"
+install_program "$work/vmfest-agent" /usr/lib/vmfest/vmfest-agent
 
 cp -R "$guest_dir/rootfs/." "$root/"
 while IFS= read -r f; do

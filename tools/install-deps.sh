@@ -4,11 +4,11 @@
 set -euo pipefail
 packages=(
   # toolchain
-  cmake g++ ninja-build pkg-config git clang-format clang-tidy
+  cmake gcc g++ ninja-build pkg-config git clang-format clang-tidy
   # libraries
   libgtest-dev libgmock-dev libbenchmark-dev
   libboost1.81-dev libboost-filesystem1.81-dev
-  gsoap libgsoap-dev
+  gsoap libgsoap-dev libxml2-dev
   libssh-dev libcurl4-openssl-dev zlib1g-dev libssl-dev libarchive-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   # hypervisor

@@ -129,6 +129,7 @@ struct Instance::Impl {
   bool destroyed = false;
   double boot_seconds = 0;
   std::chrono::seconds ready_timeout{120};
+  bool resumed_warm = false;
 
   explicit Impl(Home h) : home(std::move(h)) {}
 
@@ -479,6 +480,7 @@ void Instance::start() {
   impl_->session.reset();
   const auto begin = Clock::now();
   if (!impl_->slot) impl_->slot.emplace(detail::acquire_vm_slot(impl_->record.name, kSlotTimeout));
+  impl_->resumed_warm = false;
   impl_->machine->launch();
   impl_->record.started = true;
   impl_->save_record();
@@ -486,6 +488,7 @@ void Instance::start() {
     try {
       impl_->deliver_identity();
       impl_->wait_until_ready(impl_->ready_timeout, false);
+      impl_->resumed_warm = true;
     } catch (const Error& error) {
       impl_->fall_back_to_cold_boot(error.what());
     }
@@ -551,6 +554,7 @@ fs::path Instance::directory() const { return impl_->directory(); }
 fs::path Instance::console_log() const { return impl_->machine->console_log(); }
 std::string Instance::console_tail(std::size_t lines) const { return impl_->console_tail(lines); }
 double Instance::boot_seconds() const noexcept { return impl_->boot_seconds; }
+bool Instance::resumed_warm() const noexcept { return impl_->resumed_warm; }
 std::string Instance::accelerator() const { return impl_->machine->accelerator(); }
 
 InstanceInfo Instance::info() const {

@@ -111,6 +111,8 @@ class Instance {
   [[nodiscard]] std::string console_tail(std::size_t lines = 40) const;
   // Seconds from start() to ready, of the last start.
   [[nodiscard]] double boot_seconds() const noexcept;
+  // True when the last start() resumed a warm image instead of booting.
+  [[nodiscard]] bool resumed_warm() const noexcept;
   // The accelerator the VM runs under ("tcg", "kvm"; backend-specific otherwise).
   [[nodiscard]] std::string accelerator() const;
   // Name, model, state (asked of the hypervisor), ownership and SSH endpoint.
