@@ -8,6 +8,7 @@
 #include <fstream>
 #include <thread>
 
+#include <boost/asio/io_context.hpp>
 #include <boost/process/v2/process.hpp>
 #include <boost/process/v2/stdio.hpp>
 #include <fmt/format.h>
@@ -63,7 +64,7 @@ bool kvm_runs_guest(const fs::path& qemu, const fs::path& work, const fs::path& 
     args.insert(args.end(), {"-drive", "file=" + sector.string() + ",format=raw,if=ide"});
     success = kProbeMarker;
   }
-  auto& context = process_context();
+  boost::asio::io_context context;
   FILE* log = std::fopen((work / "probe-qemu.log").c_str(), "w");
   bp::process child(context, qemu.string(), args, bp::process_stdio{nullptr, log, log});
   if (log != nullptr) std::fclose(log);

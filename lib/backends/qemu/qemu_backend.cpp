@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include <boost/asio/io_context.hpp>
 #include <boost/process/v2/process.hpp>
 #include <boost/process/v2/start_dir.hpp>
 #include <boost/process/v2/stdio.hpp>
@@ -406,7 +407,7 @@ class QemuMachine final : public Machine {
     }
     // Relative file names and the instance folder as working directory keep the QMP socket path
     // short (unix socket paths are limited to ~107 bytes) and mark the process as ours (/proc/cwd).
-    process_.emplace(process_context(), qemu_binary().string(), arguments(),
+    process_.emplace(process_context_, qemu_binary().string(), arguments(),
                      bp::process_stdio{nullptr, log, log},
                      bp::process_start_dir{config_.directory.string()});
     std::fclose(log);
@@ -487,6 +488,10 @@ class QemuMachine final : public Machine {
   }
 
   MachineConfig config_;
+  // Each machine its own: Boost.Process re-initialises the launching io_context in the forked
+  // child, which deadlocks there if another thread held one of its locks at the fork (ten
+  // instances started at once did). Declared before process_, which refers to it.
+  boost::asio::io_context process_context_;
   std::optional<bp::process> process_;
   int port_ = 0;
   int pid_ = 0;
