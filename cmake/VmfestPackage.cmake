@@ -11,6 +11,15 @@ set(VMFEST_BOOST_VERSION "${Boost_MAJOR_VERSION}.${Boost_MINOR_VERSION}")
 # The VirtualBox backend's generated gSOAP client is a static library of its own: consumers link it.
 set(VMFEST_PACKAGE_NEEDS_GSOAP OFF)
 if(TARGET vmfest_vbox_soap)
+  # Its generated headers stay in the build tree: only the build may see them (an installed
+  # package must not point into a build directory).
+  foreach(property INTERFACE_INCLUDE_DIRECTORIES INTERFACE_SYSTEM_INCLUDE_DIRECTORIES)
+    get_target_property(directories vmfest_vbox_soap ${property})
+    if(directories)
+      list(TRANSFORM directories REPLACE "^(.+)$" "$<BUILD_INTERFACE:\\1>")
+      set_target_properties(vmfest_vbox_soap PROPERTIES ${property} "${directories}")
+    endif()
+  endforeach()
   install(TARGETS vmfest_vbox_soap EXPORT vmfestTargets)
   set(VMFEST_PACKAGE_NEEDS_GSOAP ON)
 endif()
