@@ -1,0 +1,260 @@
+// Cold vs warm vs raw QEMU, side by side in one run on the default model.
+//
+//   (a) raw   qemu-system-x86_64 on a qemu-img overlay, to the first successful SSH command: the floor
+//   (b) cold  a vmfest instance booted from the model, create() to ready
+//   (c) warm  a vmfest instance resumed from the model's warm image, create() to ready
+//   (d) destroy, of cold and warm instances
+//   (e) a 20-test suite (fresh instance, one command, destroy; sequential), cold vs warm
+//   plus 8 warm instances started at once.
+// Rounds interleave raw, cold and warm so that load on the host hits all three alike. Prints a
+// table, then `cold_vs_raw R`, `warm_vs_cold R`, `suite_warm_vs_cold R` as the last lines, and
+// writes the same as JSON (argv[1], default boot_bench.json).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <boost/process/v2/process.hpp>
+#include <boost/process/v2/start_dir.hpp>
+#include <boost/process/v2/stdio.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "seed.h"
+#include "subprocess.h"
+#include "vmfest/error.h"
+#include "vmfest/gtest/environment.h"
+#include "vmfest/instance.h"
+#include "vmfest/model.h"
+#include "vmfest/ssh/keys.h"
+#include "vmfest/ssh/session.h"
+
+namespace {
+namespace fs = std::filesystem;
+namespace bp = boost::process::v2;
+using Clock = std::chrono::steady_clock;
+using Seconds = std::chrono::duration<double>;
+
+constexpr int kRounds = 5;
+constexpr int kSuiteTests = 20;
+constexpr int kParallelWarm = 8;
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const std::size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+// New SSH attempts every 100 ms, each with its own connection, until one runs `true`: user-mode
+// networking retries a lost SYN only after seconds, so one blocking attempt would quantise the
+// result.
+void wait_for_ssh(const vmfest::ssh::Endpoint& endpoint, const vmfest::ssh::Credentials& keys) {
+  std::atomic<bool> done{false};
+  std::vector<std::jthread> attempts;
+  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  while (!done && Clock::now() < deadline) {
+    attempts.emplace_back([&] {
+      try {
+        auto session = vmfest::ssh::Session::connect(endpoint, keys, std::chrono::seconds(3));
+        if (session.run("true").ok()) done = true;
+      } catch (const vmfest::Error&) {
+        // Not up yet: the next attempt follows in 100 ms.
+      }
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (!done) throw vmfest::Error("raw QEMU guest never answered SSH");
+}
+
+// A port the kernel calls free on 127.0.0.1 (raced only by other processes, rarely).
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(addr);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// (a): what a user would do by hand with qemu-img and qemu-system-x86_64.
+double raw_boot(const vmfest::Model& model, const fs::path& work) {
+  fs::remove_all(work);
+  fs::create_directories(work);
+  auto client = vmfest::ssh::KeyPair::generate("raw-client");
+  auto host = vmfest::ssh::KeyPair::generate("raw-host");
+  vmfest::detail::write_seed_image(
+      work, {"raw", client.public_openssh, host.private_openssh, host.public_openssh});
+  const int port = free_port();
+  const auto begin = Clock::now();
+  vmfest::detail::run_tool_checked(
+      vmfest::detail::find_program("qemu-img", "qemu-utils"),
+      {"create", "-q", "-f", "qcow2", "-b", model.disk.string(), "-F", model.format,
+       (work / "overlay.qcow2").string()},
+      "overlay");
+  std::vector<std::string> args = {
+      "-machine", "pc", "-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults",
+      "-no-user-config", "-display", "none", "-kernel", model.boot.kernel.string(), "-initrd",
+      model.boot.initrd.string(), "-append", model.boot.cmdline, "-drive",
+      "file=overlay.qcow2,if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0",
+      "-drive", "file=seed.iso,if=none,id=d1,format=raw,readonly=on", "-device",
+      "virtio-blk-pci,drive=d1", "-netdev",
+      fmt::format("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22", port), "-device",
+      "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci", "-serial", "file:serial.log"};
+  bp::process qemu(vmfest::detail::process_context(),
+                   vmfest::detail::find_program("qemu-system-x86_64", "qemu-system-x86").string(),
+                   args, bp::process_stdio{nullptr, nullptr, nullptr},
+                   bp::process_start_dir{work.string()});
+  wait_for_ssh({"127.0.0.1", port, "root"}, {client.private_openssh, host.public_openssh});
+  const double seconds = Seconds(Clock::now() - begin).count();
+  vmfest::detail::kill_and_reap(qemu);
+  fs::remove_all(work);
+  return seconds;
+}
+
+struct Timing {
+  double ready = 0;
+  double destroy = 0;
+};
+
+Timing vmfest_boot(bool warm) {
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::kDefaultModel;
+  request.warm = warm;
+  const auto begin = Clock::now();
+  vmfest::Instance instance = vmfest::Instance::create(request);
+  instance.start();
+  Timing timing;
+  timing.ready = Seconds(Clock::now() - begin).count();
+  if (!instance.ssh().run("true").ok()) throw vmfest::Error("instance did not run a command");
+  const auto destroy_begin = Clock::now();
+  instance.destroy();
+  timing.destroy = Seconds(Clock::now() - destroy_begin).count();
+  return timing;
+}
+
+double suite(bool warm) {
+  const auto begin = Clock::now();
+  for (int test = 0; test < kSuiteTests; ++test) {
+    vmfest::InstanceRequest request;
+    request.model = vmfest::testing::kDefaultModel;
+    request.warm = warm;
+    vmfest::Instance instance = vmfest::Instance::create(request);
+    instance.start();
+    instance.ssh().check("uname -a");
+  }
+  return Seconds(Clock::now() - begin).count();
+}
+
+// All become ready, and how long the last one took.
+double parallel_warm() {
+  std::vector<std::optional<vmfest::Instance>> instances(kParallelWarm);
+  std::mutex failures_mutex;
+  std::vector<std::string> failures;
+  const auto begin = Clock::now();
+  {
+    std::vector<std::jthread> starters;
+    for (auto& slot : instances) {
+      starters.emplace_back([&] {
+        try {
+          vmfest::InstanceRequest request;
+          request.model = vmfest::testing::kDefaultModel;
+          slot.emplace(vmfest::Instance::create(request));
+          slot->start();
+          slot->ssh().check("true");
+        } catch (const std::exception& error) {
+          std::lock_guard lock(failures_mutex);
+          failures.emplace_back(error.what());
+        }
+      });
+    }
+  }
+  const double seconds = Seconds(Clock::now() - begin).count();
+  if (!failures.empty()) throw vmfest::Error("parallel warm start failed: " + failures.front());
+  return seconds;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const fs::path json_path = argc > 1 ? argv[1] : "boot_bench.json";
+  // Eight at once is part of the benchmark; the host-wide cap would queue them.
+  ::setenv("VMFEST_MAX_VMS", "16", 1);
+  vmfest::testing::ensure_default_model();
+  const vmfest::Model model = vmfest::ModelRegistry().get(vmfest::testing::kDefaultModel);
+  const fs::path work = fs::temp_directory_path() / fmt::format("vmfest-boot-bench-{}", ::getpid());
+
+  std::cerr << "warming up (builds the warm image once)...\n";
+  const auto warm_build_begin = Clock::now();
+  vmfest_boot(true);
+  const double first_warm = Seconds(Clock::now() - warm_build_begin).count();
+
+  std::vector<double> raw;
+  std::vector<double> cold;
+  std::vector<double> warm;
+  std::vector<double> destroy_cold;
+  std::vector<double> destroy_warm;
+  for (int round = 1; round <= kRounds; ++round) {
+    raw.push_back(raw_boot(model, work));
+    Timing c = vmfest_boot(false);
+    Timing w = vmfest_boot(true);
+    cold.push_back(c.ready);
+    warm.push_back(w.ready);
+    destroy_cold.push_back(c.destroy);
+    destroy_warm.push_back(w.destroy);
+    std::cerr << fmt::format("round {}: raw {:.2f} s, cold {:.2f} s, warm {:.2f} s\n", round,
+                             raw.back(), cold.back(), warm.back());
+  }
+  std::cerr << "suite of " << kSuiteTests << " tests, cold then warm...\n";
+  const double suite_cold = suite(false);
+  const double suite_warm = suite(true);
+  std::cerr << kParallelWarm << " warm instances at once...\n";
+  const double parallel = parallel_warm();
+
+  const double cold_vs_raw = median(cold) / median(raw);
+  const double warm_vs_cold = median(warm) / median(cold);
+  const double suite_ratio = suite_warm / suite_cold;
+  std::cout << fmt::format("{:<44} {:>10}\n", "measure (default model, TCG)", "seconds");
+  auto row = [](const std::string& name, double value) {
+    std::cout << fmt::format("{:<44} {:>10.3f}\n", name, value);
+  };
+  row(fmt::format("(a) raw qemu to first SSH, median of {}", kRounds), median(raw));
+  row(fmt::format("(b) cold instance create->ready, median of {}", kRounds), median(cold));
+  row(fmt::format("(c) warm instance create->ready, median of {}", kRounds), median(warm));
+  row("(d) destroy cold, median", median(destroy_cold));
+  row("(d) destroy warm, median", median(destroy_warm));
+  row(fmt::format("(e) {}-test suite, cold", kSuiteTests), suite_cold);
+  row(fmt::format("(e) {}-test suite, warm", kSuiteTests), suite_warm);
+  row(fmt::format("{} warm instances at once, all ready", kParallelWarm), parallel);
+  row("first warm instance (incl. building the image)", first_warm);
+  std::cout << fmt::format("cold_vs_raw {:.2f}\nwarm_vs_cold {:.2f}\nsuite_warm_vs_cold {:.2f}\n",
+                           cold_vs_raw, warm_vs_cold, suite_ratio);
+
+  nlohmann::json report = {{"raw_seconds", raw},
+                           {"cold_seconds", cold},
+                           {"warm_seconds", warm},
+                           {"destroy_cold_seconds", destroy_cold},
+                           {"destroy_warm_seconds", destroy_warm},
+                           {"suite_cold_seconds", suite_cold},
+                           {"suite_warm_seconds", suite_warm},
+                           {"parallel_warm_seconds", parallel},
+                           {"parallel_warm_count", kParallelWarm},
+                           {"cold_vs_raw", cold_vs_raw},
+                           {"warm_vs_cold", warm_vs_cold},
+                           {"suite_warm_vs_cold", suite_ratio}};
+  std::ofstream(json_path) << report.dump(2) << "\n";
+  return 0;
+}
