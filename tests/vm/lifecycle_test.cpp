@@ -105,6 +105,7 @@ TEST(Lifecycle, PauseResumePowerDownDestroy) {
 TEST(Readiness, AGuestThatIsNotReadyInTimeFailsWithItsConsoleTail) {
   vmfest::InstanceRequest request = default_request();
   request.ready_timeout = std::chrono::seconds(1);
+  request.warm = false;  // a boot, not a resume
   Instance vm = Instance::create(request);
   try {
     vm.start();
