@@ -126,8 +126,8 @@ CommandResult Session::run(std::string_view command, const RunOptions& options) 
   }
 
   CommandResult result;
-  const auto deadline = options.timeout ? std::optional(Clock::now() + *options.timeout)
-                                        : std::optional<Clock::time_point>();
+  const Clock::time_point deadline =
+      options.timeout ? Clock::now() + *options.timeout : Clock::time_point::max();
   std::array<char, 16384> buffer{};
   constexpr int kPollMillis = 50;
   while (true) {
@@ -147,7 +147,7 @@ CommandResult Session::run(std::string_view command, const RunOptions& options) 
     }
     if (got_data) continue;
     if (ssh_channel_is_eof(channel.get()) != 0) break;
-    if (deadline && Clock::now() >= *deadline) {
+    if (Clock::now() >= deadline) {
       throw SshTimeoutError(fmt::format("`{}` on {} did not finish within {} ms; it was abandoned",
                                         command, describe(impl_->endpoint),
                                         options.timeout->count()));
