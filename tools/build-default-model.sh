@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Builds vmfest's default test model "vmfest-tiny": a busybox + dropbear Linux guest made only from
 # Debian packages, as a model bundle directory:
-#   disk.qcow2 (ext4 root, /dev/vda), vmlinuz, initrd.img, vmfest-model.json, build-inputs.txt
+#   disk.qcow2, vmlinuz, initrd.img, vmfest-model.json, build-inputs.txt
+# The disk boots by itself, as real images do: BIOS -> MBR -> SYSLINUX on a FAT boot partition
+# (vda1, with the same vmlinuz and initrd.img) -> ext4 root (vda2). QEMU skips that stage and boots
+# vmlinuz + initrd.img directly ("boot":{"kind":"kernel"}); "disk_bootable":true tells a backend that
+# can only boot from disk (VirtualBox) that it may.
 # The image holds no host key and no authorized key: each instance gets its own at boot from a
 # cloud-init NoCloud seed (ISO9660 labelled "cidata"), applied by tools/guest/rootfs/etc/rc.
 #
@@ -10,10 +14,11 @@
 # The LAST line of stdout is the bundle directory; everything else goes to stderr.
 #
 # Bundles are cached as OUT_DIR/<key>, key = sha256 (16 hex) over this script, tools/guest/
-# (except the smoke test, which is not an input) and the versions of busybox-static, dropbear-bin,
-# openssh-sftp-server and the linux-image-cloud-amd64 that apt would download. A complete bundle
-# is returned at once; builds are serialised by a flock on OUT_DIR/.lock.
+# (except the smoke test, which is not an input), the versions of the installed packages that go into
+# the image or write it (model_packages below) and the linux-image-cloud-amd64 that apt would
+# download. A complete bundle is returned at once; builds are serialised by a flock on OUT_DIR/.lock.
 set -euo pipefail
+PATH=$PATH:/usr/sbin:/sbin # mkfs.*, sfdisk and debugfs live there, outside a normal user's PATH
 
 exec 3>&1 1>&2 # fd 3 carries the result line; apt, mkfs & co. must not pollute stdout
 umask 022      # modes inside the image must not depend on the caller's umask
@@ -22,11 +27,22 @@ script=$(readlink -f "${BASH_SOURCE[0]}")
 guest_dir=${script%/*}/guest
 out_dir=${1:-${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmfest}/default-model}
 kernel_meta=linux-image-cloud-amd64
-disk_size=256M # room for tests to write a few 64 MiB files; the qcow2 only stores what is used
+root_mib=256 # room for tests to write a few 64 MiB files; the qcow2 only stores what is used
+# Installed packages whose files end up in the image or shape it: their versions are in the key.
+model_packages=(busybox-static dropbear-bin openssh-sftp-server syslinux syslinux-common mtools dosfstools fdisk)
 keep_bundles=3 # older bundles are pruned (a running test may still use a recent one)
+root_label=vmfest-root
+# no_timer_check: the kernel's IO-APIC timer test wants a few ticks within ~40 ms of wall-clock time,
+# which a TCG vCPU on a busy host misses and then panics ("IO-APIC + timer doesn't work!"); the
+# check guards against broken hardware QEMU does not emulate. Linux sets it itself for KVM/VMware.
+cmdline_common="console=ttyS0 rw quiet no_timer_check"
+# QEMU boots vmlinuz directly and always gives the root disk as the first virtio-blk: /dev/vda2.
+kernel_cmdline="$cmdline_common root=/dev/vda2"
+# From disk the device name depends on the hypervisor's disk controller: find root by its label.
+disk_cmdline="$cmdline_common root=LABEL=$root_label"
 
 # Kernel modules the guest needs (their dependencies are added automatically).
-boot_modules=(virtio_pci virtio_blk) # in the initramfs: enough to mount root=/dev/vda
+boot_modules=(virtio_pci virtio_blk) # in the initramfs: enough to mount the root partition
 guest_modules=(virtio_pci virtio_blk virtio_net virtio_rng virtio_console isofs evdev button)
 
 log() { printf 'build-default-model: %s\n' "$*" >&2; }
@@ -115,7 +131,7 @@ if [[ -z $kernel_version_pkg || $kernel_version_pkg == "(none)" ]]; then
   kernel_version_pkg=$(kernel_candidate)
   [[ -n $kernel_version_pkg && $kernel_version_pkg != "(none)" ]] || die "apt has no $kernel_meta"
 fi
-read_installed_versions busybox-static dropbear-bin openssh-sftp-server
+read_installed_versions "${model_packages[@]}"
 
 key_inputs() {
   # This script, then content and executable bit of every guest file (the smoke test does not
@@ -126,7 +142,7 @@ key_inputs() {
     find . -type f ! -name smoke-test.sh \( -perm -u+x -printf 'exec %p\n' -o -true \) -exec sha256sum {} + |
       LC_ALL=C sort
   )
-  for p in busybox-static dropbear-bin openssh-sftp-server; do
+  for p in "${model_packages[@]}"; do
     printf '%s %s\n' "$p" "${pkg_version[$p]}"
   done
   printf '%s %s\n' "$kernel_meta" "$kernel_version_pkg"
@@ -287,25 +303,9 @@ chmod 600 "$root/etc/shadow"
 chmod 700 "$root/root" "$root/etc/dropbear"
 chmod 1777 "$root/tmp"
 
-# ---- disk image ---------------------------------------------------------------------------------------
+# ---- kernel + boot initramfs ----------------------------------------------------------------------
 bundle_tmp=$work/bundle
 mkdir -p "$bundle_tmp"
-log "mkfs.ext4 ($disk_size)"
-truncate -s "$disk_size" "$work/disk.raw"
-# Itable/journal zeroed now (not lazily at first mount, which would write to every clone's overlay).
-mkfs.ext4 -q -F -b 4096 -m 0 -L vmfest-root \
-  -E lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0 -d "$root" "$work/disk.raw"
-if ((EUID != 0)); then
-  # mkfs -d copies the builder's uid/gid: make every inode root's, as in a real system.
-  (cd "$root" && find . -mindepth 1 | sed 's|^\.||') |
-    awk '{ printf "sif \"%s\" uid 0\nsif \"%s\" gid 0\n", $0, $0 }' >"$work/chown.debugfs"
-  debugfs -w -f "$work/chown.debugfs" "$work/disk.raw" >/dev/null 2>"$work/debugfs.err" ||
-    die "debugfs failed: $(cat "$work/debugfs.err")"
-fi
-qemu-img convert -f raw -O qcow2 "$work/disk.raw" "$bundle_tmp/disk.qcow2"
-rm -f "$work/disk.raw"
-
-# ---- kernel + boot initramfs ----------------------------------------------------------------------
 cp "$vmlinuz" "$bundle_tmp/vmlinuz"
 ird=$work/initramfs
 mkdir -p "$ird"/{bin,dev,proc,sys,newroot,lib/modules}
@@ -321,15 +321,69 @@ printf '%s\n' "$boot_order" >"$ird/lib/modules/load-order"
 (cd "$ird" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet) |
   gzip -9 >"$bundle_tmp/initrd.img"
 
+# ---- root filesystem image ------------------------------------------------------------------------------
+log "mkfs.ext4 (${root_mib} MiB)"
+truncate -s "${root_mib}M" "$work/root.ext4"
+# Itable/journal zeroed now (not lazily at first mount, which would write to every clone's overlay).
+mkfs.ext4 -q -F -b 4096 -m 0 -L "$root_label" \
+  -E lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0 -d "$root" "$work/root.ext4"
+if ((EUID != 0)); then
+  # mkfs -d copies the builder's uid/gid: make every inode root's, as in a real system.
+  (cd "$root" && find . -mindepth 1 | sed 's|^\.||') |
+    awk '{ printf "sif \"%s\" uid 0\nsif \"%s\" gid 0\n", $0, $0 }' >"$work/chown.debugfs"
+  debugfs -w -f "$work/chown.debugfs" "$work/root.ext4" >/dev/null 2>"$work/debugfs.err" ||
+    die "debugfs failed: $(cat "$work/debugfs.err")"
+fi
+
+# ---- boot partition: SYSLINUX, kernel and initramfs on FAT16 ----------------------------------------
+# SYSLINUX on FAT because its installer works on an unmounted image file (through mtools), as do
+# mkfs.vfat, mcopy and sfdisk, so the build needs no loop device, no mount and no root. (extlinux
+# must have its filesystem mounted; GRUB can only be set up on an image file by hand, and its
+# loader took ~2.5 s longer than SYSLINUX's to get the kernel going under TCG.)
+boot_mib=$((($(stat -c %s "$bundle_tmp/vmlinuz") + $(stat -c %s "$bundle_tmp/initrd.img")) / 1048576 + 4))
+log "boot partition: FAT16 (${boot_mib} MiB) with SYSLINUX"
+truncate -s "${boot_mib}M" "$work/boot.fat"
+mkfs.vfat -F 16 -n VMFEST-BOOT "$work/boot.fat" >/dev/null
+# SERIAL: the loader's banner and errors reach the console log too. No prompt, no menu, no wait.
+cat >"$work/syslinux.cfg" <<EOF
+SERIAL 0 115200
+DEFAULT vmfest
+PROMPT 0
+TIMEOUT 0
+LABEL vmfest
+  LINUX /vmlinuz
+  INITRD /initrd.img
+  APPEND $disk_cmdline
+EOF
+mcopy -i "$work/boot.fat" "$bundle_tmp/vmlinuz" "$bundle_tmp/initrd.img" "$work/syslinux.cfg" ::/
+syslinux --install "$work/boot.fat" || die "syslinux --install failed"
+syslinux_mbr=/usr/lib/syslinux/mbr/mbr.bin
+[[ -s $syslinux_mbr ]] || die "no $syslinux_mbr (syslinux-common)"
+
+# ---- disk image: MBR (SYSLINUX's boot code), vda1 = boot (active), vda2 = root ----------------------
+# Partitions start on MiB boundaries so dd can place them with bs=1M.
+log "assembling the partitioned disk"
+truncate -s "$((1 + boot_mib + root_mib))M" "$work/disk.raw"
+sfdisk -q "$work/disk.raw" <<EOF || die "sfdisk failed"
+label: dos
+label-id: 0x766d6673
+start=1MiB, size=${boot_mib}MiB, type=e, bootable
+start=$((1 + boot_mib))MiB, size=${root_mib}MiB, type=83
+EOF
+dd if="$syslinux_mbr" of="$work/disk.raw" bs=440 count=1 conv=notrunc status=none
+dd if="$work/boot.fat" of="$work/disk.raw" bs=1M seek=1 conv=notrunc,sparse status=none
+dd if="$work/root.ext4" of="$work/disk.raw" bs=1M seek=$((1 + boot_mib)) conv=notrunc,sparse status=none
+rm -f "$work/boot.fat" "$work/root.ext4"
+qemu-img convert -f raw -O qcow2 "$work/disk.raw" "$bundle_tmp/disk.qcow2"
+rm -f "$work/disk.raw"
+
 # ---- metadata -----------------------------------------------------------------------------------------
 for v in "$kv" "${pkg_version[busybox-static]}" "${pkg_version[dropbear-bin]}" "$kernel_pkg_version"; do
   [[ $v =~ ^[A-Za-z0-9.+:~_-]+$ ]] || die "unexpected characters in version '$v'" # keeps the JSON valid
 done
-# no_timer_check: on a loaded host a TCG guest can miss the kernel's IO-APIC timer check and panic
-# ("IO-APIC + timer doesn't work"); the check guards against broken hardware QEMU does not emulate.
 cat >"$bundle_tmp/vmfest-model.json" <<EOF
-{"name":"vmfest-tiny","disk":"disk.qcow2","format":"qcow2",
- "boot":{"kind":"kernel","kernel":"vmlinuz","initrd":"initrd.img","cmdline":"console=ttyS0 root=/dev/vda rw quiet no_timer_check"},
+{"name":"vmfest-tiny","disk":"disk.qcow2","format":"qcow2","disk_bootable":true,
+ "boot":{"kind":"kernel","kernel":"vmlinuz","initrd":"initrd.img","cmdline":"$kernel_cmdline"},
  "ssh":{"user":"root","port":22},
  "ready_marker":"VMFEST-READY",
  "guest":{"kernel_version":"$kv","built_from":{"busybox-static":"${pkg_version[busybox-static]}","dropbear-bin":"${pkg_version[dropbear-bin]}","linux-image":"$kernel_pkg_version"}}}

@@ -15,6 +15,8 @@ packages=(
   qemu-system-x86 qemu-utils
   # default model ingredients (the kernel package is downloaded, not installed)
   busybox-static dropbear-bin cpio e2fsprogs openssh-sftp-server genisoimage
+  # ... and its BIOS boot: SYSLINUX on a FAT partition, written without mounting anything
+  syslinux syslinux-common mtools dosfstools fdisk
   # tests and benchmarks: a real ssh/scp client to compare against, python for the HTTP test server
   openssh-client python3 curl procps libxml2-utils
 )
