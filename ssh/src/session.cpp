@@ -1,92 +1,154 @@
 #include "vmfest/ssh/session.h"
 
-#include <array>
 #include <mutex>
+#include <thread>
 
 #include <fmt/format.h>
 
-#include "libssh_handles.h"
+#include "command.h"
+#include "connection.h"
+#include "shell.h"
+#include "transfer.h"
 #include "vmfest/error.h"
 
 namespace vmfest::ssh {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+using detail::Clock;
+using detail::Connection;
+using std::chrono::milliseconds;
 
-std::string describe(const Endpoint& endpoint) {
-  return fmt::format("{}@{}:{}", endpoint.user, endpoint.host, endpoint.port);
-}
+constexpr milliseconds kDefaultIoTimeout = 30s;
+// One connection attempt while waiting for a guest to come back: short, so a boot is noticed soon.
+constexpr milliseconds kReconnectAttempt = 1500ms;
 
 std::string tail(const std::string& text, std::size_t max_chars) {
   return text.size() <= max_chars ? text : "..." + text.substr(text.size() - max_chars);
 }
 
-void set_timeout(ssh_session session, std::chrono::milliseconds timeout) {
-  long seconds = static_cast<long>(timeout.count() / 1000);
-  long micros = static_cast<long>((timeout.count() % 1000) * 1000);
-  ssh_options_set(session, SSH_OPTIONS_TIMEOUT, &seconds);
-  ssh_options_set(session, SSH_OPTIONS_TIMEOUT_USEC, &micros);
+// Hands complete lines to a sink as output arrives; the last line may lack its '\n'.
+class LineSplitter {
+ public:
+  explicit LineSplitter(const LineSink& sink) : sink_(sink) {}
+
+  void feed(std::string_view chunk) {
+    if (!sink_) return;
+    pending_ += chunk;
+    std::size_t start = 0;
+    for (auto newline = pending_.find('\n'); newline != std::string::npos;
+         newline = pending_.find('\n', start)) {
+      sink_(std::string_view(pending_).substr(start, newline - start));
+      start = newline + 1;
+    }
+    pending_.erase(0, start);
+  }
+
+  void finish() {
+    if (sink_ && !pending_.empty()) sink_(pending_);
+    pending_.clear();
+  }
+
+ private:
+  const LineSink& sink_;
+  std::string pending_;
+};
+
+CommandResult run_on(Connection& connection, std::string_view command, const RunOptions& options) {
+  CommandResult result;
+  LineSplitter out_lines(options.on_stdout_line);
+  LineSplitter err_lines(options.on_stderr_line);
+  detail::ExecRequest request;
+  request.display = command;
+  request.command_line =
+      detail::wrap_command(command, options.working_directory, options.environment);
+  request.timeout = options.timeout;
+  request.input = options.input;
+  request.input_source = options.input_source;
+  request.on_stdout = [&](std::string_view chunk) {
+    if (options.capture_output) result.stdout_text += chunk;
+    out_lines.feed(chunk);
+  };
+  request.on_stderr = [&](std::string_view chunk) {
+    if (options.capture_output) result.stderr_text += chunk;
+    err_lines.feed(chunk);
+  };
+  const detail::ExecOutcome outcome = detail::execute(connection, request);
+  out_lines.finish();
+  err_lines.finish();
+  result.exit_status = outcome.exit_status;
+  result.signal = outcome.signal;
+  return result;
 }
 
-detail::SessionPtr open_session(const Endpoint& endpoint, std::chrono::milliseconds timeout) {
-  detail::SessionPtr session(ssh_new());
-  if (!session) throw SshError("libssh could not allocate a session");
-  ssh_session s = session.get();
-  int port = endpoint.port;
-  int no = 0;
-  // Only what we pass counts: no ~/.ssh/config, no known_hosts files, no agent.
-  ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no);
-  ssh_options_set(s, SSH_OPTIONS_HOST, endpoint.host.c_str());
-  ssh_options_set(s, SSH_OPTIONS_PORT, &port);
-  ssh_options_set(s, SSH_OPTIONS_USER, endpoint.user.c_str());
-  ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, "/dev/null");
-  ssh_options_set(s, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null");
-  ssh_options_set(s, SSH_OPTIONS_HOSTKEYS, "ssh-ed25519");
-  set_timeout(s, timeout);
-  return session;
-}
-
-void verify_host_key(ssh_session session, const Endpoint& endpoint, const std::string& pinned) {
-  detail::KeyPtr expected = detail::import_public_line(pinned);
-  if (!expected) {
-    throw SshError(fmt::format("the pinned host key for {} is not a valid public key line",
-                               describe(endpoint)));
-  }
-  ssh_key raw = nullptr;
-  if (ssh_get_server_publickey(session, &raw) != SSH_OK) {
-    throw SshError(fmt::format("{} sent no host key", describe(endpoint)));
-  }
-  detail::KeyPtr offered(raw);
-  if (ssh_key_cmp(expected.get(), offered.get(), SSH_KEY_CMP_PUBLIC) != 0) {
-    throw HostKeyMismatchError(fmt::format(
-        "host key of {} does not match the key pinned for this instance; refusing to connect "
-        "(another VM may be answering on this port, or the guest did not install its seed keys)",
-        describe(endpoint)));
-  }
-}
-
-void authenticate(ssh_session session, const Endpoint& endpoint, const std::string& private_key) {
-  ssh_key raw = nullptr;
-  if (ssh_pki_import_privkey_base64(private_key.c_str(), nullptr, nullptr, nullptr, &raw) !=
-      SSH_OK) {
-    throw SshError("the instance's client private key could not be parsed");
-  }
-  detail::KeyPtr key(raw);
-  int rc = ssh_userauth_publickey(session, nullptr, key.get());
-  if (rc != SSH_AUTH_SUCCESS) {
-    throw SshAuthError(fmt::format(
-        "public-key authentication as {} was refused ({}); check that the guest installed the "
-        "instance's authorized key from its cloud-init seed",
-        describe(endpoint), ssh_get_error(session)));
-  }
+std::string trimmed(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  return text;
 }
 
 }  // namespace
 
 struct Session::Impl {
   Endpoint endpoint;
-  detail::SessionPtr session;
-  std::mutex mutex;  // libssh sessions are not thread-safe; one channel operation at a time
+  Credentials credentials;
+  std::atomic<milliseconds> io_timeout{kDefaultIoTimeout};
+  mutable std::mutex mutex;  // guards `connection`
+  std::shared_ptr<Connection> connection;
+
+  [[nodiscard]] std::string describe() const {
+    return fmt::format("{}@{}:{}", endpoint.user, endpoint.host, endpoint.port);
+  }
+
+  [[nodiscard]] std::shared_ptr<Connection> current() const {
+    std::lock_guard guard(mutex);
+    if (!connection) {
+      throw SshError(
+          fmt::format("not connected to {}: the last reconnect failed; call "
+                      "reconnect() once the guest is up",
+                      describe()));
+    }
+    return connection;
+  }
+
+  // Ends the current connection: whatever still runs on it fails with `reason`.
+  void drop(const std::string& reason) {
+    std::shared_ptr<Connection> old;
+    {
+      std::lock_guard guard(mutex);
+      old = std::move(connection);
+    }
+    if (!old) return;
+    auto lock = old->lock();
+    old->fail(reason, false);
+  }
+
+  void install(std::shared_ptr<Connection> fresh) {
+    std::lock_guard guard(mutex);
+    connection = std::move(fresh);
+  }
+
+  // Connects, retrying until `deadline` (the guest may still be booting). Key and host-key
+  // refusals are final: waiting does not change them.
+  std::shared_ptr<Connection> connect_until(Clock::time_point deadline) {
+    std::string last_error = "no attempt finished";
+    while (true) {
+      const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+      if (left <= 0ms) break;
+      try {
+        return Connection::open(endpoint, credentials, std::min(left, kReconnectAttempt),
+                                io_timeout.load());
+      } catch (const SshAuthError&) {
+        throw;
+      } catch (const HostKeyMismatchError&) {
+        throw;
+      } catch (const SshError& error) {
+        last_error = error.what();
+      }
+      std::this_thread::sleep_for(100ms);
+    }
+    throw SshTimeoutError(
+        fmt::format("could not reconnect to {} in time; last error: {}", describe(), last_error));
+  }
 };
 
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -97,80 +159,133 @@ Session::~Session() = default;
 const Endpoint& Session::endpoint() const noexcept { return impl_->endpoint; }
 
 Session Session::connect(const Endpoint& endpoint, const Credentials& credentials,
-                         std::chrono::milliseconds timeout) {
-  detail::SessionPtr session = open_session(endpoint, timeout);
-  if (ssh_connect(session.get()) != SSH_OK) {
-    throw SshError(fmt::format("cannot connect to {}: {}", describe(endpoint),
-                               ssh_get_error(session.get())));
-  }
-  verify_host_key(session.get(), endpoint, credentials.pinned_host_key);
-  authenticate(session.get(), endpoint, credentials.client_private_key);
+                         milliseconds timeout) {
   auto impl = std::make_unique<Impl>();
   impl->endpoint = endpoint;
-  impl->session = std::move(session);
+  impl->credentials = credentials;
+  impl->connection = Connection::open(endpoint, credentials, timeout, kDefaultIoTimeout);
   return Session(std::move(impl));
 }
 
 CommandResult Session::run(std::string_view command, const RunOptions& options) {
-  std::lock_guard lock(impl_->mutex);
-  ssh_session s = impl_->session.get();
-  detail::ChannelPtr channel(ssh_channel_new(s));
-  if (!channel || ssh_channel_open_session(channel.get()) != SSH_OK) {
-    throw SshError(fmt::format("cannot open a channel to {}: {}", describe(impl_->endpoint),
-                               ssh_get_error(s)));
-  }
-  std::string command_text(command);
-  if (ssh_channel_request_exec(channel.get(), command_text.c_str()) != SSH_OK) {
-    throw SshError(fmt::format("cannot run a command on {}: {}", describe(impl_->endpoint),
-                               ssh_get_error(s)));
-  }
-
-  CommandResult result;
-  const Clock::time_point deadline =
-      options.timeout ? Clock::now() + *options.timeout : Clock::time_point::max();
-  std::array<char, 16384> buffer{};
-  constexpr int kPollMillis = 50;
-  while (true) {
-    bool got_data = false;
-    for (int is_stderr : {0, 1}) {
-      int n = ssh_channel_read_nonblocking(channel.get(), buffer.data(),
-                                           static_cast<uint32_t>(buffer.size()), is_stderr);
-      if (n == SSH_ERROR) {
-        throw SshError(fmt::format("connection to {} failed while running `{}`: {}",
-                                   describe(impl_->endpoint), command, ssh_get_error(s)));
-      }
-      if (n > 0) {
-        (is_stderr ? result.stderr_text : result.stdout_text)
-            .append(buffer.data(), static_cast<std::size_t>(n));
-        got_data = true;
-      }
-    }
-    if (got_data) continue;
-    if (ssh_channel_is_eof(channel.get()) != 0) break;
-    if (Clock::now() >= deadline) {
-      throw SshTimeoutError(fmt::format("`{}` on {} did not finish within {} ms; it was abandoned",
-                                        command, describe(impl_->endpoint),
-                                        options.timeout->count()));
-    }
-    if (ssh_channel_poll_timeout(channel.get(), kPollMillis, 0) == SSH_ERROR) {
-      throw SshError(fmt::format("connection to {} failed while running `{}`: {}",
-                                 describe(impl_->endpoint), command, ssh_get_error(s)));
-    }
-  }
-  ssh_channel_send_eof(channel.get());
-  result.exit_status = ssh_channel_get_exit_status(channel.get());
-  return result;
+  return run_on(*impl_->current(), command, options);
 }
 
 CommandResult Session::check(std::string_view command, const RunOptions& options) {
   CommandResult result = run(command, options);
   if (!result.ok()) {
-    throw CommandFailedError(
-        fmt::format("`{}` on {} exited with status {}; stderr: {}", command,
-                    describe(impl_->endpoint), result.exit_status, tail(result.stderr_text, 2000)),
-        result.exit_status);
+    const std::string how = result.signal
+                                ? fmt::format("was killed by signal {}", *result.signal)
+                                : fmt::format("exited with status {}", result.exit_status);
+    throw CommandFailedError(fmt::format("`{}` on {} {}; stderr: {}", command, impl_->describe(),
+                                         how, tail(result.stderr_text, 2000)),
+                             result.exit_status);
   }
   return result;
 }
+
+void Session::upload(const std::filesystem::path& local, const std::string& remote,
+                     const TransferOptions& options) {
+  detail::upload(*impl_->current(), local, remote, options.method);
+}
+
+void Session::download(const std::string& remote, const std::filesystem::path& local,
+                       const TransferOptions& options) {
+  detail::download(*impl_->current(), remote, local, options.method);
+}
+
+std::string Session::read_file(const std::string& remote, const TransferOptions& options) {
+  return detail::read_remote_file(*impl_->current(), remote, options.method);
+}
+
+void Session::write_file(const std::string& remote, std::string_view content, int mode,
+                         const TransferOptions& options) {
+  detail::write_remote_file(*impl_->current(), remote, content, mode, options.method);
+}
+
+LocalForward Session::forward_local(int guest_port, const std::string& guest_host) {
+  auto connection = impl_->current();
+  const auto [id, port] = connection->add_local_forward(guest_host, guest_port);
+  return LocalForward(connection, id, port, guest_port);
+}
+
+RemoteForward Session::forward_remote(int guest_port, const std::string& host, int host_port) {
+  auto connection = impl_->current();
+  const auto [id, bound_port] = connection->add_remote_forward(guest_port, host, host_port);
+  return RemoteForward(connection, id, bound_port);
+}
+
+void Session::reconnect(milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  impl_->drop(fmt::format("the session to {} reconnected; work on the old connection was cut off",
+                          impl_->describe()));
+  impl_->install(impl_->connect_until(deadline));
+}
+
+void Session::reboot(milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  const std::string boot_id = trimmed(check("cat /proc/sys/kernel/random/boot_id").stdout_text);
+  RunOptions quick;
+  quick.timeout = 10s;
+  try {
+    check("reboot", quick);
+  } catch (const CommandFailedError&) {
+    throw;
+  } catch (const SshError&) {
+    // Expected: the guest may take the connection down before `reboot` reports back.
+  }
+  impl_->drop(fmt::format("{} is rebooting", impl_->describe()));
+  while (true) {
+    auto fresh = impl_->connect_until(deadline);
+    const std::string id =
+        trimmed(run_on(*fresh, "cat /proc/sys/kernel/random/boot_id", {}).stdout_text);
+    if (id != boot_id) {
+      impl_->install(std::move(fresh));
+      return;
+    }
+    // The old system still answers (its shutdown has not stopped sshd yet).
+    fresh.reset();
+    if (Clock::now() >= deadline) {
+      throw SshTimeoutError(
+          fmt::format("{} did not reboot within {} ms", impl_->describe(), timeout.count()));
+    }
+    std::this_thread::sleep_for(200ms);
+  }
+}
+
+void Session::set_io_timeout(milliseconds timeout) {
+  impl_->io_timeout = timeout;
+  impl_->current()->set_io_timeout(timeout);
+}
+
+milliseconds Session::io_timeout() const { return impl_->io_timeout.load(); }
+
+// ---- forwards -----------------------------------------------------------------------------------
+
+namespace detail {
+
+ForwardHandle::ForwardHandle(std::weak_ptr<Connection> connection, int id)
+    : connection_(std::move(connection)), id_(id) {}
+
+ForwardHandle::ForwardHandle(ForwardHandle&& other) noexcept
+    : connection_(std::exchange(other.connection_, {})), id_(other.id_) {}
+
+ForwardHandle& ForwardHandle::operator=(ForwardHandle&& other) noexcept {
+  if (this != &other) {
+    close();
+    connection_ = std::exchange(other.connection_, {});
+    id_ = other.id_;
+  }
+  return *this;
+}
+
+ForwardHandle::~ForwardHandle() { close(); }
+
+void ForwardHandle::close() noexcept {
+  if (auto connection = connection_.lock()) connection->remove_forward(id_);
+  connection_.reset();
+}
+
+}  // namespace detail
 
 }  // namespace vmfest::ssh
