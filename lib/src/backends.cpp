@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "../backends/qemu/qemu_backend.h"
+#include "../backends/virtualbox/virtualbox_backend.h"
 #include "backend.h"
 #include "vmfest/error.h"
 
@@ -10,8 +11,9 @@ namespace vmfest::detail {
 
 std::unique_ptr<Backend> make_backend(const std::string& name) {
   if (name == "qemu") return qemu::make_qemu_backend();
+  if (name == "virtualbox") return virtualbox::make_virtualbox_backend();
   throw InvalidArgument(
-      fmt::format("unknown backend '{}' (VMFEST_BACKEND); known backends: qemu", name));
+      fmt::format("unknown backend '{}' (VMFEST_BACKEND); known backends: qemu, virtualbox", name));
 }
 
 std::string default_backend_name() {

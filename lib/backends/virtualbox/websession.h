@@ -29,6 +29,7 @@ struct ServerOptions {
   std::filesystem::path wire_log;         // empty: no wire log
   // Speak this version's shapes whatever the server reports (tests of the server's validation).
   std::optional<ApiVersion> assume_version;
+  std::string context;  // what the calls are for ("instance 'x'"): leads every error message
 
   // VMFEST_VBOX_URL, VMFEST_VBOX_USER, VMFEST_VBOX_PASSWORD, VMFEST_VBOX_WIRE_LOG.
   static ServerOptions from_environment();
@@ -105,6 +106,8 @@ class Websession {
   [[nodiscard]] ApiVersion version() const noexcept { return version_; }
   [[nodiscard]] const std::string& virtualbox() const noexcept { return virtualbox_; }
   [[nodiscard]] const std::string& url() const noexcept { return options_.url; }
+  // `message` led by the options' context.
+  [[nodiscard]] std::string in_context(const std::string& message) const;
 
   // One SOAP call: `operation` is its WSDL name (for messages), `method` the generated proxy's.
   template <class Request, class Response>
@@ -134,6 +137,7 @@ class Websession {
   // Writes the wire log entry and throws when `status` is not SOAP_OK.
   void end_call(const char* operation, int status);
   [[noreturn]] void throw_failure(const char* operation, int status);
+  [[noreturn]] void throw_logon_refused(const std::string& reason);
   void logoff() noexcept;
 
   ServerOptions options_;
@@ -143,6 +147,7 @@ class Websession {
   std::string sent_;
   std::string received_;
   std::chrono::steady_clock::time_point call_started_;
+  std::string last_fault_;  // faultstring of the last SOAP fault
   std::string virtualbox_;
   ApiVersion version_ = ApiVersion::V7_1;
 };
