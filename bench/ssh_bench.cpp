@@ -107,6 +107,18 @@ void write_random_file(const fs::path& path, std::size_t size) {
   }
 }
 
+// The bench's scratch folder, removed however the run ends.
+struct WorkDirectory {
+  fs::path path = fs::temp_directory_path() / fmt::format("vmfest-ssh-bench-{}", ::getpid());
+  WorkDirectory() { fs::create_directories(path); }
+  WorkDirectory(const WorkDirectory&) = delete;
+  WorkDirectory& operator=(const WorkDirectory&) = delete;
+  ~WorkDirectory() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+};
+
 void print_row(const std::string& what, double value, const std::string& unit, double baseline) {
   std::cout << fmt::format("  {:<44} {:>9.2f} {:<7} {:>6.2f}x\n", what, value, unit,
                            value / baseline);
@@ -117,9 +129,8 @@ void print_row(const std::string& what, double value, const std::string& unit, d
 int main() {
   try {
     vmfest::testing::ensure_default_model();
-    const fs::path work =
-        fs::temp_directory_path() / fmt::format("vmfest-ssh-bench-{}", ::getpid());
-    fs::create_directories(work);
+    const WorkDirectory scratch;
+    const fs::path& work = scratch.path;
     vmfest::InstanceRequest request;
     request.model = vmfest::testing::kDefaultModel;
     vmfest::Instance instance = vmfest::Instance::create(request);
@@ -172,7 +183,6 @@ int main() {
       throw std::runtime_error("the downloaded file differs from the original");
     }
     session.check("rm " + remote);
-    fs::remove_all(work);
 
     std::cout << fmt::format("vmfest ssh bench: instance {} ({}), medians of {} rounds\n",
                              instance.name(), instance.accelerator(), kRounds);
