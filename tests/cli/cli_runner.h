@@ -1,0 +1,36 @@
+// Test support: runs the built `vmfest` executable (VMFEST_CLI) as a child process, in this
+// process's environment (so with its VMFEST_HOME), and collects what it wrote.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace vmfest::testing {
+
+struct CliResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+
+  // For assertion messages: the exit code and both streams.
+  [[nodiscard]] std::string describe() const;
+};
+
+// `vmfest ARGS...` with `input` on its standard input; waits for it to exit.
+CliResult run_cli(const std::vector<std::string>& args, const std::string& input = "");
+
+// The entry of `vmfest ls --json` named `name`; nullopt when not listed.
+std::optional<nlohmann::json> listed_instance(const std::string& name);
+
+// Whether something accepts TCP connections on 127.0.0.1:port.
+bool port_is_listening(int port);
+
+// The live (not zombie) processes whose working directory is `directory`: a QEMU started by
+// vmfest runs in its instance folder.
+std::vector<int> processes_working_in(const std::filesystem::path& directory);
+
+}  // namespace vmfest::testing
