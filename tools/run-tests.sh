@@ -10,7 +10,8 @@ status=0
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" || status=$?
 
 leaks=0
-if pgrep -a -x qemu-system-x86_64; then
+# pgrep -x matches only the 15-character process name: match the command line instead.
+if pgrep -a -f '^[^ ]*qemu-system-x86_64 '; then
   echo "vmfest: FAIL: qemu processes are left after the test run (listed above)" >&2
   leaks=1
 fi
