@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <poll.h>
@@ -229,8 +230,19 @@ class QemuMachine final : public Machine {
       kill_and_reap(*process_);
       process_.reset();
     } else if (is_our_qemu(pid_, config_.directory)) {
+      // Not our child (another process started it): /proc shows its main thread gone while the
+      // other threads still hold its sockets and files, so wait on a pidfd, which turns readable
+      // only once the whole process has exited. Opened before the signal: it names this process
+      // even if the pid is reused.
+      const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
       ::kill(pid_, SIGKILL);
-      wait_for_exit(milliseconds(5000));
+      if (pidfd >= 0) {
+        pollfd exited{pidfd, POLLIN, 0};
+        ::poll(&exited, 1, 5000);
+        ::close(pidfd);
+      } else {
+        wait_for_exit(milliseconds(5000));
+      }
     }
   }
 
@@ -238,7 +250,14 @@ class QemuMachine final : public Machine {
     if (!alive()) return InstanceState::Stopped;
     QmpClient client = QmpClient::try_connect(path(kQmpSocket), milliseconds(5000));
     if (!client.connected()) return alive() ? InstanceState::Running : InstanceState::Stopped;
-    std::string status = client.execute("query-status").value("status", "");
+    std::string status;
+    try {
+      status = client.execute("query-status").value("status", "");
+    } catch (const BackendError&) {
+      // QEMU exiting (a guest power-off) closes the socket between connect and answer.
+      if (!alive()) return InstanceState::Stopped;
+      throw;
+    }
     if (status == "running") return InstanceState::Running;
     if (status == "shutdown" || status == "guest-panicked" || status == "internal-error") {
       return InstanceState::Stopped;
