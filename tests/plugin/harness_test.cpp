@@ -91,18 +91,28 @@ class Harness : public ::testing::Test {
     return names;
   }
 
-  // QEMU processes of this test's instances (QEMU runs in its instance's folder; so do its
-  // helpers, such as the `cat` that feeds a warm image in, which are not VMs).
+  // Instances of this test with a running QEMU at one instant. Counted by folder, not by process:
+  // QEMU forks a short-lived copy of itself to exec a warm clone's `migrate-incoming` command. A
+  // sweep of /proc is not atomic: a VM that exits mid-sweep and a later one that takes its slot
+  // would both be seen, so only those still running once the sweep ends count (all of them were
+  // alive at that moment).
   [[nodiscard]] int running_vms() const {
-    int count = 0;
     const std::string prefix = instances().string() + "/";
-    for (const auto& entry : fs::directory_iterator("/proc")) {
+    auto instance_of = [&](const fs::path& process) -> std::string {
       std::error_code error;
-      const fs::path cwd = fs::read_symlink(entry.path() / "cwd", error);
-      if (error || !cwd.string().starts_with(prefix)) continue;
-      if (read_file(entry.path() / "comm").starts_with("qemu-system")) ++count;
+      const fs::path cwd = fs::read_symlink(process / "cwd", error);
+      if (error || !cwd.string().starts_with(prefix)) return {};
+      return read_file(process / "comm").starts_with("qemu-system") ? cwd.string() : "";
+    };
+    std::vector<fs::path> seen;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+      if (!instance_of(entry.path()).empty()) seen.push_back(entry.path());
     }
-    return count;
+    std::set<std::string> running;
+    for (const auto& process : seen) {
+      if (auto instance = instance_of(process); !instance.empty()) running.insert(instance);
+    }
+    return static_cast<int>(running.size());
   }
 
   fs::path root_;
