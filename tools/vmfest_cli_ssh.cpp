@@ -21,6 +21,7 @@
 #include "instance_record.h"
 #include "vmfest/error.h"
 #include "vmfest/instance.h"
+#include "vmfest/ssh/shell_quote.h"
 #include "vmfest_cli.h"
 
 extern char** environ;
@@ -29,18 +30,12 @@ namespace vmfest::cli {
 namespace {
 namespace fs = std::filesystem;
 
-std::string shell_quote(const std::string& word) {
-  std::string quoted = "'";
-  for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return quoted + "'";
-}
-
 // One word is a shell command line, as with ssh(1); several are a program and its arguments,
 // quoted so the guest's shell passes them on exactly (`-- sh -c 'exit 7'` exits 7).
 std::string remote_command_line(const std::vector<std::string>& words) {
   if (words.size() == 1) return words.front();
   std::string line;
-  for (const auto& word : words) line += (line.empty() ? "" : " ") + shell_quote(word);
+  for (const auto& word : words) line += (line.empty() ? "" : " ") + ssh::shell_quote(word);
   return line;
 }
 

@@ -4,18 +4,18 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-#include <array>
 #include <cerrno>
 #include <cstring>
 #include <deque>
 #include <fstream>
-#include <memory>
 #include <random>
+#include <span>
 #include <sstream>
+#include <vector>
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
 
+#include "sha256.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail {
@@ -69,20 +69,13 @@ void write_text_atomically(const fs::path& path, const std::string& text) {
 std::string sha256_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("cannot read {} to hash it", path.string()));
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context(EVP_MD_CTX_new(),
-                                                                  EVP_MD_CTX_free);
-  EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr);
-  std::vector<char> buffer(1 << 20);
+  Sha256 hasher;
+  std::vector<unsigned char> buffer(std::size_t{1} << 20);
   while (in) {
-    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    EVP_DigestUpdate(context.get(), buffer.data(), static_cast<std::size_t>(in.gcount()));
+    in.read(reinterpret_cast<char*>(buffer.data()), static_cast<std::streamsize>(buffer.size()));
+    hasher.update(std::span(buffer.data(), static_cast<std::size_t>(in.gcount())));
   }
-  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-  unsigned int length = 0;
-  EVP_DigestFinal_ex(context.get(), digest.data(), &length);
-  std::string hex;
-  for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
-  return hex;
+  return hasher.hex_digest();
 }
 
 std::string tail_lines(const fs::path& path, std::size_t lines) {

@@ -8,12 +8,12 @@
 #include <fstream>
 #include <thread>
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/process/v2/process.hpp>
 #include <boost/process/v2/stdio.hpp>
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include "../../src/files.h"
 #include "../../src/subprocess.h"
@@ -50,9 +50,9 @@ bool kvm_runs_guest(const fs::path& qemu, const fs::path& work, const fs::path& 
   fs::create_directories(work);
   const fs::path serial = work / "probe-serial.log";
   fs::remove(serial);
-  std::vector<std::string> args = {"-accel", "kvm", "-nodefaults", "-no-user-config",
-                                   "-display", "none", "-m", "128", "-no-reboot",
-                                   "-serial", "file:" + serial.string()};
+  std::vector<std::string> args = {
+      "-accel", "kvm",        "-nodefaults", "-no-user-config",        "-display", "none", "-m",
+      "128",    "-no-reboot", "-serial",     "file:" + serial.string()};
   std::string success;
   if (!kernel.empty()) {
     // No root device: a kernel that runs to completion panics with "VFS: Unable to mount root".
@@ -85,9 +85,9 @@ bool kvm_runs_guest(const fs::path& qemu, const fs::path& work, const fs::path& 
   if (!found) {
     std::string qemu_log = tail_lines(work / "probe-qemu.log", 5);
     why = qemu_log.empty()
-                 ? fmt::format("the probe guest showed no sign of life within {} ms under KVM",
-                               timeout.count())
-                 : fmt::format("qemu -accel kvm failed: {}", qemu_log);
+              ? fmt::format("the probe guest showed no sign of life within {} ms under KVM",
+                            timeout.count())
+              : fmt::format("qemu -accel kvm failed: {}", qemu_log);
   }
   return found;
 }
@@ -138,9 +138,9 @@ AcceleratorChoice choose_accelerator(const fs::path& qemu, const fs::path& cache
     choice = {"tcg", "KVM is present but unusable (" + detail +
                          "); falling back to TCG (software emulation)"};
   }
-  write_text_atomically(cache_file,
-                        nlohmann::json{{"key", key}, {"name", choice.name}, {"reason", choice.reason}}
-                            .dump(2));
+  write_text_atomically(
+      cache_file,
+      nlohmann::json{{"key", key}, {"name", choice.name}, {"reason", choice.reason}}.dump(2));
   return choice;
 }
 

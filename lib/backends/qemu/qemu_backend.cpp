@@ -14,12 +14,12 @@
 #include <sstream>
 #include <thread>
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/process/v2/process.hpp>
 #include <boost/process/v2/start_dir.hpp>
 #include <boost/process/v2/stdio.hpp>
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "../../src/files.h"
 #include "../../src/subprocess.h"
@@ -27,6 +27,7 @@
 #include "qmp_client.h"
 #include "unix_socket.h"
 #include "vmfest/error.h"
+#include "vmfest/ssh/shell_quote.h"
 
 namespace vmfest::detail::qemu {
 namespace fs = std::filesystem;
@@ -219,9 +220,10 @@ class QemuMachine final : public Machine {
                     config_.instance_name, error.what());
     }
     if (wait_for_exit(grace)) return;
-    spdlog::warn("instance {}: guest did not power off within {} ms after the ACPI button; "
-                 "stopping it hard",
-                 config_.instance_name, grace.count());
+    spdlog::warn(
+        "instance {}: guest did not power off within {} ms after the ACPI button; "
+        "stopping it hard",
+        config_.instance_name, grace.count());
     kill();
   }
 
@@ -273,11 +275,12 @@ class QemuMachine final : public Machine {
     client.execute("migrate-set-parameters", {{"max-bandwidth", 107374182400LL}});
     client.execute("stop");
     const fs::path state = image_directory / kWarmState;
-    client.execute("migrate", {{"uri", "exec:cat > " + shell_quote(state.string())}});
+    client.execute("migrate", {{"uri", "exec:cat > " + ssh::shell_quote(state.string())}});
     wait_for_migration(client, "saving the warm image");
     client.execute("quit");
     if (!wait_for_exit(milliseconds(10000))) kill();
-    // The disk as it was at the stop is the base every clone's overlay sits on: never written again.
+    // The disk as it was at the stop is the base every clone's overlay sits on: never written
+    // again.
     const fs::path base = image_directory / kWarmBase;
     fs::rename(path(kDisk), base);
     fs::permissions(base, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
@@ -373,35 +376,34 @@ class QemuMachine final : public Machine {
 
   std::vector<std::string> arguments() const {
     const Model& model = config_.model;
-    std::vector<std::string> args = {
-        "-name", config_.instance_name,
-        "-machine", machine_type(), "-accel", accelerator_,
-        "-m", std::to_string(config_.profile.memory_mib),
-        "-smp", std::to_string(config_.profile.cpus),
-        "-nodefaults", "-no-user-config", "-display", "none"};
+    std::vector<std::string> args = {"-name",       config_.instance_name,
+                                     "-machine",    machine_type(),
+                                     "-accel",      accelerator_,
+                                     "-m",          std::to_string(config_.profile.memory_mib),
+                                     "-smp",        std::to_string(config_.profile.cpus),
+                                     "-nodefaults", "-no-user-config",
+                                     "-display",    "none"};
     if (model.boot.kind == BootSpec::Kind::Kernel) {
       args.insert(args.end(), {"-kernel", model.boot.kernel.string()});
-      if (!model.boot.initrd.empty()) args.insert(args.end(), {"-initrd", model.boot.initrd.string()});
+      if (!model.boot.initrd.empty())
+        args.insert(args.end(), {"-initrd", model.boot.initrd.string()});
       args.insert(args.end(), {"-append", model.boot.cmdline});
     }
-    args.insert(args.end(),
-                {"-drive", fmt::format("file={},if=none,id=disk0,format=qcow2", kDisk),
-                 "-device", "virtio-blk-pci,drive=disk0,id=vblk0",
-                 "-drive",
-                 fmt::format("file={},if=none,id=seed0,format=raw,readonly=on",
-                             config_.seed_image.string()),
-                 "-device", "virtio-blk-pci,drive=seed0,id=vblk1",
-                 "-netdev",
-                 fmt::format("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{}", port_, model.ssh_port),
-                 "-device", "virtio-net-pci,netdev=net0,id=vnet0",
-                 "-device", "virtio-rng-pci,id=rng0",
-                 // The guest agent's port: warm clones get their identity through it.
-                 "-device", "virtio-serial-pci,id=vser0",
-                 "-chardev", fmt::format("socket,id=agent0,path={},server=on,wait=off", kAgentSocket),
-                 "-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.vmfest.agent",
-                 "-serial", fmt::format("file:{}", kSerialLog),
-                 "-qmp", fmt::format("unix:{},server=on,wait=off", kQmpSocket),
-                 "-pidfile", kPidFile});
+    args.insert(
+        args.end(),
+        {"-drive", fmt::format("file={},if=none,id=disk0,format=qcow2", kDisk), "-device",
+         "virtio-blk-pci,drive=disk0,id=vblk0", "-drive",
+         fmt::format("file={},if=none,id=seed0,format=raw,readonly=on",
+                     config_.seed_image.string()),
+         "-device", "virtio-blk-pci,drive=seed0,id=vblk1", "-netdev",
+         fmt::format("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{}", port_, model.ssh_port), "-device",
+         "virtio-net-pci,netdev=net0,id=vnet0", "-device", "virtio-rng-pci,id=rng0",
+         // The guest agent's port: warm clones get their identity through it.
+         "-device", "virtio-serial-pci,id=vser0", "-chardev",
+         fmt::format("socket,id=agent0,path={},server=on,wait=off", kAgentSocket), "-device",
+         "virtserialport,bus=vser0.0,chardev=agent0,name=org.vmfest.agent", "-serial",
+         fmt::format("file:{}", kSerialLog), "-qmp",
+         fmt::format("unix:{},server=on,wait=off", kQmpSocket), "-pidfile", kPidFile});
     if (config_.private_nic) {
       const PrivateNic& nic = *config_.private_nic;
       args.insert(args.end(),
@@ -447,8 +449,9 @@ class QemuMachine final : public Machine {
       std::this_thread::sleep_for(milliseconds(10));
     }
     kill();
-    throw BackendError(fmt::format("QEMU for instance '{}' did not open its QMP socket within {} ms",
-                                   config_.instance_name, kLaunchTimeout.count()));
+    throw BackendError(
+        fmt::format("QEMU for instance '{}' did not open its QMP socket within {} ms",
+                    config_.instance_name, kLaunchTimeout.count()));
   }
 
   QmpClient qmp() const { return QmpClient::connect(path(kQmpSocket), milliseconds(5000)); }
@@ -457,13 +460,13 @@ class QemuMachine final : public Machine {
   void resume_warm_state() {
     QmpClient client = qmp();
     const fs::path state = config_.warm_image / kWarmState;
-    client.execute("migrate-incoming", {{"uri", "exec:cat " + shell_quote(state.string())}});
+    client.execute("migrate-incoming", {{"uri", "exec:cat " + ssh::shell_quote(state.string())}});
     const auto deadline = Clock::now() + kMigrationTimeout;
     while (client.execute("query-status").value("status", "") == "inmigrate") {
       if (Clock::now() >= deadline || !alive()) {
-        throw BackendError(fmt::format(
-            "instance '{}': resuming the warm image {} failed: {}", config_.instance_name,
-            config_.warm_image.string(), tail_lines(path(kQemuLog), 5)));
+        throw BackendError(fmt::format("instance '{}': resuming the warm image {} failed: {}",
+                                       config_.instance_name, config_.warm_image.string(),
+                                       tail_lines(path(kQemuLog), 5)));
       }
       std::this_thread::sleep_for(milliseconds(5));
     }
@@ -518,7 +521,6 @@ class QemuMachine final : public Machine {
   bool warm_restored_ = false;  // a warm clone's image has been resumed once
   bool resuming_ = false;       // the current launch resumes the warm image
 };
-
 
 class QemuBackend final : public Backend {
  public:

@@ -17,7 +17,6 @@ namespace vmfest::detail::qemu {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-
 QmpClient QmpClient::try_connect(const fs::path& socket,
                                  std::chrono::milliseconds timeout) noexcept {
   try {
@@ -30,15 +29,15 @@ QmpClient QmpClient::try_connect(const fs::path& socket,
 QmpClient QmpClient::connect(const fs::path& socket, std::chrono::milliseconds timeout) {
   int fd = connect_unix(socket);
   if (fd < 0) {
-    throw BackendError(fmt::format("cannot connect to QMP socket {}: {}", socket.string(),
-                                   std::strerror(errno)));
+    throw BackendError(
+        fmt::format("cannot connect to QMP socket {}: {}", socket.string(), std::strerror(errno)));
   }
   QmpClient client(fd);
   auto deadline = Clock::now() + timeout;
   nlohmann::json greeting = client.read_message(deadline);
   if (!greeting.contains("QMP")) {
-    throw BackendError(fmt::format("unexpected QMP greeting on {}: {}", socket.string(),
-                                   greeting.dump()));
+    throw BackendError(
+        fmt::format("unexpected QMP greeting on {}: {}", socket.string(), greeting.dump()));
   }
   client.execute("qmp_capabilities", nlohmann::json::object(), timeout);
   return client;

@@ -14,7 +14,4 @@ int connect_unix(const std::filesystem::path& socket_path);
 // Milliseconds left until `deadline`, at least 0: a poll() timeout.
 int remaining_millis(std::chrono::steady_clock::time_point deadline);
 
-// Single-quotes `text` for /bin/sh (QEMU runs exec: migration URIs through the shell).
-std::string shell_quote(const std::string& text);
-
 }  // namespace vmfest::detail::qemu
