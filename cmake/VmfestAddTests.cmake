@@ -80,6 +80,10 @@ function(vmfest_add_tests)
     # Set by vmfestConfig.cmake: the installed default-model script, wherever the package went.
     list(APPEND environment "VMFEST_MODEL_SCRIPT=${VMFEST_MODEL_SCRIPT}")
   endif()
+  # A test starved of VM slots (other jobs on the host hold them) fails naming the holders well
+  # before ctest's timeout would kill it without a word.
+  math(EXPR slot_wait "${ARG_TIMEOUT} / 2")
+  list(APPEND environment "VMFEST_SLOT_WAIT=${slot_wait}")
   list(APPEND environment ${ARG_ENVIRONMENT})
 
   _vmfest_declare_vm_resources()

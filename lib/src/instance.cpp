@@ -3,6 +3,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -16,18 +18,34 @@
 #include "instance_record.h"
 #include "seed.h"
 #include "vm_slots.h"
-#include "warm.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"
 #include "vmfest/ssh/keys.h"
+#include "warm.h"
 
 namespace vmfest {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-// How long start() waits for a free VM slot before it gives up.
-constexpr std::chrono::minutes kSlotTimeout{10};
+namespace {
+
+// How long start() waits for a free VM slot before it gives up: $VMFEST_SLOT_WAIT seconds, else
+// 10 minutes. vmfest_add_tests() sets it below the test's timeout, so a test starved of slots
+// fails with the holders named instead of being killed by ctest.
+milliseconds slot_timeout() {
+  const char* configured = std::getenv("VMFEST_SLOT_WAIT");
+  if (configured == nullptr || *configured == '\0') return std::chrono::minutes(10);
+  char* end = nullptr;
+  const long seconds = std::strtol(configured, &end, 10);
+  if (*end != '\0' || seconds < 1) {
+    throw InvalidArgument(fmt::format(
+        "VMFEST_SLOT_WAIT={} is not valid: use a whole number of seconds, at least 1", configured));
+  }
+  return std::chrono::seconds(seconds);
+}
+
+}  // namespace
 
 // ---- profiles ---------------------------------------------------------------------------------
 
@@ -142,8 +160,8 @@ struct Instance::Impl {
 
   void require_alive_handle(const char* action) const {
     if (destroyed) {
-      throw StateError(fmt::format("cannot {} instance '{}': it was destroyed", action,
-                                   record.name));
+      throw StateError(
+          fmt::format("cannot {} instance '{}': it was destroyed", action, record.name));
     }
   }
 
@@ -153,8 +171,8 @@ struct Instance::Impl {
     for (InstanceState state : allowed) {
       if (state == now) return;
     }
-    throw StateError(fmt::format("cannot {} instance '{}': it is {}", action, record.name,
-                                 to_string(now)));
+    throw StateError(
+        fmt::format("cannot {} instance '{}': it is {}", action, record.name, to_string(now)));
   }
 
   InstanceState current_state() {
@@ -243,10 +261,10 @@ struct Instance::Impl {
     }
     std::string hex;
     for (unsigned char byte : entropy) hex += fmt::format("{:02x}", byte);
-    const std::string reply = machine->agent_exchange(
-        fmt::format("identity {} {} {} {}\n{}", now.tv_sec, now.tv_nsec, hex, user_data.size(),
-                    user_data),
-        std::chrono::seconds(20));
+    const std::string reply =
+        machine->agent_exchange(fmt::format("identity {} {} {} {}\n{}", now.tv_sec, now.tv_nsec,
+                                            hex, user_data.size(), user_data),
+                                std::chrono::seconds(20));
     if (reply != "ok") {
       throw BackendError(fmt::format("the guest agent of instance '{}' refused its identity: {}",
                                      record.name, reply));
@@ -255,9 +273,10 @@ struct Instance::Impl {
 
   // Boots the instance's disk afresh from the model when resuming its warm image failed.
   void fall_back_to_cold_boot(const std::string& why) {
-    spdlog::warn("vmfest: instance '{}': resuming the warm image failed ({}); falling back to a "
-                 "cold boot",
-                 record.name, why);
+    spdlog::warn(
+        "vmfest: instance '{}': resuming the warm image failed ({}); falling back to a "
+        "cold boot",
+        record.name, why);
     machine->kill();
     record.warm_image.clear();
     machine = backend->machine(machine_config(home, record, model), nlohmann::json());
@@ -284,6 +303,21 @@ namespace detail {
 // Builds and finds warm images; a friend of Instance because it drives one instance's machine
 // past what the public API offers (saving its state).
 struct InstanceAccess {
+  static void take_slots(const std::vector<Instance*>& instances) {
+    std::vector<Instance*> waiting;
+    std::vector<std::string> names;
+    for (Instance* instance : instances) {
+      if (instance->impl_->slot) continue;
+      waiting.push_back(instance);
+      names.push_back(instance->impl_->record.name);
+    }
+    if (names.empty()) return;
+    std::vector<VmSlot> slots = acquire_vm_slots(names, slot_timeout());
+    for (std::size_t index = 0; index < waiting.size(); ++index) {
+      waiting[index]->impl_->slot.emplace(std::move(slots[index]));
+    }
+  }
+
   // The warm image for `model` and `profile`, built on first use (one cold boot, then a save)
   // under a lock so that concurrent processes build it once. Empty when the backend or the
   // model cannot have warm clones.
@@ -313,15 +347,16 @@ struct InstanceAccess {
  private:
   static fs::path build(const Home& home, const Model& model, const Profile& profile,
                         const std::string& fingerprint, const fs::path& image) {
-    spdlog::info("vmfest: building a warm image of model '{}' ({} MiB, {} CPUs): one cold boot, "
-                 "then its state is saved for every later clone",
-                 model.name, profile.memory_mib, profile.cpus);
+    spdlog::info(
+        "vmfest: building a warm image of model '{}' ({} MiB, {} CPUs): one cold boot, "
+        "then its state is saved for every later clone",
+        model.name, profile.memory_mib, profile.cpus);
     InstanceRequest request;
     request.model = model.name;
     request.profile = profile;
     request.warm = false;
-    request.name = fmt::format("warm-{}-{}", image.filename().string().substr(0, 8),
-                               random_suffix());
+    request.name =
+        fmt::format("warm-{}-{}", image.filename().string().substr(0, 8), random_suffix());
     Instance builder = Instance::create(request, home);
     builder.start();
     Instance::Impl& impl = *builder.impl_;
@@ -339,8 +374,8 @@ struct InstanceAccess {
       return {};
     }
     impl.session.reset();
-    const fs::path staging = image.parent_path() / fmt::format(".building-{}-{}",
-                                                               image.filename().string(), ::getpid());
+    const fs::path staging =
+        image.parent_path() / fmt::format(".building-{}-{}", image.filename().string(), ::getpid());
     fs::remove_all(staging);
     fs::create_directories(staging);
     try {
@@ -382,9 +417,10 @@ Instance::~Instance() {
       impl_->destroy();
     }
   } catch (const std::exception& error) {
-    spdlog::error("vmfest: could not clean up instance '{}': {}; `vmfest reap` or "
-                  "`vmfest destroy {}` removes it",
-                  impl_->record.name, error.what(), impl_->record.name);
+    spdlog::error(
+        "vmfest: could not clean up instance '{}': {}; `vmfest reap` or "
+        "`vmfest destroy {}` removes it",
+        impl_->record.name, error.what(), impl_->record.name);
   }
 }
 
@@ -424,9 +460,10 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
   fs::rename(staging, impl->directory(), rename_error);
   if (rename_error) {
     fs::remove_all(staging);
-    throw StateError(fmt::format("an instance named '{}' already exists; choose another name, or "
-                                 "`vmfest destroy {}` first",
-                                 name, name));
+    throw StateError(
+        fmt::format("an instance named '{}' already exists; choose another name, or "
+                    "`vmfest destroy {}` first",
+                    name, name));
   }
 
   try {
@@ -479,7 +516,8 @@ void Instance::start() {
   impl_->require_state("start", {InstanceState::Created, InstanceState::Stopped});
   impl_->session.reset();
   const auto begin = Clock::now();
-  if (!impl_->slot) impl_->slot.emplace(detail::acquire_vm_slot(impl_->record.name, kSlotTimeout));
+  if (!impl_->slot)
+    impl_->slot.emplace(detail::acquire_vm_slot(impl_->record.name, slot_timeout()));
   impl_->resumed_warm = false;
   impl_->machine->launch();
   impl_->record.started = true;
@@ -559,13 +597,33 @@ std::string Instance::accelerator() const { return impl_->machine->accelerator()
 
 InstanceInfo Instance::info() const {
   const detail::InstanceRecord& record = impl_->record;
-  return {record.name,      record.model,    record.backend,
-          record.profile,   state(),         record.permanent,
-          record.detached,  record.detached ? 0 : record.owner_pid,
-          impl_->endpoint(), impl_->directory()};
+  return {
+      record.name,       record.model,      record.backend,  record.profile,
+      state(),           record.permanent,  record.detached, record.detached ? 0 : record.owner_pid,
+      impl_->endpoint(), impl_->directory()};
 }
 
 // ---- registry-wide operations -----------------------------------------------------------------
+
+void start_all(const std::vector<Instance*>& instances) {
+  detail::InstanceAccess::take_slots(instances);
+  std::vector<std::exception_ptr> errors(instances.size());
+  {
+    std::vector<std::jthread> starts;
+    for (std::size_t index = 0; index < instances.size(); ++index) {
+      starts.emplace_back([&instances, &errors, index] {
+        try {
+          instances[index]->start();
+        } catch (...) {
+          errors[index] = std::current_exception();
+        }
+      });
+    }
+  }
+  for (const std::exception_ptr& error : errors) {
+    if (error) std::rethrow_exception(error);
+  }
+}
 
 std::vector<std::string> list_instances(const Home& home) {
   std::vector<std::string> names;

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <random>
 #include <thread>
 
 #include <fmt/format.h>
@@ -21,9 +22,8 @@ int max_running_vms() {
     char* end = nullptr;
     long value = std::strtol(configured, &end, 10);
     if (*end != '\0' || value < 1 || value > 1024) {
-      throw InvalidArgument(
-          fmt::format("VMFEST_MAX_VMS={} is not valid: use a whole number from 1 to 1024",
-                      configured));
+      throw InvalidArgument(fmt::format(
+          "VMFEST_MAX_VMS={} is not valid: use a whole number from 1 to 1024", configured));
     }
     return static_cast<int>(value);
   }
@@ -56,35 +56,52 @@ std::string holders(const fs::path& directory, int count) {
 
 }  // namespace
 
-VmSlot acquire_vm_slot(const std::string& instance_name, std::chrono::milliseconds timeout) {
+std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_names,
+                                     std::chrono::milliseconds timeout) {
   const int count = max_running_vms();
+  const int wanted = static_cast<int>(instance_names.size());
+  if (wanted > count) {
+    throw InvalidArgument(fmt::format(
+        "{} instances must run at once ('{}' and the rest) but the host's VM cap is {}: raise "
+        "VMFEST_MAX_VMS to at least {}, or ask for fewer instances",
+        wanted, instance_names.front(), count, wanted));
+  }
   const fs::path directory = slots_directory();
   fs::create_directories(directory);
   const auto deadline = Clock::now() + timeout;
+  std::minstd_rand jitter(static_cast<unsigned>(::getpid()));
   bool told = false;
   while (true) {
-    for (int index = 0; index < count; ++index) {
+    std::vector<VmSlot> taken;
+    for (int index = 0; index < count && static_cast<int>(taken.size()) < wanted; ++index) {
       const fs::path file = directory / fmt::format("slot-{}.lock", index);
       FileLock lock(file, FileLock::Mode::TryOnce);
       if (!lock.held()) continue;
       std::ofstream(file, std::ios::trunc)
-          << fmt::format("pid {} instance {}\n", ::getpid(), instance_name);
-      return VmSlot(std::move(lock), index);
+          << fmt::format("pid {} instance {}\n", ::getpid(), instance_names[taken.size()]);
+      taken.emplace_back(std::move(lock), index);
     }
+    if (static_cast<int>(taken.size()) == wanted) return taken;
+    taken.clear();  // all or none: give back a partial set before waiting
     if (Clock::now() >= deadline) {
       throw StateError(fmt::format(
-          "instance '{}' waited {} s for one of the host's {} VM slots (VMFEST_MAX_VMS); held by: "
+          "instance '{}' waited {} s for {} of the host's {} VM slots (VMFEST_MAX_VMS); held by: "
           "{}. Raise VMFEST_MAX_VMS, or run fewer VM tests at once",
-          instance_name, std::chrono::duration_cast<std::chrono::seconds>(timeout).count(), count,
-          holders(directory, count)));
+          instance_names.front(), std::chrono::duration_cast<std::chrono::seconds>(timeout).count(),
+          wanted, count, holders(directory, count)));
     }
     if (!told) {
-      spdlog::info("vmfest: instance '{}' waits for a free VM slot ({} running, the cap)",
-                   instance_name, count);
+      spdlog::info("vmfest: instance '{}' waits for {} free VM slot(s) (cap {})",
+                   instance_names.front(), wanted, count);
       told = true;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    // Jittered, so that two groups released by the same exit do not keep colliding.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50 + jitter() % 100));
   }
+}
+
+VmSlot acquire_vm_slot(const std::string& instance_name, std::chrono::milliseconds timeout) {
+  return std::move(acquire_vm_slots({instance_name}, timeout).front());
 }
 
 }  // namespace vmfest::detail

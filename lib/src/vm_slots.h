@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include "files.h"
 
@@ -28,5 +30,11 @@ std::filesystem::path slots_directory();
 
 // Waits for a free slot; StateError after `timeout` naming the cap and the holders' pids.
 VmSlot acquire_vm_slot(const std::string& instance_name, std::chrono::milliseconds timeout);
+
+// One slot per name, all or none: instances that must run together (a group on a private network)
+// never hold part of the cap while waiting for the rest, so two groups cannot deadlock each other.
+// InvalidArgument when more are asked than the cap allows at all.
+std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_names,
+                                     std::chrono::milliseconds timeout);
 
 }  // namespace vmfest::detail

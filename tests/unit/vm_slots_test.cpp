@@ -1,8 +1,12 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
+#include <string>
+#include <thread>
 
 #include "vm_slots.h"
 #include "vmfest/error.h"
@@ -10,6 +14,7 @@
 namespace {
 namespace fs = std::filesystem;
 using vmfest::detail::acquire_vm_slot;
+using vmfest::detail::acquire_vm_slots;
 using namespace std::chrono_literals;
 
 class VmSlots : public ::testing::Test {
@@ -43,6 +48,51 @@ TEST_F(VmSlots, TheCapHoldsAndAFreedSlotIsReused) {
   int freed = second->index();
   second.reset();
   EXPECT_EQ(acquire_vm_slot("three", 1s).index(), freed);
+}
+
+TEST_F(VmSlots, AGroupTakesAllItsSlotsOrNone) {
+  std::optional single(acquire_vm_slot("single", 1s));
+  try {
+    (void)acquire_vm_slots({"client", "server"}, 300ms);
+    FAIL() << "a group of 2 must wait while a cap of 2 has one slot taken";
+  } catch (const vmfest::StateError& error) {
+    EXPECT_NE(std::string(error.what()).find("for 2 of the host's 2 VM slots"), std::string::npos)
+        << error.what();
+  }
+  // Waiting, the group held nothing: the free slot is still free.
+  EXPECT_NO_THROW((void)acquire_vm_slot("another", 100ms));
+  single.reset();
+  auto group = acquire_vm_slots({"client", "server"}, 1s);
+  ASSERT_EQ(group.size(), 2U);
+  EXPECT_NE(group[0].index(), group[1].index());
+}
+
+TEST_F(VmSlots, TwoGroupsFillingTheCapTakeTurnsInsteadOfDeadlocking) {
+  std::atomic<int> holding = 0;
+  std::atomic<int> most_holding = 0;
+  auto run_group = [&](const std::string& name) {
+    for (int round = 0; round < 3; ++round) {
+      auto group = acquire_vm_slots({name + "-a", name + "-b"}, 10s);
+      most_holding = std::max(most_holding.load(), ++holding);
+      std::this_thread::sleep_for(50ms);
+      --holding;
+    }
+  };
+  std::jthread first(run_group, "first");
+  std::jthread second(run_group, "second");
+  first.join();
+  second.join();
+  EXPECT_EQ(most_holding, 1) << "two groups of 2 shared a cap of 2";
+}
+
+TEST_F(VmSlots, AGroupLargerThanTheCapIsRefusedAtOnce) {
+  try {
+    (void)acquire_vm_slots({"a", "b", "c"}, 10s);
+    FAIL() << "3 instances can never run together under a cap of 2";
+  } catch (const vmfest::InvalidArgument& error) {
+    EXPECT_NE(std::string(error.what()).find("VMFEST_MAX_VMS to at least 3"), std::string::npos)
+        << error.what();
+  }
 }
 
 TEST_F(VmSlots, DefaultComesFromTheHostAndBadValuesAreRefused) {

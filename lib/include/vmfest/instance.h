@@ -76,7 +76,8 @@ class Instance {
  public:
   // Clones the model into a new instance (not started). Throws ModelError for an unknown model,
   // InvalidArgument for a bad name, StateError when the name is taken.
-  static Instance create(const InstanceRequest& request, const Home& home = Home::from_environment());
+  static Instance create(const InstanceRequest& request,
+                         const Home& home = Home::from_environment());
   // Takes a handle on an existing instance (e.g. one the CLI created). The handle does not
   // destroy it on destruction.
   static Instance open(const std::string& name, const Home& home = Home::from_environment());
@@ -125,6 +126,11 @@ class Instance {
   explicit Instance(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Starts instances that must run together (e.g. a client and a server) in parallel. Their VM
+// slots are taken all at once, so waiting groups never hold part of the host's cap; the first
+// error is rethrown once every start has ended.
+void start_all(const std::vector<Instance*>& instances);
 
 // Instance names present in the registry (all states, all owners).
 std::vector<std::string> list_instances(const Home& home = Home::from_environment());
