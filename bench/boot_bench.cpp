@@ -1,10 +1,9 @@
 // Cold vs warm vs raw QEMU, side by side in one run on the default model.
 //
-//   (a) raw   qemu-system-x86_64 on a qemu-img overlay, to the first successful SSH command: the floor
-//   (b) cold  a vmfest instance booted from the model, create() to ready
-//   (c) warm  a vmfest instance resumed from the model's warm image, create() to ready
-//   (d) destroy, of cold and warm instances
-//   (e) a 20-test suite (fresh instance, one command, destroy; sequential), cold vs warm
+//   (a) raw   qemu-system-x86_64 on a qemu-img overlay, to the first successful SSH command: the
+//   floor (b) cold  a vmfest instance booted from the model, create() to ready (c) warm  a vmfest
+//   instance resumed from the model's warm image, create() to ready (d) destroy, of cold and warm
+//   instances (e) a 20-test suite (fresh instance, one command, destroy; sequential), cold vs warm
 //   plus 8 warm instances started at once.
 // Rounds interleave raw, cold and warm so that load on the host hits all three alike. Prints a
 // table, then `cold_vs_raw R`, `warm_vs_cold R`, `suite_warm_vs_cold R` as the last lines, and
@@ -25,10 +24,10 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <boost/process/v2/process.hpp>
 #include <boost/process/v2/start_dir.hpp>
 #include <boost/process/v2/stdio.hpp>
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "seed.h"
@@ -100,20 +99,28 @@ double raw_boot(const vmfest::Model& model, const fs::path& work) {
       work, {"raw", client.public_openssh, host.private_openssh, host.public_openssh});
   const int port = free_port();
   const auto begin = Clock::now();
-  vmfest::detail::run_tool_checked(
-      vmfest::detail::find_program("qemu-img", "qemu-utils"),
-      {"create", "-q", "-f", "qcow2", "-b", model.disk.string(), "-F", model.format,
-       (work / "overlay.qcow2").string()},
-      "overlay");
+  vmfest::detail::run_tool_checked(vmfest::detail::find_program("qemu-img", "qemu-utils"),
+                                   {"create", "-q", "-f", "qcow2", "-b", model.disk.string(), "-F",
+                                    model.format, (work / "overlay.qcow2").string()},
+                                   "overlay");
   std::vector<std::string> args = {
-      "-machine", "pc", "-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults",
-      "-no-user-config", "-display", "none", "-kernel", model.boot.kernel.string(), "-initrd",
-      model.boot.initrd.string(), "-append", model.boot.cmdline, "-drive",
-      "file=overlay.qcow2,if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0",
-      "-drive", "file=seed.iso,if=none,id=d1,format=raw,readonly=on", "-device",
-      "virtio-blk-pci,drive=d1", "-netdev",
-      fmt::format("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22", port), "-device",
-      "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci", "-serial", "file:serial.log"};
+      "-machine",    "pc",
+      "-accel",      "tcg",
+      "-m",          "256",
+      "-smp",        "1",
+      "-nodefaults", "-no-user-config",
+      "-display",    "none",
+      "-kernel",     model.boot.kernel.string(),
+      "-initrd",     model.boot.initrd.string(),
+      "-append",     model.boot.cmdline,
+      "-drive",      "file=overlay.qcow2,if=none,id=d0,format=qcow2",
+      "-device",     "virtio-blk-pci,drive=d0",
+      "-drive",      "file=seed.iso,if=none,id=d1,format=raw,readonly=on",
+      "-device",     "virtio-blk-pci,drive=d1",
+      "-netdev",     fmt::format("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22", port),
+      "-device",     "virtio-net-pci,netdev=n0",
+      "-device",     "virtio-rng-pci",
+      "-serial",     "file:serial.log"};
   bp::process qemu(vmfest::detail::process_context(),
                    vmfest::detail::find_program("qemu-system-x86_64", "qemu-system-x86").string(),
                    args, bp::process_stdio{nullptr, nullptr, nullptr},

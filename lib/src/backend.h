@@ -69,8 +69,7 @@ class Machine {
   // Returns backend facts to record in the image's manifest.
   virtual nlohmann::json save_warm_image(const std::filesystem::path& image_directory);
   // Sends one request line (plus payload) to the guest agent and returns its reply line.
-  virtual std::string agent_exchange(const std::string& request,
-                                     std::chrono::milliseconds timeout);
+  virtual std::string agent_exchange(const std::string& request, std::chrono::milliseconds timeout);
   // True when the last launch resumed a warm image rather than booting.
   [[nodiscard]] virtual bool resumed_warm() const { return false; }
 };

@@ -9,7 +9,8 @@ namespace vmfest::detail {
 std::string read_text(const std::filesystem::path& path);
 // The file's content, or "" when it does not exist (yet).
 std::string read_text_if_exists(const std::filesystem::path& path);
-// Writes to a temporary file beside `path`, fsyncs and renames, so readers see old or new, never half.
+// Writes to a temporary file beside `path`, fsyncs and renames, so readers see old or new, never
+// half.
 void write_text_atomically(const std::filesystem::path& path, const std::string& text);
 // Lowercase hex sha256 of a file's content.
 std::string sha256_file(const std::filesystem::path& path);

@@ -27,20 +27,19 @@ std::optional<InstanceRecord> read_instance_record(const fs::path& directory) {
 }
 
 void write_instance_record(const fs::path& directory, const InstanceRecord& record) {
-  nlohmann::json json = {
-      {"name", record.name},
-      {"model", record.model},
-      {"backend", record.backend},
-      {"profile",
-       {{"name", record.profile.name},
-        {"memory_mib", record.profile.memory_mib},
-        {"cpus", record.profile.cpus}}},
-      {"permanent", record.permanent},
-      {"detached", record.detached},
-      {"started", record.started},
-      {"owner_pid", record.owner_pid},
-      {"warm_image", record.warm_image},
-      {"machine", record.machine}};
+  nlohmann::json json = {{"name", record.name},
+                         {"model", record.model},
+                         {"backend", record.backend},
+                         {"profile",
+                          {{"name", record.profile.name},
+                           {"memory_mib", record.profile.memory_mib},
+                           {"cpus", record.profile.cpus}}},
+                         {"permanent", record.permanent},
+                         {"detached", record.detached},
+                         {"started", record.started},
+                         {"owner_pid", record.owner_pid},
+                         {"warm_image", record.warm_image},
+                         {"machine", record.machine}};
   write_text_atomically(directory / kRecordFile, json.dump(2));
 }
 

@@ -29,7 +29,7 @@ struct InstanceRecord {
   bool permanent = false;
   bool detached = false;
   bool started = false;
-  int owner_pid = 0;  // informational; ownership is decided by the owner lock
+  int owner_pid = 0;       // informational; ownership is decided by the owner lock
   std::string warm_image;  // the warm image this instance was cloned from; empty: cold clone
   nlohmann::json machine = nlohmann::json::object();  // the backend's saved state
 };

@@ -79,9 +79,10 @@ std::optional<Model> ModelRegistry::find(const std::string& name) const {
   if (!fs::exists(file)) return std::nullopt;
   auto json = nlohmann::json::parse(detail::read_text(file), nullptr, false);
   if (json.is_discarded()) {
-    throw ModelError(fmt::format("model '{}' has a corrupt {}; remove it with `vmfest rm-model {}` "
-                                 "and set it up again",
-                                 name, file.string(), name));
+    throw ModelError(
+        fmt::format("model '{}' has a corrupt {}; remove it with `vmfest rm-model {}` "
+                    "and set it up again",
+                    name, file.string(), name));
   }
   return detail::model_from_json(json, directory);
 }
@@ -90,11 +91,11 @@ Model ModelRegistry::get(const std::string& name) const {
   if (auto model = find(name)) return *model;
   std::vector<std::string> known;
   for (const auto& model : list()) known.push_back(model.name);
-  throw ModelError(fmt::format(
-      "model '{}' is not registered in {} (registered: {}); install it with "
-      "`vmfest setup-model URL --name {}` or vmfest::setup_model()",
-      name, home_.models().string(), known.empty() ? "none" : fmt::format("{}", fmt::join(known, ", ")),
-      name));
+  throw ModelError(
+      fmt::format("model '{}' is not registered in {} (registered: {}); install it with "
+                  "`vmfest setup-model URL --name {}` or vmfest::setup_model()",
+                  name, home_.models().string(),
+                  known.empty() ? "none" : fmt::format("{}", fmt::join(known, ", ")), name));
 }
 
 std::vector<Model> ModelRegistry::list() const {
@@ -115,9 +116,10 @@ void ModelRegistry::remove(const std::string& name) {
   detail::FileLock lock(home_.models() / fmt::format(".{}.lock", name));
   auto users = detail::instances_of_model(home_, name);
   if (!users.empty()) {
-    throw ModelError(fmt::format("model '{}' still has {} instance(s) ({}); destroy them first "
-                                 "(`vmfest destroy NAME`, or `vmfest reap` for leaked ones)",
-                                 name, users.size(), fmt::join(users, ", ")));
+    throw ModelError(
+        fmt::format("model '{}' still has {} instance(s) ({}); destroy them first "
+                    "(`vmfest destroy NAME`, or `vmfest reap` for leaked ones)",
+                    name, users.size(), fmt::join(users, ", ")));
   }
   // Rename first so a concurrent reader never sees a half-deleted model.
   const fs::path trash = home_.models() / fmt::format(".removed-{}-{}", name, ::getpid());

@@ -12,7 +12,7 @@
 
 namespace vmfest::detail {
 
-constexpr const char* kModelFile = "model.json";      // in the registry
+constexpr const char* kModelFile = "model.json";              // in the registry
 constexpr const char* kBundleManifest = "vmfest-model.json";  // in a bundle
 
 // A model from its JSON description; relative file names resolve against `directory`.

@@ -1,12 +1,12 @@
 #include "subprocess.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <boost/asio/read.hpp>
 #include <boost/asio/readable_pipe.hpp>
 #include <boost/process/v2/environment.hpp>
 #include <boost/process/v2/process.hpp>
 #include <boost/process/v2/stdio.hpp>
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include "vmfest/error.h"
 
@@ -34,9 +34,10 @@ void kill_and_reap(bp::process& child) noexcept {
 std::filesystem::path find_program(const std::string& program, const std::string& package) {
   auto path = bp::environment::find_executable(program);
   if (path.empty()) {
-    throw BackendError(fmt::format("`{}` is not installed: install the Debian package {} "
-                                   "(tools/install-deps.sh does)",
-                                   program, package));
+    throw BackendError(
+        fmt::format("`{}` is not installed: install the Debian package {} "
+                    "(tools/install-deps.sh does)",
+                    program, package));
   }
   return std::filesystem::path(path.string());
 }
@@ -56,9 +57,8 @@ std::string run_tool_checked(const std::filesystem::path& program,
                              const std::vector<std::string>& args, const std::string& what) {
   ToolResult result = run_tool(program, args);
   if (result.exit_code != 0) {
-    throw BackendError(fmt::format("{} failed: `{} {}` exited with {}: {}", what,
-                                   program.string(), fmt::join(args, " "), result.exit_code,
-                                   result.output));
+    throw BackendError(fmt::format("{} failed: `{} {}` exited with {}: {}", what, program.string(),
+                                   fmt::join(args, " "), result.exit_code, result.output));
   }
   return result.output;
 }

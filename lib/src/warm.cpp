@@ -34,8 +34,8 @@ nlohmann::json file_identity(const fs::path& path) {
   if (::stat(path.c_str(), &info) != 0) return nullptr;
   return {{"size", info.st_size},
           {"inode", info.st_ino},
-          {"mtime_ns", static_cast<long long>(info.st_mtim.tv_sec) * 1000000000LL +
-                           info.st_mtim.tv_nsec}};
+          {"mtime_ns",
+           static_cast<long long>(info.st_mtim.tv_sec) * 1000000000LL + info.st_mtim.tv_nsec}};
 }
 
 nlohmann::json file_entry(const fs::path& path) {
@@ -73,9 +73,10 @@ WarmStatus check_warm_image(const fs::path& directory) {
       file_matches(directory / kState, manifest.value("state", nlohmann::json::object()))) {
     return WarmStatus::Ready;
   }
-  spdlog::warn("vmfest: warm image {} does not match its manifest (its base or state changed); "
-               "it will be rebuilt",
-               directory.string());
+  spdlog::warn(
+      "vmfest: warm image {} does not match its manifest (its base or state changed); "
+      "it will be rebuilt",
+      directory.string());
   return WarmStatus::Missing;
 }
 

@@ -16,9 +16,8 @@ KeyPtr import_public_line(const std::string& line) {
   std::string blob;
   words >> type >> blob;
   ssh_key key = nullptr;
-  if (blob.empty() ||
-      ssh_pki_import_pubkey_base64(blob.c_str(), ssh_key_type_from_name(type.c_str()), &key) !=
-          SSH_OK) {
+  if (blob.empty() || ssh_pki_import_pubkey_base64(
+                          blob.c_str(), ssh_key_type_from_name(type.c_str()), &key) != SSH_OK) {
     return nullptr;
   }
   return KeyPtr(key);

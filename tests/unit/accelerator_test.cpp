@@ -12,8 +12,8 @@ namespace fs = std::filesystem;
 
 TEST(Accelerator, EnvironmentOverrideWins) {
   ::setenv("VMFEST_ACCEL", "tcg", 1);
-  auto choice = vmfest::detail::qemu::choose_accelerator("/bin/false", fs::temp_directory_path(), {},
-                                                         std::chrono::seconds(1));
+  auto choice = vmfest::detail::qemu::choose_accelerator("/bin/false", fs::temp_directory_path(),
+                                                         {}, std::chrono::seconds(1));
   EXPECT_EQ(choice.name, "tcg");
   ::setenv("VMFEST_ACCEL", "warp", 1);
   EXPECT_THROW(vmfest::detail::qemu::choose_accelerator("/bin/false", fs::temp_directory_path(), {},
@@ -59,8 +59,8 @@ TEST_F(FakeQemu, AHangingGuestIsDetectedWithinTheTimeout) {
   fs::path qemu = script("hang", "exec sleep 60");
   std::string why;
   auto begin = std::chrono::steady_clock::now();
-  EXPECT_FALSE(vmfest::detail::qemu::kvm_runs_guest(qemu, work_, {}, std::chrono::milliseconds(800),
-                                                    why));
+  EXPECT_FALSE(
+      vmfest::detail::qemu::kvm_runs_guest(qemu, work_, {}, std::chrono::milliseconds(800), why));
   EXPECT_LT(std::chrono::steady_clock::now() - begin, std::chrono::seconds(5));
   EXPECT_NE(why.find("no sign of life within 800 ms"), std::string::npos) << why;
 }

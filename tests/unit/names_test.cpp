@@ -16,9 +16,16 @@ TEST(Names, AcceptsOrdinaryNames) {
 }
 
 TEST(Names, RejectsTraversalAndOddNames) {
-  const std::vector<std::string> names = {"",       "..",     "../x",   "/",
-                                         "a/b",    ".hidden", "-flag", "sp ace",
-                                         std::string(65, 'a'), std::string("nul\0x", 5)};
+  const std::vector<std::string> names = {"",
+                                          "..",
+                                          "../x",
+                                          "/",
+                                          "a/b",
+                                          ".hidden",
+                                          "-flag",
+                                          "sp ace",
+                                          std::string(65, 'a'),
+                                          std::string("nul\0x", 5)};
   for (const auto& name : names) {
     EXPECT_THROW(vmfest::validate_name(name, "instance"), vmfest::InvalidArgument) << name;
   }

@@ -17,8 +17,9 @@ class RegistryTest : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = fs::temp_directory_path() /
-            ("vmfest-registry-" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
-             "-" + std::to_string(::getpid()));
+            ("vmfest-registry-" +
+             std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "-" +
+             std::to_string(::getpid()));
     fs::remove_all(root_);
     fs::create_directories(root_);
   }
@@ -31,8 +32,8 @@ class RegistryTest : public ::testing::Test {
   fs::path make_qcow2(const std::string& file) {
     fs::path path = root_ / file;
     auto qemu_img = vmfest::detail::find_program("qemu-img", "qemu-utils");
-    vmfest::detail::run_tool_checked(qemu_img, {"create", "-q", "-f", "qcow2", path.string(), "16M"},
-                                     "test image");
+    vmfest::detail::run_tool_checked(
+        qemu_img, {"create", "-q", "-f", "qcow2", path.string(), "16M"}, "test image");
     return path;
   }
   vmfest::Home home() const { return vmfest::Home(root_ / "home"); }

@@ -32,7 +32,8 @@ TEST(Seed, KeysAreFreshEveryTime) {
 }
 
 TEST(Seed, ImageIsAnIsoLabelledCidataAndPrivate) {
-  fs::path directory = fs::temp_directory_path() / ("vmfest-seed-test-" + std::to_string(::getpid()));
+  fs::path directory =
+      fs::temp_directory_path() / ("vmfest-seed-test-" + std::to_string(::getpid()));
   fs::create_directories(directory);
   auto client = vmfest::ssh::KeyPair::generate("client");
   auto host = vmfest::ssh::KeyPair::generate("host");

@@ -53,9 +53,12 @@ TEST(WarmKey, DependsOnFingerprintAndProfile) {
   auto micro = vmfest::Profile::named("micro");
   auto small = vmfest::Profile::named("small");
   auto a = vmfest::detail::warm_image_directory(model, micro, "qemu 7.2\nmachine pc-i440fx-7.2");
-  EXPECT_EQ(a, vmfest::detail::warm_image_directory(model, micro, "qemu 7.2\nmachine pc-i440fx-7.2"));
-  EXPECT_NE(a, vmfest::detail::warm_image_directory(model, small, "qemu 7.2\nmachine pc-i440fx-7.2"));
-  EXPECT_NE(a, vmfest::detail::warm_image_directory(model, micro, "qemu 8.0\nmachine pc-i440fx-8.0"));
+  EXPECT_EQ(a,
+            vmfest::detail::warm_image_directory(model, micro, "qemu 7.2\nmachine pc-i440fx-7.2"));
+  EXPECT_NE(a,
+            vmfest::detail::warm_image_directory(model, small, "qemu 7.2\nmachine pc-i440fx-7.2"));
+  EXPECT_NE(a,
+            vmfest::detail::warm_image_directory(model, micro, "qemu 8.0\nmachine pc-i440fx-8.0"));
   EXPECT_EQ(a.parent_path(), fs::path("/models/m/warm"));
 }
 

@@ -56,12 +56,12 @@ class ModelRegistry {
 };
 
 struct Progress {
-  std::uint64_t bytes = 0;                 // read from the source so far (back to 0 if it restarts)
-  std::optional<std::uint64_t> total;      // when the source says
+  std::uint64_t bytes = 0;             // read from the source so far (back to 0 if it restarts)
+  std::optional<std::uint64_t> total;  // when the source says
 };
 
 struct SetupOptions {
-  std::string name;    // registered name; empty: derived from the source's file name
+  std::string name;  // registered name; empty: derived from the source's file name
   // Expected sha256 (64 hex digits) of the file as served, i.e. of the compressed bytes for a .gz,
   // the way publishers list them in SHA256SUMS; empty: not checked.
   std::string sha256;
