@@ -44,6 +44,10 @@ disk_cmdline="$cmdline_common root=LABEL=$root_label"
 # Kernel modules the guest needs (their dependencies are added automatically).
 boot_modules=(virtio_pci virtio_blk) # in the initramfs: enough to mount the root partition
 guest_modules=(virtio_pci virtio_blk virtio_net virtio_rng virtio_console isofs evdev button)
+# Without a virtio disk (VirtualBox's IDE controller): loaded only then, since probing QEMU's empty
+# IDE channels would slow every other boot. The cloud kernel has no AHCI (SATA) driver at all.
+ide_boot_modules=(ata_piix sd_mod)
+ide_guest_modules=(sr_mod) # the seed is a CD-ROM there
 
 log() { printf 'build-default-model: %s\n' "$*" >&2; }
 die() {
@@ -244,6 +248,8 @@ load_order() {
 }
 boot_order=$(load_order "${boot_modules[@]}")
 guest_order=$(load_order "${guest_modules[@]}")
+ide_boot_order=$(load_order "${ide_boot_modules[@]}")
+ide_guest_order=$(load_order "${ide_guest_modules[@]}")
 log "guest modules: $(cut -d' ' -f1 <<<"$guest_order" | tr '\n' ' ')"
 
 # ---- root filesystem ---------------------------------------------------------------------------------
@@ -291,8 +297,9 @@ install_program "$work/vmfest-agent" /usr/lib/vmfest/vmfest-agent
 cp -R "$guest_dir/rootfs/." "$root/"
 while IFS= read -r f; do
   cp "${mod_path[$f]}" "$root/lib/modules/$kv/"
-done < <(cut -d' ' -f1 <<<"$guest_order")
+done < <(cut -d' ' -f1 <<<"$guest_order"$'\n'"$ide_guest_order")
 printf '%s\n' "$guest_order" >"$root/lib/modules/$kv/vmfest-load-order"
+printf '%s\n' "$ide_guest_order" >"$root/lib/modules/$kv/vmfest-load-order-ide"
 ln -sf /proc/mounts "$root/etc/mtab"
 
 # Normalise modes (git keeps only the x bit), then the few that must be tighter or looser.
@@ -316,8 +323,9 @@ done
 install -m 755 "$guest_dir/initramfs/init" "$ird/init"
 while IFS= read -r f; do
   cp "${mod_path[$f]}" "$ird/lib/modules/"
-done < <(cut -d' ' -f1 <<<"$boot_order")
+done < <(cut -d' ' -f1 <<<"$boot_order"$'\n'"$ide_boot_order")
 printf '%s\n' "$boot_order" >"$ird/lib/modules/load-order"
+printf '%s\n' "$ide_boot_order" >"$ird/lib/modules/load-order-ide"
 (cd "$ird" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet) |
   gzip -9 >"$bundle_tmp/initrd.img"
 

@@ -18,6 +18,10 @@ namespace vmfest::detail {
 
 // Everything a backend needs to make one VM. The core owns `directory` (it creates it and removes
 // it); the backend keeps its files for this VM inside it.
+// The controller the disk and the seed hang on. QEMU instances use virtio; a hypervisor that
+// emulates other hardware (the VirtualBox test double) asks for what its VM was configured with.
+enum class StorageBus { Virtio, Ide, Sata, VirtioScsi };
+
 struct MachineConfig {
   std::string instance_name;
   std::filesystem::path directory;
@@ -31,6 +35,7 @@ struct MachineConfig {
   // A warm image (see warm.h) to clone: the disk is an overlay on its base and the first launch
   // resumes its saved memory state instead of booting. Empty: a cold clone of the model.
   std::filesystem::path warm_image;
+  StorageBus storage_bus = StorageBus::Virtio;
 };
 
 // One VM of a backend. Calls come from one thread at a time (the Instance serialises them).

@@ -389,15 +389,11 @@ class QemuMachine final : public Machine {
         args.insert(args.end(), {"-initrd", model.boot.initrd.string()});
       args.insert(args.end(), {"-append", model.boot.cmdline});
     }
+    add_storage(args);
     args.insert(
         args.end(),
-        {"-drive", fmt::format("file={},if=none,id=disk0,format=qcow2", kDisk), "-device",
-         "virtio-blk-pci,drive=disk0,id=vblk0", "-drive",
-         fmt::format("file={},if=none,id=seed0,format=raw,readonly=on",
-                     config_.seed_image.string()),
-         "-device", "virtio-blk-pci,drive=seed0,id=vblk1", "-netdev",
-         fmt::format("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{}", port_, model.ssh_port), "-device",
-         "virtio-net-pci,netdev=net0,id=vnet0", "-device", "virtio-rng-pci,id=rng0",
+        {"-netdev", fmt::format("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{}", port_, model.ssh_port),
+         "-device", "virtio-net-pci,netdev=net0,id=vnet0", "-device", "virtio-rng-pci,id=rng0",
          // The guest agent's port: warm clones get their identity through it.
          "-device", "virtio-serial-pci,id=vser0", "-chardev",
          fmt::format("socket,id=agent0,path={},server=on,wait=off", kAgentSocket), "-device",
@@ -415,6 +411,35 @@ class QemuMachine final : public Machine {
     }
     if (resuming_) args.insert(args.end(), {"-incoming", "defer"});
     return args;
+  }
+
+  // The disk and the NoCloud seed (a CD-ROM where the bus has one) on the configured controller.
+  void add_storage(std::vector<std::string>& args) const {
+    const std::string disk = fmt::format("file={},if=none,id=disk0,format=qcow2", kDisk);
+    const std::string seed = fmt::format(
+        "file={},if=none,id=seed0,format=raw,readonly=on{}", config_.seed_image.string(),
+        config_.storage_bus == StorageBus::Virtio ? "" : ",media=cdrom");
+    args.insert(args.end(), {"-drive", disk, "-drive", seed});
+    switch (config_.storage_bus) {
+      case StorageBus::Virtio:
+        args.insert(args.end(), {"-device", "virtio-blk-pci,drive=disk0,id=vblk0", "-device",
+                                 "virtio-blk-pci,drive=seed0,id=vblk1"});
+        break;
+      case StorageBus::Ide:  // the PIIX controller every pc machine has
+        args.insert(args.end(), {"-device", "ide-hd,drive=disk0,bus=ide.0,unit=0", "-device",
+                                 "ide-cd,drive=seed0,bus=ide.1,unit=0"});
+        break;
+      case StorageBus::Sata:
+        args.insert(args.end(),
+                    {"-device", "ahci,id=sata0", "-device", "ide-hd,drive=disk0,bus=sata0.0",
+                     "-device", "ide-cd,drive=seed0,bus=sata0.1"});
+        break;
+      case StorageBus::VirtioScsi:
+        args.insert(args.end(), {"-device", "virtio-scsi-pci,id=scsi0", "-device",
+                                 "scsi-hd,drive=disk0,bus=scsi0.0", "-device",
+                                 "scsi-cd,drive=seed0,bus=scsi0.0"});
+        break;
+    }
   }
 
   // Starts qemu; true once its QMP socket answers, false when the SSH port was taken meanwhile.

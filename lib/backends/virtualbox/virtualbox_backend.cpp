@@ -22,7 +22,9 @@ namespace {
 constexpr const char* kMachineFolder = "virtualbox";  // in the instance folder
 constexpr const char* kOwnDisk = "disk.vdi";          // a permanent VM's full copy
 constexpr const char* kConsoleLog = "serial.log";
-constexpr const char* kController = "SATA";
+// IDE (PIIX4): every VirtualBox version boots from it and the models' kernels drive it; Debian's
+// cloud kernel, for one, has no AHCI (SATA) driver.
+constexpr const char* kController = "IDE";
 constexpr const char* kSshRule = "vmfest-ssh";
 constexpr const char* kGroup = "/vmfest";
 constexpr milliseconds kLaunchTimeout{120000};
@@ -137,7 +139,7 @@ class VirtualBoxMachine final : public Machine {
       try {
         MachineLock lock(api, machine, vbox__LockType::Write, config_.instance_name);
         const std::string editable = lock.machine();
-        api.add_storage_controller(editable, kController, vbox__StorageBus::SATA);
+        api.add_storage_controller(editable, kController, vbox__StorageBus::IDE);
         api.attach_device(editable, kController, 0, vbox__DeviceType::HardDisk, disk);
         api.attach_device(editable, kController, 1, vbox__DeviceType::DVD,
                           api.open_medium(config_.seed_image.string(), vbox__DeviceType::DVD,

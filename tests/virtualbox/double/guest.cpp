@@ -1,7 +1,5 @@
 #include "guest.h"
 
-#include <regex>
-
 #include "../backends/qemu/qemu_backend.h"
 #include "../backends/qemu/qmp_client.h"
 #include "vmfest/home.h"
@@ -25,21 +23,6 @@ detail::MachineConfig qemu_config(const fs::path& storage, Model model) {
   return config;
 }
 
-// Test-double concession: VirtualBox boots a machine from its disk. vmfest's default model boots
-// from a kernel and initrd beside its disk; the backend names the model in the medium's
-// description, so the double looks it up in the vmfest registry and boots QEMU with that kernel.
-// A disk-bootable model (or any other medium) boots from its disk.
-BootSpec boot_of(const std::string& description) {
-  static const std::regex model_name("^vmfest model '([^']+)'");
-  std::smatch match;
-  if (std::regex_search(description, match, model_name)) {
-    if (auto model = ModelRegistry(Home::from_environment()).find(match[1].str())) {
-      if (model->boot.kind == BootSpec::Kind::Kernel) return model->boot;
-    }
-  }
-  return {};
-}
-
 }  // namespace
 
 void Guest::create_disk(const fs::path& storage, const fs::path& base) {
@@ -56,13 +39,14 @@ Guest::Guest(const GuestSpec& spec) : spec_(spec) {
   model.name = spec.base.filename().string();
   model.disk = spec.base;
   model.format = "vdi";
-  model.boot = boot_of(spec.base_description);
   model.ssh_port = spec.guest_port;
   detail::MachineConfig config = qemu_config(spec.storage, model);
   config.instance_name = spec.name;
   config.profile =
       Profile{"virtualbox", static_cast<int>(spec.memory_mib), static_cast<int>(spec.cpus)};
   config.seed_image = spec.dvd;
+  // As VirtualBox does: the BIOS boots the disk on the controller it is attached to.
+  config.storage_bus = spec.bus;
   config.ssh_host_port = spec.host_port;
   qemu_ = detail::qemu::make_qemu_backend()->machine(config, {});
 }

@@ -15,8 +15,8 @@ struct GuestSpec {
   std::string name;
   std::filesystem::path storage;  // the disk's folder (create_disk made it)
   std::filesystem::path base;     // the medium the disk is a copy-on-write image of
-  std::string base_description;   // IMedium.description of the base
   std::filesystem::path dvd;
+  detail::StorageBus bus = detail::StorageBus::Ide;  // of the disk's controller
   unsigned memory_mib = 128;
   unsigned cpus = 1;
   int host_port = 0;  // of the NAT rule to the guest's SSH port (0: none)

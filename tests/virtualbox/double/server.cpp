@@ -12,6 +12,9 @@
 #include <stdexcept>
 
 #include <fmt/format.h>
+// libgsoap++ needs the global namespace table once per program: the client has its own (in
+// websession.cpp), which the double, a server only, does not link.
+#include "vboxBinding.nsmap"
 
 namespace vmfest::vbox_double {
 namespace {

@@ -42,6 +42,27 @@ void require_locked(const Session& session) {
   }
 }
 
+// The QEMU controller that stands in for the VM's: the buses the double can emulate.
+detail::StorageBus guest_bus(const Settings& settings, const std::string& controller) {
+  for (const auto& [name, bus] : settings.controllers) {
+    if (name != controller) continue;
+    switch (bus) {
+      case vbox__StorageBus::IDE:
+        return detail::StorageBus::Ide;
+      case vbox__StorageBus::SATA:
+        return detail::StorageBus::Sata;
+      case vbox__StorageBus::VirtioSCSI:
+        return detail::StorageBus::VirtioScsi;
+      default:
+        fail(result::kNotSupported,
+             fmt::format("test double: the disk's controller '{}' has a bus the double cannot "
+                         "emulate (IDE, SATA and VirtioSCSI only)",
+                         controller));
+    }
+  }
+  fail(result::kObjectNotFound, fmt::format("No storage controller named '{}'", controller));
+}
+
 }  // namespace
 
 Service::Service(World& world)
@@ -618,7 +639,7 @@ int Service::IMachine_USCORElaunchVMProcess(
         spec.storage =
             medium.parent ? medium.location : fs::path(medium.location.string() + ".qemu");
         spec.base = base.location;
-        spec.base_description = base.description;
+        spec.bus = guest_bus(settings, attachment.controller);
       } else if (attachment.type == vbox__DeviceType::DVD && spec.dvd.empty()) {
         spec.dvd = medium.location;
       }
