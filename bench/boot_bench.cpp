@@ -4,7 +4,7 @@
 //   floor (b) cold  a vmfest instance booted from the model, create() to ready (c) warm  a vmfest
 //   instance resumed from the model's warm image, create() to ready (d) destroy, of cold and warm
 //   instances (e) a 20-test suite (fresh instance, one command, destroy; sequential), cold vs warm
-//   plus 8 warm instances started at once.
+//   plus 8 warm instances started at once, and where the time goes (median per phase).
 // Rounds interleave raw, cold and warm so that load on the host hits all three alike. Prints a
 // table, then `cold_vs_raw R`, `warm_vs_cold R`, `suite_warm_vs_cold R` as the last lines, and
 // writes the same as JSON (argv[1], default boot_bench.json).
@@ -20,7 +20,9 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -57,23 +59,34 @@ double median(std::vector<double> values) {
 
 // New SSH attempts every 100 ms, each with its own connection, until one runs `true`: user-mode
 // networking retries a lost SYN only after seconds, so one blocking attempt would quantise the
-// result.
-void wait_for_ssh(const vmfest::ssh::Endpoint& endpoint, const vmfest::ssh::Credentials& keys) {
-  std::atomic<bool> done{false};
+// result. Returns when the first attempt succeeded, not when the slower ones gave up.
+Clock::time_point wait_for_ssh(const vmfest::ssh::Endpoint& endpoint,
+                               const vmfest::ssh::Credentials& keys) {
+  std::mutex mutex;
+  std::optional<Clock::time_point> first_success;
+  auto succeeded = [&] {
+    std::lock_guard lock(mutex);
+    return first_success.has_value();
+  };
   std::vector<std::jthread> attempts;
   const auto deadline = Clock::now() + std::chrono::seconds(120);
-  while (!done && Clock::now() < deadline) {
+  while (!succeeded() && Clock::now() < deadline) {
     attempts.emplace_back([&] {
       try {
         auto session = vmfest::ssh::Session::connect(endpoint, keys, std::chrono::seconds(3));
-        if (session.run("true").ok()) done = true;
+        if (!session.run("true").ok()) return;
+        const auto now = Clock::now();
+        std::lock_guard lock(mutex);
+        if (!first_success || now < *first_success) first_success = now;
       } catch (const vmfest::Error&) {
         // Not up yet: the next attempt follows in 100 ms.
       }
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  if (!done) throw vmfest::Error("raw QEMU guest never answered SSH");
+  attempts.clear();  // joins the attempts still waiting on their connect timeout
+  if (!first_success) throw vmfest::Error("raw QEMU guest never answered SSH");
+  return *first_success;
 }
 
 // A port the kernel calls free on 127.0.0.1 (raced only by other processes, rarely).
@@ -125,8 +138,9 @@ double raw_boot(const vmfest::Model& model, const fs::path& work) {
                    vmfest::detail::find_program("qemu-system-x86_64", "qemu-system-x86").string(),
                    args, bp::process_stdio{nullptr, nullptr, nullptr},
                    bp::process_start_dir{work.string()});
-  wait_for_ssh({"127.0.0.1", port, "root"}, {client.private_openssh, host.public_openssh});
-  const double seconds = Seconds(Clock::now() - begin).count();
+  const auto ready =
+      wait_for_ssh({"127.0.0.1", port, "root"}, {client.private_openssh, host.public_openssh});
+  const double seconds = Seconds(ready - begin).count();
   vmfest::detail::kill_and_reap(qemu);
   fs::remove_all(work);
   return seconds;
@@ -135,7 +149,25 @@ double raw_boot(const vmfest::Model& model, const fs::path& work) {
 struct Timing {
   double ready = 0;
   double destroy = 0;
+  std::map<std::string, double> phases;  // "create" and the steps of start()
 };
+
+// Median seconds of each phase over the rounds, in the order start() runs them.
+std::vector<std::pair<std::string, double>> phase_medians(const std::vector<Timing>& rounds) {
+  static const std::vector<std::string> order = {"create",   "slot",    "launch",
+                                                 "identity", "console", "ssh"};
+  std::vector<std::pair<std::string, double>> medians;
+  for (const auto& phase : order) {
+    std::vector<double> values;
+    for (const auto& timing : rounds) {
+      if (auto found = timing.phases.find(phase); found != timing.phases.end()) {
+        values.push_back(found->second);
+      }
+    }
+    if (!values.empty()) medians.emplace_back(phase, median(values));
+  }
+  return medians;
+}
 
 Timing vmfest_boot(bool warm) {
   vmfest::InstanceRequest request;
@@ -143,9 +175,11 @@ Timing vmfest_boot(bool warm) {
   request.warm = warm;
   const auto begin = Clock::now();
   vmfest::Instance instance = vmfest::Instance::create(request);
-  instance.start();
   Timing timing;
+  timing.phases["create"] = Seconds(Clock::now() - begin).count();
+  instance.start();
   timing.ready = Seconds(Clock::now() - begin).count();
+  for (const auto& phase : instance.start_phases()) timing.phases[phase.name] += phase.seconds;
   if (!instance.ssh().run("true").ok()) throw vmfest::Error("instance did not run a command");
   const auto destroy_begin = Clock::now();
   instance.destroy();
@@ -214,10 +248,14 @@ int main(int argc, char** argv) {
   std::vector<double> warm;
   std::vector<double> destroy_cold;
   std::vector<double> destroy_warm;
+  std::vector<Timing> cold_rounds;
+  std::vector<Timing> warm_rounds;
   for (int round = 1; round <= kRounds; ++round) {
     raw.push_back(raw_boot(model, work));
     Timing c = vmfest_boot(false);
     Timing w = vmfest_boot(true);
+    cold_rounds.push_back(c);
+    warm_rounds.push_back(w);
     cold.push_back(c.ready);
     warm.push_back(w.ready);
     destroy_cold.push_back(c.destroy);
@@ -247,6 +285,13 @@ int main(int argc, char** argv) {
   row(fmt::format("(e) {}-test suite, warm", kSuiteTests), suite_warm);
   row(fmt::format("{} warm instances at once, all ready", kParallelWarm), parallel);
   row("first warm instance (incl. building the image)", first_warm);
+  nlohmann::json breakdown;
+  for (const auto& [kind, rounds] : {std::pair{"cold", &cold_rounds}, {"warm", &warm_rounds}}) {
+    for (const auto& [phase, seconds] : phase_medians(*rounds)) {
+      row(fmt::format("  {} phase '{}', median", kind, phase), seconds);
+      breakdown[kind][phase] = seconds;
+    }
+  }
   std::cout << fmt::format("cold_vs_raw {:.2f}\nwarm_vs_cold {:.2f}\nsuite_warm_vs_cold {:.2f}\n",
                            cold_vs_raw, warm_vs_cold, suite_ratio);
 
@@ -261,7 +306,8 @@ int main(int argc, char** argv) {
                            {"parallel_warm_count", kParallelWarm},
                            {"cold_vs_raw", cold_vs_raw},
                            {"warm_vs_cold", warm_vs_cold},
-                           {"suite_warm_vs_cold", suite_ratio}};
+                           {"suite_warm_vs_cold", suite_ratio},
+                           {"phase_medians_seconds", breakdown}};
   std::ofstream(json_path) << report.dump(2) << "\n";
   return 0;
 }

@@ -146,10 +146,19 @@ struct Instance::Impl {
   bool kept = false;
   bool destroyed = false;
   double boot_seconds = 0;
+  std::vector<StartPhase> start_phases;
+  Clock::time_point phase_begin;
   std::chrono::seconds ready_timeout{120};
   bool resumed_warm = false;
 
   explicit Impl(Home h) : home(std::move(h)) {}
+
+  // Ends the current start() phase under `name` and begins the next.
+  void phase_done(const char* name) {
+    const auto now = Clock::now();
+    start_phases.push_back({name, std::chrono::duration<double>(now - phase_begin).count()});
+    phase_begin = now;
+  }
 
   [[nodiscard]] fs::path directory() const { return home.instances() / record.name; }
 
@@ -220,7 +229,10 @@ struct Instance::Impl {
   void wait_until_ready(std::chrono::seconds timeout, bool use_marker) {
     const auto deadline = Clock::now() + timeout;
     const bool has_marker = use_marker && !model.ready_marker.empty();
-    if (has_marker) wait_for_marker(deadline, timeout);
+    if (has_marker) {
+      wait_for_marker(deadline, timeout);
+      phase_done("console");
+    }
     std::string last_error = "no SSH attempt finished";
     while (Clock::now() < deadline) {
       auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
@@ -229,6 +241,7 @@ struct Instance::Impl {
             endpoint(), credentials, std::min(left, milliseconds(has_marker ? 10000 : 3000)));
         attempt.check("true");
         session.emplace(std::move(attempt));
+        phase_done("ssh");
         return;
       } catch (const SshAuthError& error) {
         // After the marker the keys are in place: a refusal will not go away by waiting.
@@ -516,15 +529,20 @@ void Instance::start() {
   impl_->require_state("start", {InstanceState::Created, InstanceState::Stopped});
   impl_->session.reset();
   const auto begin = Clock::now();
+  impl_->start_phases.clear();
+  impl_->phase_begin = begin;
   if (!impl_->slot)
     impl_->slot.emplace(detail::acquire_vm_slot(impl_->record.name, slot_timeout()));
+  impl_->phase_done("slot");
   impl_->resumed_warm = false;
   impl_->machine->launch();
+  impl_->phase_done("launch");
   impl_->record.started = true;
   impl_->save_record();
   if (impl_->machine->resumed_warm()) {
     try {
       impl_->deliver_identity();
+      impl_->phase_done("identity");
       impl_->wait_until_ready(impl_->ready_timeout, false);
       impl_->resumed_warm = true;
     } catch (const Error& error) {
@@ -593,6 +611,9 @@ fs::path Instance::console_log() const { return impl_->machine->console_log(); }
 std::string Instance::console_tail(std::size_t lines) const { return impl_->console_tail(lines); }
 double Instance::boot_seconds() const noexcept { return impl_->boot_seconds; }
 bool Instance::resumed_warm() const noexcept { return impl_->resumed_warm; }
+const std::vector<StartPhase>& Instance::start_phases() const noexcept {
+  return impl_->start_phases;
+}
 std::string Instance::accelerator() const { return impl_->machine->accelerator(); }
 
 InstanceInfo Instance::info() const {

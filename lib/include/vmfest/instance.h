@@ -58,6 +58,13 @@ struct InstanceRequest {
   std::optional<PrivateNic> private_nic;  // none: only the NIC that carries SSH
 };
 
+// One step of the last start() and its seconds: where boot time goes ("slot", "launch",
+// "identity" for a warm clone, "console" waiting for the ready marker, "ssh").
+struct StartPhase {
+  std::string name;
+  double seconds = 0;
+};
+
 // What `vmfest ls` shows about one instance; the state is asked of the hypervisor.
 struct InstanceInfo {
   std::string name;
@@ -112,6 +119,8 @@ class Instance {
   [[nodiscard]] std::string console_tail(std::size_t lines = 40) const;
   // Seconds from start() to ready, of the last start.
   [[nodiscard]] double boot_seconds() const noexcept;
+  // The steps of the last start(), in order, with their seconds.
+  [[nodiscard]] const std::vector<StartPhase>& start_phases() const noexcept;
   // True when the last start() resumed a warm image instead of booting.
   [[nodiscard]] bool resumed_warm() const noexcept;
   // The accelerator the VM runs under ("tcg", "kvm"; backend-specific otherwise).
