@@ -18,6 +18,7 @@
 #include "subprocess.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"
+#include "vmfest/ssh/shell_quote.h"
 
 namespace {
 namespace fs = std::filesystem;
@@ -31,7 +32,7 @@ void sh(const std::string& command) {
   vmfest::detail::run_tool_checked("/bin/sh", {"-ec", command}, "preparing test data");
 }
 
-std::string quoted(const fs::path& path) { return "'" + path.string() + "'"; }
+std::string quoted(const fs::path& path) { return vmfest::ssh::shell_quote(path.string()); }
 
 std::string message_of(const std::function<void()>& action) {
   try {
