@@ -17,9 +17,9 @@ constexpr const char* kRecordFile = "instance.json";
 constexpr const char* kOwnerLock = "owner.lock";
 constexpr const char* kClientKey = "id_ed25519";
 constexpr const char* kHostPublicKey = "host_ed25519.pub";
-// The instance's cloud-config (as in its seed; holds the host private key, mode 0600): a warm
-// clone hands it to the guest agent after resuming.
-constexpr const char* kIdentity = "identity.cloud-config";
+// The host private key in dropbear's format (a secret, mode 0600): a warm clone hands it to the
+// guest agent after resuming.
+constexpr const char* kHostKeyDropbear = "host_ed25519.dropbear";
 
 struct InstanceRecord {
   std::string name;

@@ -1,7 +1,13 @@
 #include "vmfest/ssh/keys.h"
 
+#include <algorithm>
+#include <cctype>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
+#include <string_view>
+
+#include <openssl/evp.h>
 
 #include "libssh_handles.h"
 #include "vmfest/error.h"
@@ -44,6 +50,55 @@ KeyPair KeyPair::generate(const std::string& comment) {
 }
 
 namespace {
+
+// Reads the SSH wire types of an OpenSSH private key file's body (PROTOCOL.key).
+class WireReader {
+ public:
+  explicit WireReader(std::string_view bytes) : bytes_(bytes) {}
+  std::uint32_t u32() {
+    std::string_view raw = take(4);
+    return static_cast<std::uint32_t>(static_cast<unsigned char>(raw[0])) << 24 |
+           static_cast<std::uint32_t>(static_cast<unsigned char>(raw[1])) << 16 |
+           static_cast<std::uint32_t>(static_cast<unsigned char>(raw[2])) << 8 |
+           static_cast<std::uint32_t>(static_cast<unsigned char>(raw[3]));
+  }
+  std::string_view string() { return take(u32()); }
+  std::string_view take(std::size_t count) {
+    if (count > bytes_.size()) throw SshError("malformed OpenSSH private key (truncated)");
+    std::string_view part = bytes_.substr(0, count);
+    bytes_.remove_prefix(count);
+    return part;
+  }
+
+ private:
+  std::string_view bytes_;
+};
+
+void put_u32(std::string& out, std::uint32_t value) {
+  for (int shift = 24; shift >= 0; shift -= 8) out += static_cast<char>((value >> shift) & 0xff);
+}
+
+void put_string(std::string& out, std::string_view text) {
+  put_u32(out, static_cast<std::uint32_t>(text.size()));
+  out += text;
+}
+
+std::string base64_decode(std::string_view armored) {
+  std::string text;
+  for (char c : armored) {
+    if (std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/' || c == '=') text += c;
+  }
+  std::string bytes(text.size() / 4 * 3, '\0');
+  const int length = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(bytes.data()),
+                                     reinterpret_cast<const unsigned char*>(text.data()),
+                                     static_cast<int>(text.size()));
+  if (length < 0) throw SshError("malformed OpenSSH private key (base64)");
+  const auto padding = static_cast<std::size_t>(
+      std::count(text.end() - std::min<std::size_t>(2, text.size()), text.end(), '='));
+  bytes.resize(static_cast<std::size_t>(length) - padding);
+  return bytes;
+}
+
 void write_file(const fs::path& path, const std::string& text, fs::perms mode) {
   {
     std::ofstream out(path, std::ios::trunc);
@@ -82,6 +137,40 @@ KeyPair KeyPair::load(const fs::path& private_path) {
     public_line.pop_back();
   }
   return KeyPair{read_file(private_path), public_line};
+}
+
+std::string KeyPair::private_dropbear() const {
+  constexpr std::string_view kBegin = "-----BEGIN OPENSSH PRIVATE KEY-----";
+  constexpr std::string_view kEnd = "-----END OPENSSH PRIVATE KEY-----";
+  const auto begin = private_openssh.find(kBegin);
+  const auto end = private_openssh.find(kEnd);
+  if (begin == std::string::npos || end == std::string::npos || end < begin) {
+    throw SshError("not an OpenSSH private key");
+  }
+  const std::string body = base64_decode(
+      std::string_view(private_openssh).substr(begin + kBegin.size(), end - begin - kBegin.size()));
+  constexpr std::string_view kMagic{"openssh-key-v1\0", 15};
+  WireReader reader(body);
+  if (reader.take(kMagic.size()) != kMagic) throw SshError("not an openssh-key-v1 private key");
+  if (reader.string() != "none" || reader.string() != "none") {
+    throw SshError("an encrypted OpenSSH private key cannot be converted");
+  }
+  (void)reader.string();  // KDF options
+  if (reader.u32() != 1) throw SshError("an OpenSSH private key file with several keys");
+  (void)reader.string();  // the public key
+  WireReader secret(reader.string());
+  if (secret.u32() != secret.u32()) throw SshError("malformed OpenSSH private key (check bytes)");
+  const std::string_view type = secret.string();
+  if (type != "ssh-ed25519") {
+    throw SshError("only Ed25519 keys convert to dropbear's format, not " + std::string(type));
+  }
+  (void)secret.string();                          // the 32-byte public key
+  const std::string_view pair = secret.string();  // 32-byte seed, then the public key again
+  if (pair.size() != 64) throw SshError("malformed Ed25519 private key");
+  std::string dropbear;
+  put_string(dropbear, type);
+  put_string(dropbear, pair);
+  return dropbear;
 }
 
 }  // namespace vmfest::ssh

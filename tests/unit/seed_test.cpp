@@ -2,9 +2,14 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <string>
+
+#include <unistd.h>
 
 #include "seed.h"
 #include "subprocess.h"
+#include "vmfest/error.h"
 #include "vmfest/ssh/keys.h"
 
 namespace {
@@ -50,6 +55,31 @@ TEST(Seed, ImageIsAnIsoLabelledCidataAndPrivate) {
   EXPECT_EQ(sector.substr(40, 6), "cidata");
   EXPECT_FALSE(fs::exists(directory / "seed")) << "loose copies of the host key must be removed";
   fs::remove_all(directory);
+}
+
+// Warm clones hand dropbear its host key ready to load: the same bytes as dropbear's own converter.
+TEST(HostKey, DropbearFormatMatchesDropbearconvert) {
+  const fs::path directory =
+      fs::temp_directory_path() / ("vmfest-dropbear-" + std::to_string(::getpid()));
+  fs::create_directories(directory);
+  auto key = vmfest::ssh::KeyPair::generate("host");
+  key.save(directory / "openssh");
+  vmfest::detail::run_tool_checked(
+      vmfest::detail::find_program("dropbearconvert", "dropbear-bin"),
+      {"openssh", "dropbear", (directory / "openssh").string(), (directory / "dropbear").string()},
+      "dropbearconvert");
+  std::ifstream in(directory / "dropbear", std::ios::binary);
+  const std::string expected((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+  EXPECT_EQ(key.private_dropbear(), expected);
+  EXPECT_EQ(key.private_dropbear().size(), 4U + 11 + 4 + 64);
+  fs::remove_all(directory);
+}
+
+TEST(HostKey, AKeyThatIsNotOpensshIsRefused) {
+  vmfest::ssh::KeyPair broken{
+      "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n", ""};
+  EXPECT_THROW((void)broken.private_dropbear(), vmfest::SshError);
 }
 
 }  // namespace

@@ -184,6 +184,7 @@ class QemuMachine final : public Machine {
     // Only the first launch of a warm clone resumes the image; later ones boot its disk.
     resuming_ = !config_.warm_image.empty() && !warm_restored_;
     start_process();
+    spdlog::debug("instance {}: QEMU (pid {}) answers on QMP", config_.instance_name, pid_);
     if (resuming_) resume_warm_state();
   }
 
@@ -495,6 +496,7 @@ class QemuMachine final : public Machine {
       }
       std::this_thread::sleep_for(milliseconds(5));
     }
+    spdlog::debug("instance {}: warm state loaded", config_.instance_name);
     // The image was saved from a stopped VM, so it arrives paused.
     client.execute("cont");
     warm_restored_ = true;

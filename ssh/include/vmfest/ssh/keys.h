@@ -13,6 +13,10 @@ struct KeyPair {
   // A fresh Ed25519 pair; `comment` ends the public line.
   static KeyPair generate(const std::string& comment);
 
+  // The private key in dropbear's own format (dropbear 2022.83 cannot read OpenSSH's), as
+  // `dropbearconvert openssh dropbear` writes it. A secret, like private_openssh.
+  [[nodiscard]] std::string private_dropbear() const;
+
   // Writes the private key (mode 0600) and PATH.pub (mode 0644).
   void save(const std::filesystem::path& private_path) const;
   static KeyPair load(const std::filesystem::path& private_path);
