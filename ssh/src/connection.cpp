@@ -50,6 +50,10 @@ SessionPtr new_session(const Endpoint& endpoint, milliseconds timeout) {
   ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, "/dev/null");
   ssh_options_set(s, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null");
   ssh_options_set(s, SSH_OPTIONS_HOSTKEYS, "ssh-ed25519");
+  // Commands are request/reply exchanges of small packets: without TCP_NODELAY, Nagle holds the
+  // second of two back-to-back writes for the guest's delayed ACK (up to 40 ms a command).
+  int yes = 1;
+  ssh_options_set(s, SSH_OPTIONS_NODELAY, &yes);
   set_libssh_timeout(s, timeout);
   return session;
 }
