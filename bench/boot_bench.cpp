@@ -137,7 +137,7 @@ double raw_boot(const vmfest::Model& model, const fs::path& work) {
   bp::process qemu(vmfest::detail::process_context(),
                    vmfest::detail::find_program("qemu-system-x86_64", "qemu-system-x86").string(),
                    args, bp::process_stdio{nullptr, nullptr, nullptr},
-                   bp::process_start_dir{work.string()});
+                   bp::process_start_dir{work.string()}, vmfest::detail::CloseInheritedFds{});
   const auto ready =
       wait_for_ssh({"127.0.0.1", port, "root"}, {client.private_openssh, host.public_openssh});
   const double seconds = Seconds(ready - begin).count();

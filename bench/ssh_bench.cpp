@@ -22,6 +22,7 @@
 #include <boost/process/v2/stdio.hpp>
 
 #include "files.h"
+#include "subprocess.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
 
@@ -51,7 +52,8 @@ double seconds(const std::function<void()>& work) {
 // Runs a program (no shell), its output discarded; throws unless it exits 0.
 void run_program(const std::string& program, const std::vector<std::string>& args) {
   boost::asio::io_context context;
-  bp::process child(context, program, args, bp::process_stdio{nullptr, nullptr, nullptr});
+  bp::process child(context, program, args, bp::process_stdio{nullptr, nullptr, nullptr},
+                    vmfest::detail::CloseInheritedFds{});
   if (const int status = child.wait(); status != 0) {
     throw std::runtime_error(
         fmt::format("{} {} exited with {}", program, fmt::join(args, " "), status));

@@ -45,7 +45,8 @@ std::filesystem::path find_program(const std::string& program, const std::string
 ToolResult run_tool(const std::filesystem::path& program, const std::vector<std::string>& args) {
   asio::io_context context;
   asio::readable_pipe output(context);
-  bp::process child(context, program.string(), args, bp::process_stdio{nullptr, output, output});
+  bp::process child(context, program.string(), args, bp::process_stdio{nullptr, output, output},
+                    CloseInheritedFds{});
   ToolResult result;
   boost::system::error_code ignored_eof;
   asio::read(output, asio::dynamic_buffer(result.output), ignored_eof);

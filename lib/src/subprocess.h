@@ -1,6 +1,11 @@
 // Running host tools (qemu-img, genisoimage, ...) with Boost.Process v2.
 #pragma once
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -24,6 +29,37 @@ ToolResult run_tool(const std::filesystem::path& program, const std::vector<std:
 // Like run_tool, but throws BackendError with `what`, the command and its output unless it exits 0.
 std::string run_tool_checked(const std::filesystem::path& program,
                              const std::vector<std::string>& args, const std::string& what);
+
+// Pass as the last initializer of every Boost.Process launch. Boost 1.81 closes in the child only
+// the descriptors above the highest one it keeps (its close_all compares each kept descriptor
+// with itself, not the next), so a child inherited every pipe and socket another thread had open
+// at the fork: a QEMU started beside a qemu-img kept that tool's output pipe open, and reading the
+// tool's output never ended. This closes every descriptor the launcher does not keep. It runs
+// between fork and exec, so it does not allocate.
+struct CloseInheritedFds {
+  template <typename Launcher, typename Path>
+  boost::system::error_code on_exec_setup(Launcher& launcher, const Path& /*executable*/,
+                                          const char* const*& /*argv*/) const {
+    constexpr std::size_t kMaxKept = 16;
+    std::array<int, kMaxKept> kept{};
+    std::size_t count = 0;
+    for (int fd : launcher.fd_whitelist) {
+      if (count == kMaxKept)
+        return boost::system::error_code(EMFILE, boost::system::system_category());
+      std::size_t at = count++;
+      for (; at > 0 && kept[at - 1] > fd; --at) kept[at] = kept[at - 1];  // insertion sort
+      kept[at] = fd;
+    }
+    unsigned int next = 0;
+    for (std::size_t index = 0; index < count; ++index) {
+      const auto fd = static_cast<unsigned int>(kept[index]);
+      if (fd > next) ::close_range(next, fd - 1, 0);
+      next = std::max(next, fd + 1);
+    }
+    ::close_range(next, ~0U, 0);
+    return {};
+  }
+};
 
 // Boost.Process's running() reaps an exited child, after which running() and wait() fail with
 // ECHILD; these two treat that as "exited" and never throw.

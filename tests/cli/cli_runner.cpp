@@ -15,6 +15,7 @@
 #include <boost/process/v2/stdio.hpp>
 
 #include "files.h"
+#include "subprocess.h"
 
 namespace vmfest::testing {
 namespace fs = std::filesystem;
@@ -61,7 +62,8 @@ CliResult run_cli(const std::vector<std::string>& args, const std::string& input
   StreamFile err;
   in.write(input);
   boost::asio::io_context context;
-  bp::process child(context, VMFEST_CLI, args, bp::process_stdio{in.get(), out.get(), err.get()});
+  bp::process child(context, VMFEST_CLI, args, bp::process_stdio{in.get(), out.get(), err.get()},
+                    vmfest::detail::CloseInheritedFds{});
   CliResult result;
   result.exit_code = child.wait();
   result.out = out.read();

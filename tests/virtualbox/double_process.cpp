@@ -1,4 +1,5 @@
 #include "double_process.h"
+#include "subprocess.h"
 
 #include <chrono>
 #include <fstream>
@@ -18,7 +19,7 @@ DoubleProcess::DoubleProcess(const std::string& api, const std::vector<std::stri
   const fs::path port_file = folder_ / "port";
   std::vector<std::string> args = {"--api", api, "--port-file", port_file.string()};
   args.insert(args.end(), extra.begin(), extra.end());
-  process_.emplace(context_, VMFEST_VBOX_DOUBLE, args);
+  process_.emplace(context_, VMFEST_VBOX_DOUBLE, args, vmfest::detail::CloseInheritedFds{});
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (!fs::exists(port_file)) {
     if (!process_->running() || std::chrono::steady_clock::now() > deadline) {

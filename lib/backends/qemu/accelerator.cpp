@@ -66,7 +66,8 @@ bool kvm_runs_guest(const fs::path& qemu, const fs::path& work, const fs::path& 
   }
   boost::asio::io_context context;
   FILE* log = std::fopen((work / "probe-qemu.log").c_str(), "w");
-  bp::process child(context, qemu.string(), args, bp::process_stdio{nullptr, log, log});
+  bp::process child(context, qemu.string(), args, bp::process_stdio{nullptr, log, log},
+                    CloseInheritedFds{});
   if (log != nullptr) std::fclose(log);
   const auto deadline = Clock::now() + timeout;
   bool found = false;

@@ -456,7 +456,7 @@ class QemuMachine final : public Machine {
     // short (unix socket paths are limited to ~107 bytes) and mark the process as ours (/proc/cwd).
     process_.emplace(process_context_, qemu_binary().string(), arguments(),
                      bp::process_stdio{nullptr, log, log},
-                     bp::process_start_dir{config_.directory.string()});
+                     bp::process_start_dir{config_.directory.string()}, CloseInheritedFds{});
     std::fclose(log);
     pid_ = process_->id();
 

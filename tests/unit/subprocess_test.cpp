@@ -1,0 +1,39 @@
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "subprocess.h"
+
+namespace {
+
+// What the child's descriptors point at ("pipe:[INODE]", "/dev/null", ...), one per line.
+std::string open_in_child() {
+  const auto result = vmfest::detail::run_tool(
+      "/bin/sh", {"-c", "for fd in /proc/$$/fd/*; do readlink \"$fd\"; done; true"});
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  return result.output;
+}
+
+std::string pipe_name(int fd) {
+  struct stat info {};
+  EXPECT_EQ(::fstat(fd, &info), 0);
+  return "pipe:[" + std::to_string(info.st_ino) + "]";
+}
+
+// Boost.Process 1.81 leaves the descriptors numbered below its own error pipe open in the child:
+// a QEMU launched by one thread kept another thread's tool pipe open, and that thread's read of
+// its tool's output never ended.
+TEST(Subprocess, AChildInheritsNoDescriptorButItsStdio) {
+  int ends[2];
+  ASSERT_EQ(::pipe(ends), 0);  // inheritable on purpose (no O_CLOEXEC), and low-numbered
+  const std::string leaked = pipe_name(ends[0]);
+  const std::string open = open_in_child();
+  ::close(ends[0]);
+  ::close(ends[1]);
+  EXPECT_EQ(open.find(leaked), std::string::npos) << leaked << " reached the child:\n" << open;
+}
+
+}  // namespace
