@@ -1,6 +1,8 @@
 // Real-VM tests of the walking skeleton: clone, boot, SSH, lifecycle, destroy.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <thread>
 
@@ -125,6 +127,29 @@ TEST(Readiness, AGuestThatIsNotReadyInTimeFailsWithItsConsoleTail) {
     EXPECT_NE(message.find("last lines of the console log"), std::string::npos) << message;
     EXPECT_NE(message.find("serial.log"), std::string::npos) << message;
   }
+}
+
+// A model that is one disk image boots as a distro cloud image does: the BIOS, then the bootloader
+// on the disk. The default model's disk has one (SYSLINUX), so alone it is such a model.
+TEST(Models, ADiskImageAloneBootsThroughItsOwnBootloader) {
+  const vmfest::Model bundled = vmfest::ModelRegistry().get(vmfest::testing::kDefaultModel);
+  const std::string name = "disk-only-" + std::to_string(::getpid());
+  vmfest::SetupOptions options;
+  options.name = name;
+  const vmfest::Model disk_only = vmfest::setup_model(bundled.disk.string(), options);
+  EXPECT_EQ(disk_only.boot.kind, vmfest::BootSpec::Kind::Disk);
+  EXPECT_TRUE(disk_only.ready_marker.empty()) << "a plain image has no marker: readiness is SSH";
+  {
+    vmfest::InstanceRequest request;
+    request.model = name;
+    Instance instance = Instance::create(request);
+    instance.start();
+    const std::string cmdline = instance.ssh().check("cat /proc/cmdline").stdout_text;
+    EXPECT_NE(cmdline.find("root=LABEL="), std::string::npos)
+        << "expected SYSLINUX's command line, not QEMU's -append: " << cmdline;
+    EXPECT_EQ(instance.ssh().check("hostname").stdout_text, instance.name() + "\n");
+  }
+  vmfest::ModelRegistry().remove(name);
 }
 
 }  // namespace
