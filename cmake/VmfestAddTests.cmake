@@ -87,6 +87,9 @@ function(vmfest_add_tests)
   list(APPEND environment ${ARG_ENVIRONMENT})
 
   _vmfest_declare_vm_resources()
+  # Again here, in the caller's scope: GoogleTest keeps its discovery script's path in a variable
+  # of the scope that included it, which a project that added vmfest by FetchContent cannot see.
+  include(GoogleTest)
   set(labels vm ${ARG_LABELS})
   set(junit "${CMAKE_BINARY_DIR}/vmfest-junit")
 
