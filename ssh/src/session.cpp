@@ -237,8 +237,13 @@ void Session::reboot(milliseconds timeout) {
   impl_->drop(fmt::format("{} is rebooting", impl_->describe()));
   while (true) {
     auto fresh = impl_->connect_until(deadline);
-    const std::string id =
-        trimmed(run_on(*fresh, "cat /proc/sys/kernel/random/boot_id", {}).stdout_text);
+    std::string id;
+    try {
+      id = trimmed(run_on(*fresh, "cat /proc/sys/kernel/random/boot_id", {}).stdout_text);
+    } catch (const SshError&) {
+      // The old system let us in, then went down under the connection: try again.
+      id = boot_id;
+    }
     if (id != boot_id) {
       impl_->install(std::move(fresh));
       return;
