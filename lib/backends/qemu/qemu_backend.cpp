@@ -251,14 +251,15 @@ class QemuMachine final : public Machine {
 
   InstanceState state() override {
     if (!alive()) return InstanceState::Stopped;
-    QmpClient client = QmpClient::try_connect(path(kQmpSocket), milliseconds(5000));
-    if (!client.connected()) return alive() ? InstanceState::Running : InstanceState::Stopped;
     std::string status;
     try {
+      QmpClient client = QmpClient::try_connect(path(kQmpSocket), milliseconds(5000));
+      if (!client.connected()) return alive() ? InstanceState::Running : InstanceState::Stopped;
       status = client.execute("query-status").value("status", "");
     } catch (const BackendError&) {
-      // QEMU exiting (a guest power-off) closes the socket between connect and answer.
-      if (!alive()) return InstanceState::Stopped;
+      // QEMU exiting (a guest power-off) closes its socket before the process is gone: give it
+      // a moment to finish exiting before calling the socket's failure an error.
+      if (wait_for_exit(milliseconds(3000))) return InstanceState::Stopped;
       throw;
     }
     if (status == "running") return InstanceState::Running;
