@@ -8,20 +8,12 @@ set(VMFEST_CMAKE_INSTALL_DIR "${CMAKE_INSTALL_LIBDIR}/cmake/vmfest")
 set(VMFEST_DATA_INSTALL_DIR "${CMAKE_INSTALL_DATADIR}/vmfest")
 set(VMFEST_BOOST_VERSION "${Boost_MAJOR_VERSION}.${Boost_MINOR_VERSION}")
 
-# The VirtualBox backend's generated gSOAP client is a static library of its own: consumers link it.
-set(VMFEST_PACKAGE_NEEDS_GSOAP OFF)
-if(TARGET vmfest_vbox_soap)
-  # Its generated headers stay in the build tree: only the build may see them (an installed
-  # package must not point into a build directory).
-  foreach(property INTERFACE_INCLUDE_DIRECTORIES INTERFACE_SYSTEM_INCLUDE_DIRECTORIES)
-    get_target_property(directories vmfest_vbox_soap ${property})
-    if(directories)
-      list(TRANSFORM directories REPLACE "^(.+)$" "$<BUILD_INTERFACE:\\1>")
-      set_target_properties(vmfest_vbox_soap PROPERTIES ${property} "${directories}")
-    endif()
-  endforeach()
-  install(TARGETS vmfest_vbox_soap EXPORT vmfestTargets)
-  set(VMFEST_PACKAGE_NEEDS_GSOAP ON)
+# Optional backends are components of their own export sets, so that the core package needs none
+# of their libraries: find_package(vmfest COMPONENTS virtualbox) loads vmfestVirtualboxTargets.
+set(VMFEST_COMPONENTS "")
+if(TARGET vmfest_virtualbox)
+  list(APPEND VMFEST_COMPONENTS virtualbox)
+  install(EXPORT vmfestVirtualboxTargets NAMESPACE vmfest:: DESTINATION "${VMFEST_CMAKE_INSTALL_DIR}")
 endif()
 
 install(EXPORT vmfestTargets NAMESPACE vmfest:: DESTINATION "${VMFEST_CMAKE_INSTALL_DIR}")

@@ -17,7 +17,15 @@ generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 rm -rf "$work/prefix"
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
-cmake -S "$samples/basic" -B "$work/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+# The sample uses only QEMU, so it must configure and link with gSOAP out of sight: pkg-config
+# looks in an empty folder instead of the system's (where gsoap++.pc lives).
+mkdir -p "$work/no-pkg-config"
+PKG_CONFIG_LIBDIR="$work/no-pkg-config" PKG_CONFIG_PATH="" \
+  cmake -S "$samples/basic" -B "$work/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
+if grep -qi gsoap "$work/build/CMakeCache.txt" "$work/build/build.ninja" 2>/dev/null; then
+  echo "test-installed-package: FAIL: a QEMU-only consumer of vmfest was handed gSOAP" >&2
+  exit 1
+fi
 cmake --build "$work/build"
 ctest --test-dir "$work/build" --output-on-failure "$@"

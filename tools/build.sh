@@ -19,6 +19,14 @@ if [ "${CI:-}" = true ]; then
     exit 1
   fi
 fi
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE="${VMFEST_BUILD_TYPE:-Debug}" -DVMFEST_WERROR="$werror" >/dev/null
+mkdir -p "$build"
+# VMFEST_CMAKE_ARGS: more configure options, e.g. -DVMFEST_WITH_VIRTUALBOX=OFF.
+# shellcheck disable=SC2086 # split on purpose: several options
+if ! cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE="${VMFEST_BUILD_TYPE:-Debug}" \
+  -DVMFEST_WERROR="$werror" ${VMFEST_CMAKE_ARGS:-} >"$build/configure.log" 2>&1; then
+  cat "$build/configure.log" >&2
+  exit 1
+fi
+grep '^-- vmfest' "$build/configure.log" || true # what was left out, and why
 cmake --build "$build" -j "$(nproc)"
 echo "vmfest: default model bundle: $("$root/tools/build-default-model.sh" | tail -n 1)"

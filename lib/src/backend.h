@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -92,9 +93,26 @@ class Backend {
   virtual std::string warm_fingerprint(const MachineConfig& config);
 };
 
-// The backend called `name` ("qemu", "virtualbox"), or InvalidArgument listing the known ones.
+// The driver table. Each backend folder registers its factory with VMFEST_REGISTER_BACKEND; the
+// core names no backend. A backend is a component that a program links (vmfest::vmfest carries
+// QEMU, vmfest::virtualbox the VirtualBox client), so the table holds what this program linked.
+using BackendFactory = std::unique_ptr<Backend> (*)();
+struct BackendRegistration {
+  BackendRegistration(const char* name, BackendFactory factory);
+};
+
+// The backend called `name`, or InvalidArgument naming the linked ones and how to get another.
 std::unique_ptr<Backend> make_backend(const std::string& name);
+// The registered backends' names, sorted.
+std::vector<std::string> backend_names();
 // $VMFEST_BACKEND, default "qemu".
 std::string default_backend_name();
 
 }  // namespace vmfest::detail
+
+// Registers `factory` as backend `name`. The registration is an unmangled global,
+// vmfest_backend_<name>: the backend's CMake target asks the linker for it (--undefined), which
+// pulls the registering object file out of its static library, so the table fills itself.
+#define VMFEST_REGISTER_BACKEND(name, factory)                            \
+  extern "C" ::vmfest::detail::BackendRegistration vmfest_backend_##name; \
+  ::vmfest::detail::BackendRegistration vmfest_backend_##name { #name, factory }

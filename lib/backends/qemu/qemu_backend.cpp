@@ -574,3 +574,5 @@ class QemuBackend final : public Backend {
 std::unique_ptr<Backend> make_qemu_backend() { return std::make_unique<QemuBackend>(); }
 
 }  // namespace vmfest::detail::qemu
+
+VMFEST_REGISTER_BACKEND(qemu, &vmfest::detail::qemu::make_qemu_backend);

@@ -1,4 +1,7 @@
-#include "virtualbox_backend.h"
+// The VirtualBox backend: VMs of a VirtualBox host driven through its web service (vboxwebsrv,
+// SOAP). Clones attach the model's disk, registered once as a MultiAttach medium, so each
+// instance's disk is the differencing image VirtualBox makes; SSH goes through a NAT port-forward
+// on 127.0.0.1; the serial console is logged to a file in the instance folder.
 
 #include <thread>
 
@@ -7,6 +10,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include "../../src/backend.h"
 #include "../../src/files.h"
 #include "../../src/subprocess.h"
 #include "result_codes.h"
@@ -362,8 +366,9 @@ class VirtualBoxBackend final : public Backend {
   }
 };
 
-}  // namespace
-
 std::unique_ptr<Backend> make_virtualbox_backend() { return std::make_unique<VirtualBoxBackend>(); }
 
+}  // namespace
 }  // namespace vmfest::detail::virtualbox
+
+VMFEST_REGISTER_BACKEND(virtualbox, &vmfest::detail::virtualbox::make_virtualbox_backend);
