@@ -92,8 +92,17 @@ std::string tail_lines(const fs::path& path, std::size_t lines) {
 }
 
 FileLock::FileLock(const fs::path& path, Mode mode) {
-  fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC | (mode == Mode::TryExisting ? 0 : O_CREAT), 0644);
+  // O_NOFOLLOW: a lock file is never a link; one planted in its place must not redirect the open
+  // (and the holder's note written through it) to a file of someone else's choosing.
+  fd_ = ::open(path.c_str(),
+               O_RDWR | O_CLOEXEC | O_NOFOLLOW | (mode == Mode::TryExisting ? 0 : O_CREAT), 0600);
   if (fd_ < 0 && mode == Mode::TryExisting && errno == ENOENT) return;
+  if (fd_ < 0 && errno == ELOOP) {
+    throw Error(
+        fmt::format("the lock file {} is a symbolic link, which vmfest never makes: "
+                    "someone planted it; remove it",
+                    path.string()));
+  }
   if (fd_ < 0) {
     throw Error(fmt::format("cannot open lock file {}: {}", path.string(), std::strerror(errno)));
   }
@@ -109,6 +118,13 @@ FileLock::FileLock(const fs::path& path, Mode mode) {
 }
 
 FileLock::FileLock(FileLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+
+void FileLock::describe_holder(const std::string& text) {
+  if (::ftruncate(fd_, 0) != 0 ||
+      ::pwrite(fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) {
+    throw Error(fmt::format("cannot write to a lock file: {}", std::strerror(errno)));
+  }
+}
 
 FileLock::~FileLock() {
   if (fd_ >= 0) ::close(fd_);

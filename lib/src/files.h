@@ -32,6 +32,8 @@ class FileLock {
   ~FileLock();
   // False when Mode::TryOnce found the lock held by someone else.
   [[nodiscard]] bool held() const noexcept { return fd_ >= 0; }
+  // Replaces the lock file's content (who holds it), through the locked descriptor itself.
+  void describe_holder(const std::string& text);
 
  private:
   int fd_ = -1;

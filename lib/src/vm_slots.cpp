@@ -1,6 +1,10 @@
 #include "vm_slots.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <cstdlib>
 #include <fstream>
@@ -33,12 +37,59 @@ int max_running_vms() {
   return static_cast<int>(std::max(1L, std::min(cores, memory_mib / kMibPerVm)));
 }
 
+namespace {
+
+// Creates `directory` (mode 0700) unless it exists, then checks that only this user can change
+// it. Slot files are locks that every process of the user opens and writes: a folder another user
+// planted in a shared /tmp, or a link to somewhere else, would let them choose what we write to.
+void ensure_private_directory(const fs::path& directory) {
+  if (::mkdir(directory.c_str(), 0700) != 0 && errno != EEXIST) {
+    throw Error(fmt::format("cannot create the VM slot folder {}: {}", directory.string(),
+                            std::strerror(errno)));
+  }
+  struct stat info {};
+  if (::lstat(directory.c_str(), &info) != 0) {
+    throw Error(fmt::format("cannot inspect the VM slot folder {}: {}", directory.string(),
+                            std::strerror(errno)));
+  }
+  std::string problem;
+  if (S_ISLNK(info.st_mode)) {
+    problem = "is a symbolic link";
+  } else if (!S_ISDIR(info.st_mode)) {
+    problem = "is not a folder";
+  } else if (info.st_uid != ::geteuid()) {
+    problem = fmt::format("belongs to uid {}, not to you (uid {})", info.st_uid, ::geteuid());
+  } else if ((info.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    problem = fmt::format("can be written by other users (mode {:o})", info.st_mode & 07777);
+  }
+  if (!problem.empty()) {
+    throw Error(fmt::format(
+        "the VM slot folder {} {}, so vmfest will not use it: someone may have planted it in a "
+        "shared temporary folder. Remove it, or set VMFEST_SLOTS_DIR to a folder of your own",
+        directory.string(), problem));
+  }
+}
+
+}  // namespace
+
 fs::path slots_directory() {
   if (const char* configured = std::getenv("VMFEST_SLOTS_DIR");
       configured != nullptr && *configured != '\0') {
+    fs::create_directories(fs::path(configured).parent_path());
+    ensure_private_directory(configured);
     return configured;
   }
-  return fs::temp_directory_path() / fmt::format("vmfest-{}", ::getuid()) / "slots";
+  // The user's runtime folder is private by construction; /tmp is shared by everyone.
+  fs::path base;
+  if (const char* runtime = std::getenv("XDG_RUNTIME_DIR");
+      runtime != nullptr && *runtime != '\0' && fs::is_directory(runtime)) {
+    base = fs::path(runtime) / "vmfest";
+  } else {
+    base = fs::temp_directory_path() / fmt::format("vmfest-{}", ::geteuid());
+  }
+  ensure_private_directory(base);
+  ensure_private_directory(base / "slots");
+  return base / "slots";
 }
 
 namespace {
@@ -67,7 +118,6 @@ std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_na
         wanted, instance_names.front(), count, wanted));
   }
   const fs::path directory = slots_directory();
-  fs::create_directories(directory);
   const auto deadline = Clock::now() + timeout;
   std::minstd_rand jitter(static_cast<unsigned>(::getpid()));
   bool told = false;
@@ -77,8 +127,8 @@ std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_na
       const fs::path file = directory / fmt::format("slot-{}.lock", index);
       FileLock lock(file, FileLock::Mode::TryOnce);
       if (!lock.held()) continue;
-      std::ofstream(file, std::ios::trunc)
-          << fmt::format("pid {} instance {}\n", ::getpid(), instance_names[taken.size()]);
+      lock.describe_holder(
+          fmt::format("pid {} instance {}\n", ::getpid(), instance_names[taken.size()]));
       taken.emplace_back(std::move(lock), index);
     }
     if (static_cast<int>(taken.size()) == wanted) return taken;

@@ -24,8 +24,9 @@ class VmSlot {
 // $VMFEST_MAX_VMS, else min(cores, memory / 512 MiB), at least 1.
 int max_running_vms();
 
-// $VMFEST_SLOTS_DIR, else /tmp/vmfest-<uid>/slots: shared by all processes whatever their
-// VMFEST_HOME, since they share the CPUs.
+// $VMFEST_SLOTS_DIR, else $XDG_RUNTIME_DIR/vmfest/slots, else /tmp/vmfest-<uid>/slots: shared by
+// all processes whatever their VMFEST_HOME, since they share the CPUs. Created 0700; Error when it
+// is a link, another user's, or writable by others.
 std::filesystem::path slots_directory();
 
 // Waits for a free slot; StateError after `timeout` naming the cap and the holders' pids.

@@ -1,13 +1,17 @@
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <thread>
 
+#include "files.h"
 #include "vm_slots.h"
 #include "vmfest/error.h"
 
@@ -100,6 +104,89 @@ TEST_F(VmSlots, DefaultComesFromTheHostAndBadValuesAreRefused) {
   EXPECT_GE(vmfest::detail::max_running_vms(), 1);
   ::setenv("VMFEST_MAX_VMS", "lots", 1);
   EXPECT_THROW(vmfest::detail::max_running_vms(), vmfest::InvalidArgument);
+}
+
+// The slot folder in a shared /tmp, as a hostile user could prepare it before us.
+class HostileSlotFolder : public VmSlots {
+ protected:
+  void SetUp() override {
+    VmSlots::SetUp();
+    ::unsetenv("VMFEST_SLOTS_DIR");
+    ::unsetenv("XDG_RUNTIME_DIR");
+    fs::create_directories(directory_);
+    ::setenv("TMPDIR", directory_.c_str(), 1);  // our stand-in for /tmp
+    ours_ = directory_ / ("vmfest-" + std::to_string(::geteuid()));
+  }
+  void TearDown() override {
+    ::unsetenv("TMPDIR");
+    VmSlots::TearDown();
+  }
+  std::string refusal() {
+    try {
+      (void)acquire_vm_slot("victimised", 1s);
+    } catch (const vmfest::Error& error) {
+      return error.what();
+    }
+    return "(no error)";
+  }
+  fs::path ours_;
+};
+
+TEST_F(HostileSlotFolder, ANewFolderIsPrivate) {
+  { auto slot = acquire_vm_slot("fresh", 1s); }
+  for (const fs::path& folder : {ours_, ours_ / "slots"}) {
+    struct stat info {};
+    ASSERT_EQ(::lstat(folder.c_str(), &info), 0) << folder;
+    EXPECT_EQ(info.st_mode & 07777, 0700U) << folder;
+  }
+  struct stat lock {};
+  ASSERT_EQ(::stat((ours_ / "slots/slot-0.lock").c_str(), &lock), 0);
+  EXPECT_EQ(lock.st_mode & 0077, 0U) << "a slot file readable or writable by others";
+}
+
+TEST_F(HostileSlotFolder, AFolderOfAnotherUserIsRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give a folder to another uid";
+  fs::create_directory(ours_);
+  ASSERT_EQ(::chown(ours_.c_str(), 4242, 4242), 0);
+  const std::string message = refusal();
+  EXPECT_NE(message.find("belongs to uid 4242"), std::string::npos) << message;
+  EXPECT_NE(message.find("VMFEST_SLOTS_DIR"), std::string::npos) << message;
+}
+
+TEST_F(HostileSlotFolder, AFolderOthersCanWriteIsRefused) {
+  fs::create_directory(ours_);
+  fs::permissions(ours_, fs::perms::all);
+  EXPECT_NE(refusal().find("can be written by other users (mode 777)"), std::string::npos)
+      << refusal();
+}
+
+TEST_F(HostileSlotFolder, ALinkInPlaceOfTheFolderIsRefused) {
+  fs::create_directory(directory_ / "elsewhere");
+  fs::create_directory_symlink(directory_ / "elsewhere", ours_);
+  EXPECT_NE(refusal().find("is a symbolic link"), std::string::npos) << refusal();
+  EXPECT_TRUE(fs::is_empty(directory_ / "elsewhere"));
+}
+
+TEST_F(HostileSlotFolder, APlantedSlotLinkIsRefusedAndItsTargetUntouched) {
+  { auto slot = acquire_vm_slot("first", 1s); }  // creates the folders
+  const fs::path victim = directory_ / "victim.txt";
+  std::ofstream(victim) << "precious\n";
+  fs::remove(ours_ / "slots/slot-0.lock");
+  fs::create_symlink(victim, ours_ / "slots/slot-0.lock");
+  const std::string message = refusal();
+  EXPECT_NE(message.find("is a symbolic link, which vmfest never makes"), std::string::npos)
+      << message;
+  EXPECT_EQ(vmfest::detail::read_text(victim), "precious\n");
+}
+
+TEST_F(HostileSlotFolder, TheRuntimeFolderIsPreferredToTmp) {
+  const fs::path runtime = directory_ / "run-user";
+  fs::create_directory(runtime);
+  fs::permissions(runtime, fs::perms::owner_all);
+  ::setenv("XDG_RUNTIME_DIR", runtime.c_str(), 1);
+  EXPECT_EQ(vmfest::detail::slots_directory(), runtime / "vmfest/slots");
+  EXPECT_FALSE(fs::exists(ours_));
+  ::unsetenv("XDG_RUNTIME_DIR");
 }
 
 }  // namespace
