@@ -319,10 +319,22 @@ fs::path bundle_file(const fs::path& root, const std::string& name, const std::s
                     what, name, detail::kModelFile));
   }
   const fs::path path = root / relative.lexically_normal();
-  if (!fs::is_regular_file(path)) {
+  // A link may point anywhere on the host: the file it leads to must lie in the bundle too, or a
+  // bundle could hand the guest any file the caller can read.
+  std::error_code error;
+  const fs::path resolved = fs::canonical(path, error);
+  const fs::path bundle = fs::canonical(root);
+  const auto inside = std::mismatch(bundle.begin(), bundle.end(), resolved.begin(), resolved.end());
+  if (!error && inside.first != bundle.end()) {
+    throw SetupError(fmt::format(
+        "{} names '{}', a symbolic link to {}, outside the bundle: a bundle must hold its files "
+        "itself (copy the file into the bundle)",
+        what, name, resolved.string()));
+  }
+  if (error || !fs::is_regular_file(resolved)) {
     throw SetupError(fmt::format("{} names '{}', which is not a file in the bundle", what, name));
   }
-  return path;
+  return resolved;
 }
 
 // Stages the files a bundle's manifest names (copied, or moved when the bundle is our own unpacked
@@ -502,11 +514,14 @@ Model setup_model(const std::string& source_text, const SetupOptions& options, c
     const fs::path final_directory = home.models() / name;
     detail::write_text_atomically(staging / detail::kModelFile,
                                   detail::model_to_json(model).dump(2));
-    // Models are never written to: clones write to their own overlays.
+    // Models are never written to: clones write to their own overlays. Only write and execute
+    // bits go: a file copied from a bundle keeps who may read it, never more.
     for (const auto& file : fs::recursive_directory_iterator(staging)) {
       if (!file.is_regular_file()) continue;
       fs::permissions(file.path(),
-                      fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+                      fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write |
+                          fs::perms::owner_exec | fs::perms::group_exec | fs::perms::others_exec,
+                      fs::perm_options::remove);
     }
     if (existing) {
       const fs::path old = home.models() / fmt::format(".replaced-{}-{}", name, ::getpid());

@@ -528,6 +528,39 @@ TEST_F(SetupModelTest, FolderBundleManifestCannotNameFilesOutsideIt) {
   expect_nothing_left();
 }
 
+TEST_F(SetupModelTest, FolderBundleLinksThatLeaveTheBundleAreRefused) {
+  const fs::path bundle = root_ / "linking";
+  fs::create_directories(bundle);
+  const fs::path secret = root_ / "host-secret.qcow2";  // a host file the guest must never see
+  fs::copy_file(data() / "disk.qcow2", secret);
+  fs::permissions(secret, fs::perms::owner_read | fs::perms::owner_write);
+  std::ofstream(bundle / "vmfest-model.json") << R"({"disk":"disk.qcow2"})";
+  fs::create_symlink(secret, bundle / "disk.qcow2");
+  std::string message = message_of([&] { setup(bundle.string(), "linking"); });
+  EXPECT_NE(
+      message.find("a symbolic link to " + fs::canonical(secret).string() + ", outside the bundle"),
+      std::string::npos)
+      << message;
+  expect_nothing_left();
+
+  // A link that stays inside the bundle is only another name for its file.
+  fs::remove(bundle / "disk.qcow2");
+  fs::copy_file(data() / "disk.qcow2", bundle / "real.qcow2");
+  fs::create_symlink("real.qcow2", bundle / "disk.qcow2");
+  EXPECT_EQ(setup(bundle.string(), "linking").format, "qcow2");
+}
+
+TEST_F(SetupModelTest, AModelIsNeverMoreReadableThanItsSource) {
+  const fs::path bundle = root_ / "private";
+  fs::create_directories(bundle);
+  std::ofstream(bundle / "vmfest-model.json") << R"({"disk":"disk.qcow2"})";
+  fs::copy_file(data() / "disk.qcow2", bundle / "disk.qcow2");
+  fs::permissions(bundle / "disk.qcow2", fs::perms::owner_read | fs::perms::owner_write);
+  const vmfest::Model model = setup(bundle.string(), "private");
+  EXPECT_EQ(fs::status(model.disk).permissions(), fs::perms::owner_read)
+      << "a 0600 source became readable by others, or stayed writable";
+}
+
 // ---- names, no-ops, replace
 // ----------------------------------------------------------------------
 
