@@ -29,7 +29,8 @@ struct MachineConfig {
   Profile profile;
   std::filesystem::path seed_image;  // cloud-init NoCloud ISO (label cidata), attached read-only
   bool full_copy = false;            // permanent VM: its own full copy of the model's disk
-  std::filesystem::path cache_directory;  // host-wide cache the backend may use (probe results)
+  std::filesystem::path cache_directory;  // the home's cache, for files the backend keeps
+  std::filesystem::path home;  // the VMFEST_HOME the VM belongs to (its registry of models)
   int ssh_host_port = 0;  // host port forwarded to the guest's SSH port; 0: the backend picks one
   std::optional<PrivateNic> private_nic = std::nullopt;  // a second card on a private segment
   // A warm image (see warm.h) to clone: the disk is an overlay on its base and the first launch
