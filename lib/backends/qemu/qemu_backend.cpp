@@ -151,7 +151,12 @@ class GuestPortWatch {
   GuestPortWatch& operator=(const GuestPortWatch&) = delete;
 
   bool guest_spoke() {
-    if (fd_ < 0 && !connect()) return false;
+    // A guest whose port is closed resets each connection: at most one new one a second.
+    if (fd_ < 0) {
+      if (Clock::now() < next_connect_) return false;
+      next_connect_ = Clock::now() + milliseconds(1000);
+      if (!connect()) return false;
+    }
     char byte = 0;
     const ssize_t n = ::recv(fd_, &byte, 1, MSG_PEEK);
     if (n > 0) return true;
@@ -182,6 +187,7 @@ class GuestPortWatch {
 
   int port_;
   int fd_ = -1;
+  Clock::time_point next_connect_;
 };
 
 class QemuMachine final : public Machine {
