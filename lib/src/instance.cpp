@@ -97,6 +97,18 @@ std::string generated_name(const std::string& model) {
   return fmt::format("{}-{}", model.substr(0, kMaxPrefix), random_suffix());
 }
 
+fs::path registered_kernel(const Home& home) {
+  try {
+    for (const Model& model : ModelRegistry(home).list()) {
+      if (model.boot.kind == BootSpec::Kind::Kernel) return model.boot.kernel;
+    }
+  } catch (const Error& error) {
+    spdlog::debug("vmfest: no kernel-boot model found in {}: {}", home.models().string(),
+                  error.what());
+  }
+  return {};
+}
+
 detail::MachineConfig machine_config(const Home& home, const detail::InstanceRecord& record,
                                      const Model& model) {
   detail::MachineConfig config;
@@ -107,7 +119,7 @@ detail::MachineConfig machine_config(const Home& home, const detail::InstanceRec
   config.seed_image = config.directory / "seed.iso";
   config.full_copy = record.permanent;
   config.cache_directory = home.cache();
-  config.home = home.root();
+  config.registered_kernel = registered_kernel(home);
   config.warm_image = record.warm_image;
   return config;
 }
@@ -353,7 +365,7 @@ struct InstanceAccess {
     probe.profile = profile;
     probe.seed_image = home.cache() / "seed.iso";
     probe.cache_directory = home.cache();
-    probe.home = home.root();
+    probe.registered_kernel = registered_kernel(home);
     const std::string fingerprint = backend.warm_fingerprint(probe);
     if (fingerprint.empty()) return {};
     const fs::path image = warm_image_directory(model, profile, fingerprint);

@@ -23,7 +23,6 @@
 #include "../../src/sha256.h"
 #include "../../src/subprocess.h"
 #include "vmfest/error.h"
-#include "vmfest/model.h"
 
 namespace vmfest::detail::qemu {
 namespace fs = std::filesystem;
@@ -122,7 +121,7 @@ bool readable(const fs::path& path) {
 
 fs::path accelerator_cache_directory() { return host_cache_root() / "accelerator"; }
 
-fs::path find_probe_kernel(const fs::path& home) {
+fs::path find_probe_kernel(const fs::path& registered) {
   if (const char* kernel = std::getenv("VMFEST_PROBE_KERNEL"); kernel != nullptr && *kernel) {
     if (!readable(kernel)) {
       throw InvalidArgument(fmt::format(
@@ -131,18 +130,7 @@ fs::path find_probe_kernel(const fs::path& home) {
     }
     return kernel;
   }
-  if (!home.empty()) {
-    try {
-      for (const Model& model : ModelRegistry(Home(home)).list()) {
-        if (model.boot.kind == BootSpec::Kind::Kernel && readable(model.boot.kernel)) {
-          return model.boot.kernel;
-        }
-      }
-    } catch (const Error& error) {
-      spdlog::debug("vmfest: no probe kernel from the models of {}: {}", home.string(),
-                    error.what());
-    }
-  }
+  if (!registered.empty() && readable(registered)) return registered;
   // Bundles of tools/build-default-model.sh, complete ones only.
   std::error_code error;
   for (const auto& bundle : fs::directory_iterator(host_cache_root() / "default-model", error)) {

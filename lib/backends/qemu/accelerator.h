@@ -18,10 +18,10 @@ struct AcceleratorChoice {
 // accelerator (per user, like the default model's cache; not per VMFEST_HOME).
 std::filesystem::path accelerator_cache_directory();
 
-// A Linux kernel to probe KVM with, for a model that has none of its own: $VMFEST_PROBE_KERNEL, a
-// kernel-boot model registered in `home`, the default model's cache, the host's
+// A Linux kernel to probe KVM with, for a model that has none of its own: $VMFEST_PROBE_KERNEL,
+// `registered` (a kernel-boot model's, may be empty), the default model's cache, the host's
 // /boot/vmlinuz-$(uname -r). Empty when none is readable.
-std::filesystem::path find_probe_kernel(const std::filesystem::path& home);
+std::filesystem::path find_probe_kernel(const std::filesystem::path& registered);
 
 // $VMFEST_ACCEL ("kvm"/"tcg") wins. Otherwise the decision recorded for this host in `cache_dir`
 // (keyed by the QEMU binary, the host kernel and /dev/kvm), or a new probe under a file lock, so

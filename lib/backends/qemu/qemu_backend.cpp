@@ -136,7 +136,7 @@ bool is_our_qemu(int pid, const fs::path& directory) {
 AcceleratorChoice accelerator_choice(const MachineConfig& config) {
   const fs::path kernel = config.model.boot.kind == BootSpec::Kind::Kernel
                               ? config.model.boot.kernel
-                              : find_probe_kernel(config.home);
+                              : find_probe_kernel(config.registered_kernel);
   return choose_accelerator(qemu_binary(), accelerator_cache_directory(), kernel, kProbeTimeout);
 }
 

@@ -19,9 +19,7 @@ detail::MachineConfig qemu_config(const fs::path& storage, Model model) {
   config.instance_name = storage.filename().string();
   config.directory = storage;
   config.model = std::move(model);
-  const Home home = Home::from_environment();
-  config.cache_directory = home.cache();
-  config.home = home.root();
+  config.cache_directory = Home::from_environment().cache();
   return config;
 }
 
