@@ -30,7 +30,10 @@ struct MachineConfig {
   Profile profile;
   std::filesystem::path seed_image;  // cloud-init NoCloud ISO (label cidata), attached read-only
   bool full_copy = false;            // permanent VM: its own full copy of the model's disk
-  std::filesystem::path cache_directory;  // host-wide cache the backend may use (probe results)
+  std::filesystem::path cache_directory;  // the home's cache, for files the backend keeps
+  // A Linux kernel of a kernel-boot model registered in the home (empty if none), for a backend
+  // that tests the hypervisor by booting one whatever this model boots from.
+  std::filesystem::path registered_kernel;
   int ssh_host_port = 0;  // host port forwarded to the guest's SSH port; 0: the backend picks one
   std::optional<PrivateNic> private_nic = std::nullopt;  // a second card on a private segment
   // A warm image (see warm.h) to clone: the disk is an overlay on its base and the first launch

@@ -97,6 +97,18 @@ std::string generated_name(const std::string& model) {
   return fmt::format("{}-{}", model.substr(0, kMaxPrefix), random_suffix());
 }
 
+fs::path registered_kernel(const Home& home) {
+  try {
+    for (const Model& model : ModelRegistry(home).list()) {
+      if (model.boot.kind == BootSpec::Kind::Kernel) return model.boot.kernel;
+    }
+  } catch (const Error& error) {
+    spdlog::debug("vmfest: no kernel-boot model found in {}: {}", home.models().string(),
+                  error.what());
+  }
+  return {};
+}
+
 detail::MachineConfig machine_config(const Home& home, const detail::InstanceRecord& record,
                                      const Model& model) {
   detail::MachineConfig config;
@@ -107,6 +119,7 @@ detail::MachineConfig machine_config(const Home& home, const detail::InstanceRec
   config.seed_image = config.directory / "seed.iso";
   config.full_copy = record.permanent;
   config.cache_directory = home.cache();
+  config.registered_kernel = registered_kernel(home);
   config.warm_image = record.warm_image;
   return config;
 }
@@ -204,8 +217,13 @@ struct Instance::Impl {
 
   [[noreturn]] void fail_not_ready(const std::string& why) const {
     throw NotReadyError(
-        fmt::format("instance '{}' (model '{}') did not become ready: {}. Console log: {}",
-                    record.name, model.name, why, machine->console_log().string()),
+        fmt::format("instance '{}' (model '{}', accelerator {}) did not become ready: {}. "
+                    "Console log: {}",
+                    record.name, model.name, machine->accelerator(), why,
+                    machine->console_log().string()) +
+            (machine->accelerator() == "kvm"
+                 ? ". If this host's KVM cannot run the guest, VMFEST_ACCEL=tcg avoids it"
+                 : ""),
         console_tail(40));
   }
 
@@ -347,6 +365,7 @@ struct InstanceAccess {
     probe.profile = profile;
     probe.seed_image = home.cache() / "seed.iso";
     probe.cache_directory = home.cache();
+    probe.registered_kernel = registered_kernel(home);
     const std::string fingerprint = backend.warm_fingerprint(probe);
     if (fingerprint.empty()) return {};
     const fs::path image = warm_image_directory(model, profile, fingerprint);
@@ -358,11 +377,12 @@ struct InstanceAccess {
     if (auto status = check_warm_image(image); status != WarmStatus::Missing) {
       return status == WarmStatus::Ready ? image : fs::path();
     }
-    return build(home, model, profile, fingerprint, image);
+    return build(home, model, profile, backend, probe, fingerprint, image);
   }
 
  private:
   static fs::path build(const Home& home, const Model& model, const Profile& profile,
+                        Backend& backend, const MachineConfig& probe,
                         const std::string& fingerprint, const fs::path& image) {
     spdlog::info(
         "vmfest: building a warm image of model '{}' ({} MiB, {} CPUs): one cold boot, "
@@ -376,6 +396,15 @@ struct InstanceAccess {
         fmt::format("warm-{}-{}", image.filename().string().substr(0, 8), random_suffix());
     Instance builder = Instance::create(request, home);
     builder.start();
+    // The builder's start can change what the image depends on (the QEMU backend falls back
+    // from a KVM that cannot run the guest to TCG): its state is not this fingerprint's.
+    if (backend.warm_fingerprint(probe) != fingerprint) {
+      spdlog::warn(
+          "vmfest: the hypervisor setup changed while building the warm image of model '{}' "
+          "(accelerator now {}); this instance boots cold, the next one builds a new image",
+          model.name, builder.accelerator());
+      return {};
+    }
     Instance::Impl& impl = *builder.impl_;
     std::string reply;
     try {

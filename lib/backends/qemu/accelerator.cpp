@@ -1,11 +1,15 @@
 #include "accelerator.h"
 
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
-#include <array>
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -16,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../../src/files.h"
+#include "../../src/sha256.h"
 #include "../../src/subprocess.h"
 #include "vmfest/error.h"
 
@@ -27,6 +32,11 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr std::string_view kProbeMarker = "VMFEST-PROBE-OK";
+// Probe kinds recorded with a decision. A boot sector runs under KVMs that hang 64-bit Linux, so
+// its "kvm" is only trusted until a kernel can be tried.
+constexpr const char* kKernelProbe = "kernel";
+constexpr const char* kBootSectorProbe = "boot-sector";
+constexpr const char* kRecorded = "recorded";  // record_decision(): as good as a kernel probe
 
 // A 512-byte boot sector that writes kProbeMarker to COM1 and halts: reaches the marker only if the
 // accelerator can run BIOS and guest code at all.
@@ -43,7 +53,99 @@ void write_boot_sector(const fs::path& path) {
   std::ofstream(path, std::ios::binary) << image;
 }
 
+// QEMU's log without its warnings: under a broken KVM it warns about CPUID features it cannot
+// offer, which is not why a guest fails.
+std::string qemu_errors(const fs::path& log) {
+  std::istringstream lines(read_text_if_exists(log));
+  std::string errors;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line.find("warning:") != std::string::npos) continue;
+    if (!errors.empty()) errors += "; ";
+    errors += line;
+  }
+  return errors;
+}
+
+std::string short_hash(const std::string& text) {
+  Sha256 hasher;
+  hasher.update(std::span(reinterpret_cast<const unsigned char*>(text.data()), text.size()));
+  return hasher.hex_digest().substr(0, 16);
+}
+
+// What a decision depends on: the QEMU binary (where, which version, replaced or not), the host
+// kernel (which implements KVM) and the /dev/kvm device.
+std::string host_key(const fs::path& qemu) {
+  utsname host{};
+  ::uname(&host);
+  const fs::path binary = fs::canonical(qemu);
+  ToolResult version = run_tool(binary, {"--version"});
+  struct stat kvm {};
+  const std::string device = ::stat("/dev/kvm", &kvm) == 0
+                                 ? fmt::format("{}:{}", major(kvm.st_rdev), minor(kvm.st_rdev))
+                                 : std::string("none");
+  return fmt::format("{}|{}|{}|{}|/dev/kvm {}", binary.string(),
+                     version.output.substr(0, version.output.find('\n')),
+                     fs::last_write_time(binary).time_since_epoch().count(), host.release, device);
+}
+
+fs::path decision_file(const fs::path& cache_dir, const std::string& key) {
+  return cache_dir / (short_hash(key) + ".json");
+}
+
+void write_decision(const fs::path& file, const std::string& key, const AcceleratorChoice& choice,
+                    const std::string& probe) {
+  write_text_atomically(
+      file,
+      nlohmann::json{
+          {"key", key}, {"name", choice.name}, {"reason", choice.reason}, {"probe", probe}}
+          .dump(2));
+}
+
+fs::path host_cache_root() {
+  if (const char* dir = std::getenv("VMFEST_CACHE_DIR"); dir != nullptr && *dir != '\0') {
+    return dir;
+  }
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
+    return fs::path(xdg) / "vmfest";
+  }
+  const char* home = std::getenv("HOME");
+  return fs::path(home != nullptr ? home : "/tmp") / ".cache" / "vmfest";
+}
+
+bool readable(const fs::path& path) {
+  std::error_code error;
+  return fs::is_regular_file(path, error) && ::access(path.c_str(), R_OK) == 0;
+}
+
 }  // namespace
+
+fs::path accelerator_cache_directory() { return host_cache_root() / "accelerator"; }
+
+fs::path find_probe_kernel(const fs::path& registered) {
+  if (const char* kernel = std::getenv("VMFEST_PROBE_KERNEL"); kernel != nullptr && *kernel) {
+    if (!readable(kernel)) {
+      throw InvalidArgument(fmt::format(
+          "VMFEST_PROBE_KERNEL={} is not a readable file: point it at a Linux kernel (vmlinuz)",
+          kernel));
+    }
+    return kernel;
+  }
+  if (!registered.empty() && readable(registered)) return registered;
+  // Bundles of tools/build-default-model.sh, complete ones only.
+  std::error_code error;
+  for (const auto& bundle : fs::directory_iterator(host_cache_root() / "default-model", error)) {
+    if (fs::exists(bundle.path() / ".complete") && readable(bundle.path() / "vmlinuz")) {
+      return bundle.path() / "vmlinuz";
+    }
+  }
+  utsname host{};
+  ::uname(&host);
+  if (const fs::path own = fs::path("/boot") / (std::string("vmlinuz-") + host.release);
+      readable(own)) {
+    return own;
+  }
+  return {};
+}
 
 bool kvm_runs_guest(const fs::path& qemu, const fs::path& work, const fs::path& kernel,
                     std::chrono::milliseconds timeout, std::string& why) {
@@ -55,7 +157,8 @@ bool kvm_runs_guest(const fs::path& qemu, const fs::path& work, const fs::path& 
       "128",    "-no-reboot", "-serial",     "file:" + serial.string()};
   std::string success;
   if (!kernel.empty()) {
-    // No root device: a kernel that runs to completion panics with "VFS: Unable to mount root".
+    // No root device: a kernel that runs to completion panics with "VFS: Unable to mount root",
+    // having set up long mode, memory, interrupts and its console on the way.
     args.insert(args.end(), {"-kernel", kernel.string(), "-append", "console=ttyS0 panic=-1"});
     success = "VFS: ";
   } else {
@@ -64,19 +167,24 @@ bool kvm_runs_guest(const fs::path& qemu, const fs::path& work, const fs::path& 
     args.insert(args.end(), {"-drive", "file=" + sector.string() + ",format=raw,if=ide"});
     success = kProbeMarker;
   }
+  const fs::path qemu_log = work / "probe-qemu.log";
   boost::asio::io_context context;
-  FILE* log = std::fopen((work / "probe-qemu.log").c_str(), "w");
+  FILE* log = std::fopen(qemu_log.c_str(), "w");
   bp::process child(context, qemu.string(), args, bp::process_stdio{nullptr, log, log},
                     CloseInheritedFds{});
   if (log != nullptr) std::fclose(log);
   const auto deadline = Clock::now() + timeout;
   bool found = false;
+  bool exited = false;
   while (Clock::now() < deadline) {
     if (read_text_if_exists(serial).find(success) != std::string::npos) {
       found = true;
       break;
     }
-    if (!is_running(child)) break;
+    if (!is_running(child)) {
+      exited = true;
+      break;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   kill_and_reap(child);
@@ -84,28 +192,16 @@ bool kvm_runs_guest(const fs::path& qemu, const fs::path& work, const fs::path& 
     found = read_text_if_exists(serial).find(success) != std::string::npos;
   }
   if (!found) {
-    std::string qemu_log = tail_lines(work / "probe-qemu.log", 5);
-    why = qemu_log.empty()
-              ? fmt::format("the probe guest showed no sign of life within {} ms under KVM",
-                            timeout.count())
-              : fmt::format("qemu -accel kvm failed: {}", qemu_log);
+    const std::string what = kernel.empty() ? std::string("a boot sector")
+                                            : fmt::format("a Linux kernel ({})", kernel.string());
+    const std::string errors = qemu_errors(qemu_log);
+    why = exited ? fmt::format("qemu -accel kvm exited while booting {}: {}", what,
+                               errors.empty() ? "no error message" : errors)
+                 : fmt::format("{} showed no sign of life on its console within {} ms under KVM",
+                               what, timeout.count());
   }
   return found;
 }
-
-namespace {
-
-std::string host_key(const fs::path& qemu, const fs::path& kernel) {
-  utsname host{};
-  ::uname(&host);
-  ToolResult version = run_tool(qemu, {"--version"});
-  std::string first_line = version.output.substr(0, version.output.find('\n'));
-  return fmt::format("{}|{}|{}|{}", first_line, host.release,
-                     fs::exists("/dev/kvm") ? "kvm-dev" : "no-kvm-dev",
-                     kernel.empty() ? "boot-sector" : "kernel");
-}
-
-}  // namespace
 
 AcceleratorChoice choose_accelerator(const fs::path& qemu, const fs::path& cache_dir,
                                      const fs::path& probe_kernel,
@@ -115,34 +211,77 @@ AcceleratorChoice choose_accelerator(const fs::path& qemu, const fs::path& cache
     if (name != "kvm" && name != "tcg") {
       throw InvalidArgument(fmt::format("VMFEST_ACCEL={} is not valid: use kvm or tcg", name));
     }
-    return {name, "VMFEST_ACCEL=" + name};
+    return {name, "VMFEST_ACCEL=" + name, true};
   }
   if (::access("/dev/kvm", R_OK | W_OK) != 0) {
     return {"tcg", "/dev/kvm is missing or not accessible; using TCG (software emulation)"};
   }
   fs::create_directories(cache_dir);
-  const fs::path cache_file = cache_dir / "accelerator.json";
-  const std::string key = host_key(qemu, probe_kernel);
+  const std::string key = host_key(qemu);
+  const fs::path file = decision_file(cache_dir, key);
   // One probe per host, even with many processes starting at once.
-  FileLock lock(cache_dir / "accelerator.lock");
-  if (fs::exists(cache_file)) {
-    auto cached = nlohmann::json::parse(read_text(cache_file), nullptr, false);
-    if (!cached.is_discarded() && cached.value("key", "") == key) {
-      return {cached.value("name", "tcg"), cached.value("reason", "") + " (cached probe)"};
+  FileLock lock(cache_dir / (file.stem().string() + ".lock"));
+  if (fs::exists(file)) {
+    auto cached = nlohmann::json::parse(read_text(file), nullptr, false);
+    if (!cached.is_discarded() && cached.value("key", "") == key &&
+        (cached.value("probe", "") != kBootSectorProbe || probe_kernel.empty())) {
+      return {cached.value("name", "tcg"), fmt::format("{} (decided earlier for this host: {})",
+                                                       cached.value("reason", ""), file.string())};
     }
   }
   std::string detail;
   AcceleratorChoice choice;
-  if (kvm_runs_guest(qemu, cache_dir, probe_kernel, probe_timeout, detail)) {
-    choice = {"kvm", "a probe guest ran under KVM"};
+  const auto begin = Clock::now();
+  const fs::path work = cache_dir / ("probe-" + file.stem().string());
+  const bool works = kvm_runs_guest(qemu, work, probe_kernel, probe_timeout, detail);
+  fs::remove_all(work);
+  const double seconds = std::chrono::duration<double>(Clock::now() - begin).count();
+  if (works && probe_kernel.empty()) {
+    choice = {"kvm",
+              "weak probe: a boot sector ran under KVM, but no Linux kernel was found to test it "
+              "with (set VMFEST_PROBE_KERNEL to a vmlinuz); a VM that shows no sign of life under "
+              "KVM will switch this host to TCG"};
+  } else if (works) {
+    choice = {"kvm", fmt::format("a Linux kernel ({}) booted under KVM in {:.1f} s",
+                                 probe_kernel.string(), seconds)};
   } else {
-    choice = {"tcg", "KVM is present but unusable (" + detail +
-                         "); falling back to TCG (software emulation)"};
+    choice = {"tcg", "KVM is present but unusable: " + detail +
+                         "; using TCG (software emulation, slower). VMFEST_ACCEL=tcg skips "
+                         "this probe"};
   }
-  write_text_atomically(
-      cache_file,
-      nlohmann::json{{"key", key}, {"name", choice.name}, {"reason", choice.reason}}.dump(2));
+  write_decision(file, key, choice, probe_kernel.empty() ? kBootSectorProbe : kKernelProbe);
   return choice;
+}
+
+void record_decision(const fs::path& qemu, const fs::path& cache_dir,
+                     const AcceleratorChoice& choice) {
+  fs::create_directories(cache_dir);
+  const std::string key = host_key(qemu);
+  const fs::path file = decision_file(cache_dir, key);
+  FileLock lock(cache_dir / (file.stem().string() + ".lock"));
+  write_decision(file, key, choice, kRecorded);
+}
+
+bool console_past_bootloader(const std::string& console) {
+  static constexpr std::string_view kBootloaderLines[] = {"SYSLINUX", "ISOLINUX", "EXTLINUX",
+                                                          "PXELINUX", "GRUB",     "Welcome to GRUB",
+                                                          "Booting",  "Loading",  "\x1b"};
+  std::size_t begin = 0;
+  for (std::size_t end; (end = console.find('\n', begin)) != std::string::npos; begin = end + 1) {
+    std::string_view line(console.data() + begin, end - begin);
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.front())) != 0) {
+      line.remove_prefix(1);
+    }
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back())) != 0) {
+      line.remove_suffix(1);
+    }
+    if (line.empty()) continue;
+    if (std::none_of(std::begin(kBootloaderLines), std::end(kBootloaderLines),
+                     [&](std::string_view prefix) { return line.starts_with(prefix); })) {
+      return true;
+    }
+  }
+  return false;
 }
 
 }  // namespace vmfest::detail::qemu

@@ -1,5 +1,5 @@
-// Chooses KVM or TCG for this host: probed with a bounded test boot, never assumed, cached per
-// host.
+// Chooses KVM or TCG for this host: probed with a bounded test boot of a Linux kernel, never
+// assumed, decided once per host and QEMU binary for every VMFEST_HOME.
 #pragma once
 
 #include <chrono>
@@ -9,22 +9,43 @@
 namespace vmfest::detail::qemu {
 
 struct AcceleratorChoice {
-  std::string name;    // "kvm" or "tcg"
-  std::string reason;  // why, for the log
+  std::string name;     // "kvm" or "tcg"
+  std::string reason;   // why, for the log
+  bool forced = false;  // $VMFEST_ACCEL said so: never second-guessed
 };
 
-// $VMFEST_ACCEL ("kvm"/"tcg") wins. Otherwise a cached probe result for this host (keyed by the
-// QEMU binary's version, the host kernel and /dev/kvm), or a new probe: boot a tiny payload under
-// KVM and wait up to `probe_timeout` for its marker on the serial console. `probe_kernel` is a
-// Linux kernel to boot for the probe (a stronger test than the built-in boot sector); may be empty.
+// Where the host-wide decisions live: ${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/vmfest}/
+// accelerator (per user, like the default model's cache; not per VMFEST_HOME).
+std::filesystem::path accelerator_cache_directory();
+
+// A Linux kernel to probe KVM with, for a model that has none of its own: $VMFEST_PROBE_KERNEL,
+// `registered` (a kernel-boot model's, may be empty), the default model's cache, the host's
+// /boot/vmlinuz-$(uname -r). Empty when none is readable.
+std::filesystem::path find_probe_kernel(const std::filesystem::path& registered);
+
+// $VMFEST_ACCEL ("kvm"/"tcg") wins. Otherwise the decision recorded for this host in `cache_dir`
+// (keyed by the QEMU binary, the host kernel and /dev/kvm), or a new probe under a file lock, so
+// that parallel processes probe once: boot `probe_kernel` under KVM and wait up to `probe_timeout`
+// for it to reach its console. Without a kernel the probe is a boot sector, which a KVM that cannot
+// run 64-bit Linux still runs: a weak probe, said so in the reason, and replaced by a kernel probe
+// as soon as one is possible.
 AcceleratorChoice choose_accelerator(const std::filesystem::path& qemu,
                                      const std::filesystem::path& cache_dir,
                                      const std::filesystem::path& probe_kernel,
                                      std::chrono::milliseconds probe_timeout);
 
-// The probe itself: boots a tiny payload (`kernel`, or a built-in boot sector when empty) with
-// `-accel kvm` and returns true when its success text reaches the serial console within `timeout`.
-// On false, `why` says what was seen. Working files go to `work`.
+// Records `choice` as this host's decision for `qemu`, trusted like a kernel probe's: the runtime
+// fallback records TCG this way when a guest showed no sign of life under KVM (a fooled probe).
+void record_decision(const std::filesystem::path& qemu, const std::filesystem::path& cache_dir,
+                     const AcceleratorChoice& choice);
+
+// True once `console` holds a complete line that is not a bootloader's (SYSLINUX, GRUB, ...): the
+// guest's kernel or init got to say something. Bootloaders run under KVMs that hang Linux.
+bool console_past_bootloader(const std::string& console);
+
+// The probe itself: boots `kernel` (or a built-in boot sector when empty) with `-accel kvm` and
+// returns true when its success text reaches the serial console within `timeout`. On false, `why`
+// says what was seen. Working files go to `work`.
 bool kvm_runs_guest(const std::filesystem::path& qemu, const std::filesystem::path& work,
                     const std::filesystem::path& kernel, std::chrono::milliseconds timeout,
                     std::string& why);

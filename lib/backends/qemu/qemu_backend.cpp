@@ -49,6 +49,11 @@ constexpr milliseconds kMigrationTimeout{120000};
 constexpr int kPortAttempts = 5;
 constexpr milliseconds kLaunchTimeout{15000};
 constexpr milliseconds kProbeTimeout{8000};
+// Under KVM a Linux kernel reaches its console within a second or two of a cold boot, and a
+// resumed warm guest's agent answers at once: a guest silent for this long is not running.
+constexpr milliseconds kKvmColdLifeBound{20000};
+constexpr milliseconds kKvmWarmLifeBound{10000};
+constexpr const char* kKvmQemuLog = "qemu-kvm.log";  // the failed KVM run's log, kept
 
 const fs::path& qemu_binary() {
   static const fs::path path = [] {
@@ -126,11 +131,64 @@ bool is_our_qemu(int pid, const fs::path& directory) {
          stat[close_paren + 2] != 'Z';
 }
 
+// The probe boots a Linux kernel whatever the model boots from: a disk-booted model's bootloader
+// runs under KVMs that hang the kernel it loads.
 AcceleratorChoice accelerator_choice(const MachineConfig& config) {
-  const fs::path kernel =
-      config.model.boot.kind == BootSpec::Kind::Kernel ? config.model.boot.kernel : fs::path();
-  return choose_accelerator(qemu_binary(), config.cache_directory, kernel, kProbeTimeout);
+  const fs::path kernel = config.model.boot.kind == BootSpec::Kind::Kernel
+                              ? config.model.boot.kernel
+                              : find_probe_kernel(config.registered_kernel);
+  return choose_accelerator(qemu_binary(), accelerator_cache_directory(), kernel, kProbeTimeout);
 }
+
+// Watches the forwarded SSH port for bytes from the guest: a sign of life that needs no console.
+// QEMU accepts the host side of a connection at once, whatever the guest does; only what comes
+// through it is the guest's.
+class GuestPortWatch {
+ public:
+  explicit GuestPortWatch(int port) : port_(port) {}
+  ~GuestPortWatch() { disconnect(); }
+  GuestPortWatch(const GuestPortWatch&) = delete;
+  GuestPortWatch& operator=(const GuestPortWatch&) = delete;
+
+  bool guest_spoke() {
+    // A guest whose port is closed resets each connection: at most one new one a second.
+    if (fd_ < 0) {
+      if (Clock::now() < next_connect_) return false;
+      next_connect_ = Clock::now() + milliseconds(1000);
+      if (!connect()) return false;
+    }
+    char byte = 0;
+    const ssize_t n = ::recv(fd_, &byte, 1, MSG_PEEK);
+    if (n > 0) return true;
+    // Closed (QEMU gave up on the guest's side): try again on the next call.
+    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOTCONN)) disconnect();
+    return false;
+  }
+
+ private:
+  bool connect() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd_ < 0) return false;
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<std::uint16_t>(port_));
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 &&
+        errno != EINPROGRESS) {
+      disconnect();
+      return false;
+    }
+    return true;
+  }
+  void disconnect() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+  int port_;
+  int fd_ = -1;
+  Clock::time_point next_connect_;
+};
 
 class QemuMachine final : public Machine {
  public:
@@ -186,6 +244,10 @@ class QemuMachine final : public Machine {
     start_process();
     spdlog::debug("instance {}: QEMU (pid {}) answers on QMP", config_.instance_name, pid_);
     if (resuming_) resume_warm_state();
+    if (accelerator_ != "kvm") return;
+    // Belt and braces: a KVM that fooled the probe costs one bound here, not a failed start.
+    const std::string silence = resuming_ ? kvm_silence_after_resume() : kvm_silence_after_boot();
+    if (!silence.empty()) restart_under_tcg(choice, silence);
   }
 
   void start_process() {
@@ -482,6 +544,86 @@ class QemuMachine final : public Machine {
   }
 
   QmpClient qmp() const { return QmpClient::connect(path(kQmpSocket), milliseconds(5000)); }
+
+  // Empty when a cold-booted guest shows a sign of life within kKvmColdLifeBound (its console
+  // gets past the bootloader, or its SSH port speaks), else what it showed instead.
+  std::string kvm_silence_after_boot() {
+    const auto deadline = Clock::now() + kKvmColdLifeBound;
+    GuestPortWatch port(port_);
+    for (int check = 0; Clock::now() < deadline; ++check) {
+      if (console_past_bootloader(read_text_if_exists(path(kSerialLog))) || port.guest_spoke()) {
+        return {};
+      }
+      if (check % 10 == 0) {
+        // A guest that powered off ran: the core reports that. Only KVM stops one this way.
+        if (!alive()) return {};
+        if (qemu_status() == "internal-error") {
+          return "was stopped by a KVM internal error before printing anything past its "
+                 "bootloader";
+        }
+      }
+      std::this_thread::sleep_for(milliseconds(100));
+    }
+    return fmt::format(
+        "printed {} on its console within {} s",
+        read_text_if_exists(path(kSerialLog)).empty() ? "nothing" : "nothing past its bootloader",
+        kKvmColdLifeBound.count() / 1000);
+  }
+
+  // Empty when the guest agent of a resumed warm guest answers within kKvmWarmLifeBound.
+  std::string kvm_silence_after_resume() {
+    try {
+      agent_exchange("ping\n", kKvmWarmLifeBound);
+      return {};
+    } catch (const BackendError& error) {
+      return fmt::format("was resumed from its warm image, but its guest agent did not answer ({})",
+                         error.what());
+    }
+  }
+
+  std::string qemu_status() {
+    try {
+      QmpClient client = QmpClient::try_connect(path(kQmpSocket), milliseconds(2000));
+      return client.connected() ? client.execute("query-status").value("status", "") : "";
+    } catch (const BackendError&) {
+      return "";
+    }
+  }
+
+  // The probe was fooled: this host's KVM cannot run the guest. Records TCG for the host, says so
+  // and starts the guest once more under TCG.
+  void restart_under_tcg(const AcceleratorChoice& choice, const std::string& silence) {
+    kill();
+    std::error_code ignored;
+    fs::rename(path(kQemuLog), path(kKvmQemuLog), ignored);
+    const std::string what = fmt::format("instance '{}' (model '{}') {} under KVM",
+                                         config_.instance_name, config_.model.name, silence);
+    if (choice.forced) {
+      throw BackendError(fmt::format(
+          "{}, and VMFEST_ACCEL=kvm rules out falling back to TCG: unset VMFEST_ACCEL, or set "
+          "VMFEST_ACCEL=tcg. QEMU's log: {}",
+          what, path(kKvmQemuLog).string()));
+    }
+    record_decision(qemu_binary(), accelerator_cache_directory(),
+                    {"tcg", fmt::format("KVM showed no sign of life: {}; using TCG (software "
+                                        "emulation, slower). VMFEST_ACCEL=tcg skips KVM",
+                                        what)});
+    spdlog::warn(
+        "vmfest: KVM showed no sign of life: {}. This host's KVM cannot run it (the probe that "
+        "chose KVM was fooled), so vmfest switched this host to TCG (software emulation, slower) "
+        "for every later VM and restarts the instance under TCG. Set VMFEST_ACCEL=tcg to skip the "
+        "KVM probe and this check. QEMU's log of the KVM run: {}",
+        what, path(kKvmQemuLog).string());
+    accelerator_ = "tcg";
+    if (resuming_) {
+      // The warm image holds a KVM guest, not one for TCG: boot the model's disk afresh.
+      config_.warm_image.clear();
+      resuming_ = false;
+      warm_restored_ = true;
+      create_disk();
+    }
+    start_process();
+  }
 
   // Loads the warm image's memory state into the just-started (incoming) QEMU and runs it.
   void resume_warm_state() {
