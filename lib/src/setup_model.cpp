@@ -3,16 +3,22 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
+#include <cerrno>
+#include <cstdlib>
+#include <fstream>
 #include <optional>
+#include <string_view>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "archive.h"
+#include "content_writer.h"
 #include "download.h"
 #include "files.h"
-#include "gunzip.h"
+#include "model_disk.h"
 #include "output_file.h"
 #include "registry_store.h"
 #include "sha256.h"
@@ -24,14 +30,6 @@ namespace vmfest {
 namespace fs = std::filesystem;
 
 namespace {
-
-constexpr std::size_t kHeadBytes = 512;  // enough to recognise a tar header
-constexpr std::uint64_t kSector = 512;
-
-const fs::path& qemu_img() {
-  static const fs::path path = detail::find_program("qemu-img", "qemu-utils");
-  return path;
-}
 
 // ---- the source ------------------------------------------------------------------------------
 
@@ -107,203 +105,6 @@ std::string checked_sha256(std::string hex) {
   return hex;
 }
 
-// ---- bytes -> content file -------------------------------------------------------------------
-
-struct Content {
-  fs::path path;
-  std::vector<unsigned char> head;  // its first bytes, to recognise a tar
-  std::string sha256;               // of the content (after decompression)
-};
-
-// Writes a source's bytes to a content file, gunzipped when they are gzip (recognised by their
-// magic bytes), hashing the bytes as served (for SetupOptions::sha256) and as written.
-class ContentWriter final : public detail::ByteSink {
- public:
-  ContentWriter(fs::path path, std::string what, std::string expected_sha256)
-      : what_(std::move(what)),
-        expected_sha256_(std::move(expected_sha256)),
-        out_(std::move(path), detail::OutputFile::Mode::Create) {}
-
-  void write(std::span<const unsigned char> bytes) override {
-    if (!expected_sha256_.empty()) served_hash_.update(bytes);
-    if (!decided_) {
-      sniffed_.insert(sniffed_.end(), bytes.begin(), bytes.end());
-      if (sniffed_.size() < kSniffBytes) return;
-      decide();
-      return;
-    }
-    route(bytes);
-  }
-
-  void restart() override {
-    out_.resize(0);
-    served_hash_ = detail::Sha256();
-    written_hash_ = detail::Sha256();
-    sniffed_.clear();
-    head_.clear();
-    gunzip_.reset();
-    decided_ = false;
-  }
-
-  // The source is complete: checks the sha256 and the gzip end, flushes to disk.
-  Content finish() {
-    if (!decided_) decide();
-    if (!expected_sha256_.empty()) {
-      const std::string actual = served_hash_.hex_digest();
-      if (actual != expected_sha256_) {
-        throw SetupError(fmt::format(
-            "checksum mismatch for {}: expected sha256 {}, got {} (of the file as served, before "
-            "decompression); the download is corrupt or the checksum is for another file",
-            what_, expected_sha256_, actual));
-      }
-    }
-    if (gunzip_) gunzip_->finish();
-    if (out_.size() == 0) throw SetupError(fmt::format("{} is empty: not a disk image", what_));
-    out_.sync();
-    return {out_.path(), head_, written_hash_.hex_digest()};
-  }
-
- private:
-  static constexpr std::size_t kSniffBytes = 6;  // the longest magic number below (xz)
-
-  void decide() {
-    decided_ = true;
-    const std::span<const unsigned char> head(sniffed_);
-    auto starts_with = [&](std::initializer_list<unsigned char> magic) {
-      return head.size() >= magic.size() && std::equal(magic.begin(), magic.end(), head.begin());
-    };
-    const char* unsupported = starts_with({0xfd, '7', 'z', 'X', 'Z', 0x00}) ? "xz"
-                              : starts_with({'B', 'Z', 'h'})                ? "bzip2"
-                              : starts_with({0x28, 0xb5, 0x2f, 0xfd})       ? "zstd"
-                              : starts_with({'P', 'K', 0x03, 0x04})         ? "zip"
-                                                                            : nullptr;
-    if (unsupported != nullptr) {
-      throw SetupError(
-          fmt::format("{} is {}-compressed, which setup_model does not unpack: "
-                      "serve it uncompressed or gzip-compressed",
-                      what_, unsupported));
-    }
-    if (detail::is_gzip(head)) {
-      gunzip_.emplace(what_, [this](std::span<const unsigned char> bytes) { store(bytes); });
-    }
-    std::vector<unsigned char> pending;
-    pending.swap(sniffed_);
-    route(pending);
-  }
-
-  void route(std::span<const unsigned char> bytes) {
-    if (gunzip_) {
-      gunzip_->write(bytes);
-    } else {
-      store(bytes);
-    }
-  }
-
-  void store(std::span<const unsigned char> bytes) {
-    if (head_.size() < kHeadBytes) {
-      const std::size_t take = std::min(kHeadBytes - head_.size(), bytes.size());
-      head_.insert(head_.end(), bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(take));
-    }
-    written_hash_.update(bytes);
-    out_.append(bytes);
-  }
-
-  std::string what_;
-  std::string expected_sha256_;
-  detail::OutputFile out_;
-  detail::Sha256 served_hash_;
-  detail::Sha256 written_hash_;
-  std::vector<unsigned char> sniffed_;
-  std::vector<unsigned char> head_;
-  std::optional<detail::Gunzip> gunzip_;
-  bool decided_ = false;
-};
-
-// ---- disks -----------------------------------------------------------------------------------
-
-// The disk's format as QEMU sees it, after checking that a model can be cloned from it.
-std::string probe_disk_format(const fs::path& disk, const std::string& what) {
-  detail::ToolResult info = detail::run_tool(qemu_img(), {"info", "--output=json", disk.string()});
-  auto json = nlohmann::json::parse(info.output, nullptr, false);
-  if (info.exit_code != 0 || !json.is_object()) {
-    throw SetupError(fmt::format("{} is not a disk image QEMU can read: {}", what, info.output));
-  }
-  if (json.contains("backing-filename")) {
-    throw SetupError(fmt::format(
-        "{} is an overlay on '{}': a model must stand alone; flatten it first with `qemu-img "
-        "convert -O qcow2 OVERLAY MODEL.qcow2`",
-        what, json.value("backing-filename", "")));
-  }
-  const std::string format = json.value("format", "");
-  const auto specific = json.value("format-specific", nlohmann::json::object())
-                            .value("data", nlohmann::json::object());
-  if (specific.contains("data-file")) {
-    throw SetupError(
-        fmt::format("{} keeps its data in an external file ('{}'): a model must be "
-                    "one self-contained image",
-                    what, specific.value("data-file", "")));
-  }
-  if (format == "vmdk") {
-    for (const auto& extent : specific.value("extents", nlohmann::json::array())) {
-      if (fs::path(extent.value("filename", "")) != disk) {
-        throw SetupError(
-            fmt::format("{} is a VMDK whose data lives in other files ({}): use a single-file VMDK "
-                        "(`qemu-img convert -O vmdk -o subformat=monolithicSparse IN OUT`)",
-                        what, extent.value("filename", "")));
-      }
-    }
-  }
-  if (format == "raw") {
-    // Every file is a "raw image" to QEMU; an error page or a cut-off file is not a disk.
-    const std::uint64_t size = fs::file_size(disk);
-    if (size % kSector != 0) {
-      throw SetupError(
-          fmt::format("{} is not a disk image QEMU can use: it reads as raw, but its "
-                      "{} bytes are not a whole number of 512-byte sectors (an error "
-                      "page, or a truncated file?)",
-                      what, size));
-    }
-  }
-  if (format == "luks") {
-    throw SetupError(
-        fmt::format("{} is an encrypted (LUKS) image; vmfest models are not "
-                    "encrypted",
-                    what));
-  }
-  return format;
-}
-
-// Checks the staged disk, converts it to qcow2 when QEMU cannot back an overlay on it as it is,
-// names it disk.<format> and fills in the model's disk facts. `sha256` is the disk's, if known.
-void finish_disk(Model& model, const std::string& what, std::string sha256) {
-  std::string format = probe_disk_format(model.disk, what);
-  if (format != "qcow2" && format != "raw" && format != "vdi" && format != "vmdk") {
-    fs::path converted = model.disk;
-    converted.replace_extension(".converted.qcow2");
-    try {
-      detail::run_tool_checked(
-          qemu_img(),
-          {"convert", "-q", "-f", format, "-O", "qcow2", model.disk.string(), converted.string()},
-          fmt::format("converting {} from {} to qcow2", what, format));
-    } catch (const BackendError& error) {
-      throw SetupError(error.what());
-    }
-    spdlog::info("vmfest: converted {} from {} to qcow2", what, format);
-    fs::remove(model.disk);
-    model.disk = converted;
-    format = "qcow2";
-    sha256.clear();
-  }
-  fs::path named = model.directory / ("disk." + format);
-  if (model.disk.parent_path() == model.directory && model.disk != named && !fs::exists(named)) {
-    fs::rename(model.disk, named);
-    model.disk = named;
-  }
-  model.format = format;
-  model.size_bytes = fs::file_size(model.disk);
-  model.sha256 = sha256.empty() ? detail::sha256_file(model.disk) : sha256;
-}
-
 // ---- bundles ---------------------------------------------------------------------------------
 
 // A file a bundle's manifest names, checked to lie inside the bundle.
@@ -373,7 +174,7 @@ Model stage_bundle(const fs::path& root, const fs::path& staging, bool move,
     throw SetupError(
         fmt::format("{} is not valid model metadata: {}", manifest_what, error.what()));
   }
-  finish_disk(model, what, "");
+  detail::finish_disk(model, what, "");
   return model;
 }
 
@@ -390,7 +191,8 @@ fs::path bundle_root(const fs::path& unpacked, const std::string& what) {
 }
 
 // Turns a source's content, in the staging folder, into the model's files.
-Model stage_content(const Content& content, const fs::path& staging, const std::string& what) {
+Model stage_content(const detail::Content& content, const fs::path& staging,
+                    const std::string& what) {
   if (detail::is_tar(content.head)) {
     fs::path unpacked = staging;
     unpacked += ".unpacked";
@@ -405,7 +207,7 @@ Model stage_content(const Content& content, const fs::path& staging, const std::
   model.directory = staging;
   model.disk = staging / "disk";
   fs::rename(content.path, model.disk);
-  finish_disk(model, what, content.sha256);
+  detail::finish_disk(model, what, content.sha256);
   return model;
 }
 
@@ -425,8 +227,8 @@ Model stage_source(const Source& source, const SetupOptions& options, const Home
   if (!source.local.empty() && !fs::exists(source.local)) {
     throw SetupError(fmt::format("model source {} does not exist", what));
   }
-  ContentWriter writer(staging / ".content", what,
-                       options.sha256.empty() ? "" : checked_sha256(options.sha256));
+  detail::ContentWriter writer(staging / ".content", what,
+                               options.sha256.empty() ? "" : checked_sha256(options.sha256));
   detail::BackgroundSink background(writer);  // gunzip and write while the next bytes arrive
   detail::ProgressReporter progress(fmt::format("model '{}'", name), options.on_progress);
   if (!source.local.empty()) {

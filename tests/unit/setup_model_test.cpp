@@ -1,6 +1,8 @@
 // setup_model against a real HTTP server on 127.0.0.1 (tests/support/http_server.py) and real
 // images made with qemu-img: downloads, gzip, resume, bundles, formats, failures, concurrency.
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <sys/mount.h>
 
@@ -99,7 +101,9 @@ class TestData {
     sh(
         fmt::format("cd {}; gzip -c noise.raw > noise.raw.gz;"
                     "head -c 1500000 noise.raw | gzip -c > noise-multi.raw.gz;"
-                    "tail -c +1500001 noise.raw | gzip -c >> noise-multi.raw.gz",
+                    "tail -c +1500001 noise.raw | gzip -c >> noise-multi.raw.gz;"
+                    // 32 MiB of zeros in a few dozen KiB: a decompression bomb, in small
+                    "head -c 33554432 /dev/zero | gzip -c > bomb.raw.gz",
                     quoted(dir_)));
     // Bundles: a kernel-booted model as a tar.gz, with and without a top-level folder.
     sh(fmt::format(
@@ -621,7 +625,8 @@ TEST_F(SetupModelTest, FullDiskIsAClearErrorAndChangesNothing) {
   }
   mounted_ = tiny;
   std::string message = message_of([&] { setup(server().url("ranges", "noise.raw.gz"), "big"); });
-  EXPECT_NE(message.find("No space left on device"), std::string::npos) << message;
+  // Caught before the disk is full: the setup keeps free space for the VMs.
+  EXPECT_NE(message.find("is left free on the disk of"), std::string::npos) << message;
   EXPECT_NE(message.find("nothing was registered"), std::string::npos) << message;
   expect_nothing_left();
 }
@@ -631,6 +636,47 @@ TEST_F(SetupModelTest, FileSizeLimitIsAClearErrorAndChangesNothing) {
   EXPECT_EQ(limited->wait(), 1) << limited->output();
   EXPECT_NE(limited->output().find("File too large"), std::string::npos) << limited->output();
   expect_nothing_left();
+}
+
+// ---- decompression bombs and raw bytes
+// -----------------------------------------------------------
+
+TEST_F(SetupModelTest, ADecompressionBombStopsAtTheSizeLimitAndLeavesNothing) {
+  ::setenv("VMFEST_MAX_MODEL_SIZE", "8M", 1);
+  const std::string message =
+      message_of([&] { setup(server().url("ranges", "bomb.raw.gz"), "bomb"); });
+  ::unsetenv("VMFEST_MAX_MODEL_SIZE");
+  EXPECT_NE(message.find("grew past VMFEST_MAX_MODEL_SIZE (8.0 MiB) once decompressed"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("decompression bomb"), std::string::npos) << message;
+  expect_nothing_left();
+}
+
+TEST_F(SetupModelTest, AMaxModelSizeThatIsNoSizeIsRefused) {
+  ::setenv("VMFEST_MAX_MODEL_SIZE", "lots", 1);
+  EXPECT_THROW(setup((data() / "disk.qcow2").string(), "sized"), vmfest::InvalidArgument);
+  ::unsetenv("VMFEST_MAX_MODEL_SIZE");
+  expect_nothing_left();
+}
+
+TEST_F(SetupModelTest, RawBytesWithoutADiskSignatureAreRegisteredWithAWarning) {
+  auto warnings = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(32);
+  warnings->set_level(spdlog::level::warn);
+  spdlog::default_logger()->sinks().push_back(warnings);
+  sh(fmt::format("head -c 1048576 /dev/urandom > {}", quoted(root_ / "random.raw")));
+  sh(
+      fmt::format("head -c 1048576 /dev/zero > {0}; printf '\\125\\252' | "
+                  "dd of={0} bs=1 seek=510 conv=notrunc status=none",
+                  quoted(root_ / "mbr.raw")));
+  EXPECT_EQ(setup((root_ / "random.raw").string(), "random").format, "raw");
+  EXPECT_EQ(setup((root_ / "mbr.raw").string(), "mbr").format, "raw");
+  spdlog::default_logger()->sinks().pop_back();
+  const std::vector<std::string> seen = warnings->last_formatted();
+  ASSERT_EQ(seen.size(), 1U) << "one warning, for the random bytes only";
+  EXPECT_NE(seen[0].find("random.raw reads as a raw disk image, but it has no partition table"),
+            std::string::npos)
+      << seen[0];
 }
 
 // ---- progress ----------------------------------------------------------------------------------
