@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -91,33 +92,51 @@ std::string tail_lines(const fs::path& path, std::size_t lines) {
   return text;
 }
 
-FileLock::FileLock(const fs::path& path, Mode mode) {
-  // O_NOFOLLOW: a lock file is never a link; one planted in its place must not redirect the open
-  // (and the holder's note written through it) to a file of someone else's choosing.
-  fd_ = ::open(path.c_str(),
-               O_RDWR | O_CLOEXEC | O_NOFOLLOW | (mode == Mode::TryExisting ? 0 : O_CREAT), 0600);
-  if (fd_ < 0 && mode == Mode::TryExisting && errno == ENOENT) return;
-  if (fd_ < 0 && errno == ELOOP) {
-    throw Error(
-        fmt::format("the lock file {} is a symbolic link, which vmfest never makes: "
-                    "someone planted it; remove it",
-                    path.string()));
-  }
-  if (fd_ < 0) {
-    throw Error(fmt::format("cannot open lock file {}: {}", path.string(), std::strerror(errno)));
-  }
-  int operation = LOCK_EX | (mode == Mode::Wait ? 0 : LOCK_NB);
-  while (::flock(fd_, operation) != 0) {
-    if (errno == EINTR) continue;
-    int saved = errno;
+FileLock::FileLock(const fs::path& path, Mode mode) : path_(path) {
+  while (true) {
+    // O_NOFOLLOW: a lock file is never a link; one planted in its place must not redirect the
+    // open (and the holder's note written through it) to a file of someone else's choosing.
+    fd_ = ::open(path.c_str(),
+                 O_RDWR | O_CLOEXEC | O_NOFOLLOW | (mode == Mode::TryExisting ? 0 : O_CREAT), 0600);
+    if (fd_ < 0 && mode == Mode::TryExisting && errno == ENOENT) return;
+    if (fd_ < 0 && errno == ELOOP) {
+      throw Error(
+          fmt::format("the lock file {} is a symbolic link, which vmfest never makes: "
+                      "someone planted it; remove it",
+                      path.string()));
+    }
+    if (fd_ < 0) {
+      throw Error(fmt::format("cannot open lock file {}: {}", path.string(), std::strerror(errno)));
+    }
+    int operation = LOCK_EX | (mode == Mode::Wait ? 0 : LOCK_NB);
+    while (::flock(fd_, operation) != 0) {
+      if (errno == EINTR) continue;
+      int saved = errno;
+      ::close(fd_);
+      fd_ = -1;
+      if (saved == EWOULDBLOCK) return;
+      throw Error(fmt::format("cannot lock {}: {}", path.string(), std::strerror(saved)));
+    }
+    // The holder before us may have removed the file (remove_file) while we waited on it: the
+    // lock we got then guards nothing, so start again on the file the path names now.
+    struct stat held {};
+    struct stat named {};
+    if (::fstat(fd_, &held) == 0 && ::lstat(path.c_str(), &named) == 0 &&
+        held.st_ino == named.st_ino && held.st_dev == named.st_dev) {
+      return;
+    }
     ::close(fd_);
     fd_ = -1;
-    if (saved == EWOULDBLOCK) return;
-    throw Error(fmt::format("cannot lock {}: {}", path.string(), std::strerror(saved)));
   }
 }
 
-FileLock::FileLock(FileLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+void FileLock::remove_file() noexcept {
+  if (fd_ >= 0) ::unlink(path_.c_str());
+}
+
+FileLock::FileLock(FileLock&& other) noexcept : path_(std::move(other.path_)), fd_(other.fd_) {
+  other.fd_ = -1;
+}
 
 void FileLock::describe_holder(const std::string& text) {
   if (::ftruncate(fd_, 0) != 0 ||

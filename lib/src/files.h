@@ -34,8 +34,12 @@ class FileLock {
   [[nodiscard]] bool held() const noexcept { return fd_ >= 0; }
   // Replaces the lock file's content (who holds it), through the locked descriptor itself.
   void describe_holder(const std::string& text);
+  // Removes the lock file while still holding it, so lock files do not pile up: a process waiting
+  // on the removed file finds it gone once it gets the lock, and starts again on a new one.
+  void remove_file() noexcept;
 
  private:
+  std::filesystem::path path_;
   int fd_ = -1;
 };
 

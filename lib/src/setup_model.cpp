@@ -289,6 +289,12 @@ Model setup_model(const std::string& source_text, const SetupOptions& options, c
     lock.reset();
     lock.emplace(lock_path, detail::FileLock::Mode::Wait);
   }
+  // Removed while held when this setup ends, so that one lock file per name ever set up does not
+  // pile up; a waiter on it starts again on a fresh one (see FileLock::remove_file).
+  struct LockFileRemover {
+    std::optional<detail::FileLock>& lock;
+    ~LockFileRemover() { lock->remove_file(); }
+  } remove_lock_file{lock};
   remove_stale_staging(home, name);
   ModelRegistry registry(home);
   std::optional<Model> existing = registry.find(name);

@@ -192,8 +192,10 @@ class SetupModelTest : public ::testing::Test {
   void expect_no_leftovers(bool keep_download = false) const {
     if (fs::exists(home().models())) {
       for (const auto& entry : fs::directory_iterator(home().models())) {
-        const bool hidden = entry.path().filename().string().starts_with(".");
+        const std::string name = entry.path().filename().string();
+        const bool hidden = name.starts_with(".");
         EXPECT_FALSE(hidden && entry.is_directory()) << "left behind: " << entry.path();
+        EXPECT_FALSE(hidden && name.ends_with(".lock")) << "lock file left: " << entry.path();
       }
     }
     if (!keep_download && fs::exists(home().cache() / "downloads")) {
@@ -254,6 +256,7 @@ TEST_F(SetupModelTest, PlainImageOverHttpIsRegisteredUnderTheUrlsName) {
   EXPECT_EQ(model.disk, home().models() / "disk" / "disk.qcow2");
   EXPECT_EQ(vmfest::ModelRegistry(home()).get("disk").disk, model.disk);
   EXPECT_FALSE(fs::exists(home().cache() / "downloads" / "partial"));
+  expect_no_leftovers();  // the name's lock file included
 }
 
 TEST_F(SetupModelTest, GzipImagesAreDecompressedWhileDownloading) {
