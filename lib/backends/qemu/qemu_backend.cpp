@@ -24,6 +24,7 @@
 #include "../../src/files.h"
 #include "../../src/subprocess.h"
 #include "accelerator.h"
+#include "option_value.h"
 #include "qmp_client.h"
 #include "unix_socket.h"
 #include "vmfest/error.h"
@@ -470,7 +471,7 @@ class QemuMachine final : public Machine {
                   {"-netdev",
                    fmt::format("dgram,id=net1,local.type=unix,local.path={},remote.type=unix,"
                                "remote.path={}",
-                               nic.port_socket.string(), nic.hub_socket.string()),
+                               option_value(nic.port_socket), option_value(nic.hub_socket)),
                    "-device", fmt::format("virtio-net-pci,netdev=net1,id=vnet1,mac={}", nic.mac)});
     }
     if (resuming_) args.insert(args.end(), {"-incoming", "defer"});
@@ -481,7 +482,7 @@ class QemuMachine final : public Machine {
   void add_storage(std::vector<std::string>& args) const {
     const std::string disk = fmt::format("file={},if=none,id=disk0,format=qcow2", kDisk);
     const std::string seed = fmt::format(
-        "file={},if=none,id=seed0,format=raw,readonly=on{}", config_.seed_image.string(),
+        "file={},if=none,id=seed0,format=raw,readonly=on{}", option_value(config_.seed_image),
         config_.storage_bus == StorageBus::Virtio ? "" : ",media=cdrom");
     args.insert(args.end(), {"-drive", disk, "-drive", seed});
     switch (config_.storage_bus) {
