@@ -236,7 +236,8 @@ class QemuMachine final : public Machine {
     }
   }
 
-  void launch() override {
+  void launch(const VmSlot* slot) override {
+    slot_descriptor_ = slot != nullptr ? slot->descriptor() : -1;
     AcceleratorChoice choice = accelerator_choice(config_);
     log_choice_once(choice);
     accelerator_ = choice.name;
@@ -518,9 +519,17 @@ class QemuMachine final : public Machine {
     }
     // Relative file names and the instance folder as working directory keep the QMP socket path
     // short (unix socket paths are limited to ~107 bytes) and mark the process as ours (/proc/cwd).
-    process_.emplace(process_context_, qemu_binary().string(), arguments(),
-                     bp::process_stdio{nullptr, log, log},
-                     bp::process_start_dir{config_.directory.string()}, CloseInheritedFds{});
+    // Not const: Boost.Process silently skips an initializer whose hooks it cannot call.
+    bp::process_stdio stdio{nullptr, log, log};
+    bp::process_start_dir start_dir{config_.directory.string()};
+    if (slot_descriptor_ >= 0) {
+      // QEMU shares the slot's lock: the slot is taken exactly as long as this VM runs.
+      process_.emplace(process_context_, qemu_binary().string(), arguments(), stdio, start_dir,
+                       InheritFd{slot_descriptor_}, CloseInheritedFds{});
+    } else {
+      process_.emplace(process_context_, qemu_binary().string(), arguments(), stdio, start_dir,
+                       CloseInheritedFds{});
+    }
     std::fclose(log);
     pid_ = process_->id();
 
@@ -691,6 +700,7 @@ class QemuMachine final : public Machine {
   std::string accelerator_;
   bool warm_restored_ = false;  // a warm clone's image has been resumed once
   bool resuming_ = false;       // the current launch resumes the warm image
+  int slot_descriptor_ = -1;    // the VM slot of the current launch (-1: none), handed to QEMU
 };
 
 class QemuBackend final : public Backend {
