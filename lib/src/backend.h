@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "vm_slots.h"
 #include "vmfest/instance.h"
 #include "vmfest/model.h"
 #include "vmfest/ssh/session.h"
@@ -49,8 +50,13 @@ class Machine {
 
   // Creates the VM's disk: a copy-on-write clone of the model (or a full copy for full_copy).
   virtual void create_disk() = 0;
-  // Starts the VM and returns once its process runs; readiness is the core's business.
-  virtual void launch() = 0;
+  // Starts the VM and returns once its process runs; readiness is the core's business. `slot` is
+  // the host-wide VM slot it runs in (null: uncounted, a test double's VM). A backend whose VM is
+  // its own child process hands the slot's descriptor on to it, so the VM holds its slot for as
+  // long as it runs, after the starting process is gone (a `vmfest start`), and frees it when it
+  // exits or is killed. A backend whose VM runs in someone else's process (VirtualBox's) cannot:
+  // its VMs count against the cap only while a handle of theirs holds the slot.
+  virtual void launch(const VmSlot* slot) = 0;
   virtual void pause() = 0;
   virtual void resume() = 0;
   // ACPI power button, then a hard stop once `grace` has passed. Returns when the VM is off.

@@ -32,6 +32,9 @@ class FileLock {
   ~FileLock();
   // False when Mode::TryOnce found the lock held by someone else.
   [[nodiscard]] bool held() const noexcept { return fd_ >= 0; }
+  // The locked descriptor: a child process that inherits it holds the lock too (flock locks belong
+  // to the open file, which the child shares), until both have closed it.
+  [[nodiscard]] int descriptor() const noexcept { return fd_; }
   // Replaces the lock file's content (who holds it), through the locked descriptor itself.
   void describe_holder(const std::string& text);
   // Removes the lock file while still holding it, so lock files do not pile up: a process waiting

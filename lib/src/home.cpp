@@ -10,7 +10,22 @@
 namespace vmfest {
 namespace fs = std::filesystem;
 
-Home::Home(fs::path root) : root_(fs::absolute(std::move(root)).lexically_normal()) {}
+namespace {
+
+// Links resolved, once for every path derived from the home: the kernel names a VM process's
+// working directory (/proc/PID/cwd) by its real path, and a backend that recognises its VMs by it
+// would never find, nor stop, the VMs of a home reached through a link. weakly_canonical, since
+// the home may not exist yet: the part that exists is resolved.
+fs::path canonical_root(const fs::path& root) {
+  const fs::path absolute = fs::absolute(root);
+  std::error_code error;
+  fs::path resolved = fs::weakly_canonical(absolute, error);
+  return error ? absolute.lexically_normal() : resolved;
+}
+
+}  // namespace
+
+Home::Home(fs::path root) : root_(canonical_root(root)) {}
 
 Home Home::from_environment() {
   if (const char* home = std::getenv("VMFEST_HOME"); home != nullptr && *home != '\0') {

@@ -316,7 +316,7 @@ struct Instance::Impl {
     record.warm_image.clear();
     machine = backend->machine(machine_config(home, record, model), nlohmann::json());
     machine->create_disk();
-    machine->launch();
+    machine->launch(&slot.value());
     save_record();
     wait_until_ready(ready_timeout, true);
   }
@@ -578,7 +578,7 @@ void Instance::start() {
     impl_->slot.emplace(detail::acquire_vm_slot(impl_->record.name, slot_timeout()));
   impl_->phase_done("slot");
   impl_->resumed_warm = false;
-  impl_->machine->launch();
+  impl_->machine->launch(&impl_->slot.value());
   impl_->phase_done("launch");
   impl_->record.started = true;
   impl_->save_record();

@@ -1,6 +1,7 @@
 // Running host tools (qemu-img, genisoimage, ...) with Boost.Process v2.
 #pragma once
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -57,6 +58,28 @@ struct CloseInheritedFds {
       next = std::max(next, fd + 1);
     }
     ::close_range(next, ~0U, 0);
+    return {};
+  }
+};
+
+// Pass with CloseInheritedFds to hand the child one open descriptor of this process, at the same
+// number. It stays close-on-exec here (only this child gets it, not the others forked meanwhile):
+// the flag is cleared in the child, between fork and exec.
+struct InheritFd {
+  int fd;
+
+  template <typename Launcher, typename Path>
+  boost::system::error_code on_setup(Launcher& launcher, const Path& /*executable*/,
+                                     const char* const*& /*argv*/) const {
+    launcher.fd_whitelist.push_back(fd);
+    return {};
+  }
+  template <typename Launcher, typename Path>
+  boost::system::error_code on_exec_setup(Launcher& /*launcher*/, const Path& /*executable*/,
+                                          const char* const*& /*argv*/) const {
+    if (::fcntl(fd, F_SETFD, 0) != 0) {
+      return boost::system::error_code(errno, boost::system::system_category());
+    }
     return {};
   }
 };

@@ -136,7 +136,10 @@ std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_na
     if (Clock::now() >= deadline) {
       throw StateError(fmt::format(
           "instance '{}' waited {} s for {} of the host's {} VM slots (VMFEST_MAX_VMS); held by: "
-          "{}. Raise VMFEST_MAX_VMS, or run fewer VM tests at once",
+          "{}. Raise VMFEST_MAX_VMS, run fewer VM tests at once, or stop the instances left "
+          "running "
+          "(`vmfest ls`, then `vmfest power-down` or `vmfest destroy`; `vmfest reap` for those "
+          "of dead test processes)",
           instance_names.front(), std::chrono::duration_cast<std::chrono::seconds>(timeout).count(),
           wanted, count, holders(directory, count)));
     }

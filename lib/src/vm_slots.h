@@ -1,5 +1,8 @@
 // A host-wide cap on running VMs, shared by every process of this user: one flock'd slot file per
-// running VM. The kernel releases a dead process's slots, so a killed test never leaks capacity.
+// running VM. A flock lives as long as an open descriptor of its file: the starting process's,
+// and the VM process's where the backend hands it on, so a VM holds its slot while it runs,
+// whoever started it (a detached CLI instance too), and the kernel frees it when both are gone
+// (a stopped, destroyed or reaped VM, a killed test): nothing to clean up, no leaked capacity.
 #pragma once
 
 #include <chrono>
@@ -15,6 +18,9 @@ class VmSlot {
  public:
   VmSlot(FileLock lock, int index) : lock_(std::move(lock)), index_(index) {}
   [[nodiscard]] int index() const noexcept { return index_; }
+  // The slot's locked file: a VM process that inherits it keeps the slot taken for as long as it
+  // runs, whether or not the process that started it is still there (see Machine::launch).
+  [[nodiscard]] int descriptor() const noexcept { return lock_.descriptor(); }
 
  private:
   FileLock lock_;

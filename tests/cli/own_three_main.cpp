@@ -1,8 +1,10 @@
-// Helper of the reaper test: owns three running instances of the default model and never lets
-// go. Creates PREFIX-1..3, starts them, prints "INSTANCE <name>" for each, then "READY", and sleeps
-// until it is killed (the test SIGKILLs it, so nothing is cleaned up: the instances leak).
+// Helper of the reaper tests: owns three (or COUNT) running instances of the default model and
+// never lets go. Creates PREFIX-1..3, starts them, prints "INSTANCE <name>" for each, then "READY",
+// and sleeps until it is killed (the test SIGKILLs it, so nothing is cleaned up: the instances
+// leak).
 #include <unistd.h>
 
+#include <cstdlib>
 #include <exception>
 #include <iostream>
 #include <thread>
@@ -12,13 +14,14 @@
 #include "vmfest/instance.h"
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::cerr << "usage: " << argv[0] << " NAME-PREFIX\n";
+  const int count = argc == 3 ? std::atoi(argv[2]) : 3;
+  if (argc < 2 || argc > 3 || count < 1) {
+    std::cerr << "usage: " << argv[0] << " NAME-PREFIX [COUNT]\n";
     return 2;
   }
   try {
     std::vector<vmfest::Instance> instances;
-    for (int index = 1; index <= 3; ++index) {
+    for (int index = 1; index <= count; ++index) {
       vmfest::InstanceRequest request;
       request.model = vmfest::testing::kDefaultModel;
       request.name = std::string(argv[1]) + "-" + std::to_string(index);

@@ -8,7 +8,6 @@
 #include <filesystem>
 #include <map>
 #include <string>
-#include <thread>
 
 #include <fmt/format.h>
 
@@ -24,18 +23,6 @@ using vmfest::testing::port_is_listening;
 using vmfest::testing::processes_working_in;
 using vmfest::testing::run_cli;
 
-// Waits until the child printed `line` on a line of its own; false when it exited first or the
-// timeout passed.
-bool wait_for_line(ChildProcess& child, const std::string& line, std::chrono::seconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (("\n" + child.output()).find("\n" + line + "\n") != std::string::npos) return true;
-    if (!child.running()) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return false;
-}
-
 TEST(Reaper, TakesTheRunningInstancesOfAKilledOwnerAndSparesDetachedOnes) {
   const std::string prefix = "reap-" + std::to_string(::getpid());
   const std::string keeper = prefix + "-detached";
@@ -43,7 +30,7 @@ TEST(Reaper, TakesTheRunningInstancesOfAKilledOwnerAndSparesDetachedOnes) {
 
   const fs::path output = fs::temp_directory_path() / (prefix + "-owner.log");
   ChildProcess owner({VMFEST_OWN_THREE, prefix}, output);
-  ASSERT_TRUE(wait_for_line(owner, "READY", std::chrono::minutes(10))) << owner.output();
+  ASSERT_TRUE(owner.wait_for_line("READY", std::chrono::minutes(10))) << owner.output();
 
   // What the owner's instances look like while it lives: running, each QEMU listening.
   std::map<std::string, vmfest::InstanceInfo> owned;

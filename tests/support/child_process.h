@@ -93,6 +93,17 @@ class ChildProcess {
     text << in.rdbuf();
     return text.str();
   }
+  // Waits until the child printed `line` on a line of its own; false when it exited first or the
+  // timeout passed.
+  bool wait_for_line(const std::string& line, std::chrono::seconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (("\n" + output()).find("\n" + line + "\n") != std::string::npos) return true;
+      if (!running()) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
   [[nodiscard]] bool running() {
     if (status_) return false;
     int raw = 0;

@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -8,6 +11,20 @@
 #include "vmfest/instance.h"
 
 namespace {
+
+// A VM's working folder shows in /proc by its real path; the home's paths must match it.
+TEST(Home, ResolvesSymbolicLinksAlsoOfAHomeNotMadeYet) {
+  namespace fs = std::filesystem;
+  const fs::path root =
+      fs::temp_directory_path() / ("vmfest-home-link-" + std::to_string(::getpid()));
+  fs::create_directories(root / "real");
+  fs::create_directory_symlink(root / "real", root / "link");
+  const fs::path real = fs::canonical(root / "real");
+  EXPECT_EQ(vmfest::Home(root / "link").root(), real);
+  EXPECT_EQ(vmfest::Home(root / "link" / "not-yet" / ".." / "home").instances(),
+            real / "home" / "instances");
+  fs::remove_all(root);
+}
 
 TEST(Names, AcceptsOrdinaryNames) {
   for (const char* name : {"a", "debian-12", "vmfest_tiny.v2", "X9"}) {

@@ -3,8 +3,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <optional>
 #include <string>
 
+#include <boost/asio/io_context.hpp>
+#include <boost/process/v2/process.hpp>
+
+#include "files.h"
 #include "subprocess.h"
 
 namespace {
@@ -34,6 +40,29 @@ TEST(Subprocess, AChildInheritsNoDescriptorButItsStdio) {
   ::close(ends[0]);
   ::close(ends[1]);
   EXPECT_EQ(open.find(leaked), std::string::npos) << leaked << " reached the child:\n" << open;
+}
+
+// The VM cap's mechanism: a child given a locked slot file holds the lock after this process
+// lets go of it, until the child exits; a child not given it holds nothing.
+TEST(Subprocess, AChildGivenALockedDescriptorHoldsTheLockUntilItExits) {
+  namespace fs = std::filesystem;
+  using vmfest::detail::FileLock;
+  const fs::path file =
+      fs::temp_directory_path() / ("vmfest-inherit-" + std::to_string(::getpid()));
+  boost::asio::io_context context;
+  std::optional<FileLock> lock(std::in_place, file, FileLock::Mode::TryOnce);
+  ASSERT_TRUE(lock->held());
+  boost::process::v2::process holder(context, "/bin/sleep", {"30"},
+                                     vmfest::detail::InheritFd{lock->descriptor()},
+                                     vmfest::detail::CloseInheritedFds{});
+  boost::process::v2::process bystander(context, "/bin/sleep", {"30"},
+                                        vmfest::detail::CloseInheritedFds{});
+  lock.reset();
+  EXPECT_FALSE(FileLock(file, FileLock::Mode::TryOnce).held()) << "the child let go of the lock";
+  vmfest::detail::kill_and_reap(holder);
+  EXPECT_TRUE(FileLock(file, FileLock::Mode::TryOnce).held()) << "the bystander holds the lock";
+  vmfest::detail::kill_and_reap(bystander);
+  fs::remove(file);
 }
 
 }  // namespace

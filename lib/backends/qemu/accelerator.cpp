@@ -22,6 +22,7 @@
 #include "../../src/files.h"
 #include "../../src/sha256.h"
 #include "../../src/subprocess.h"
+#include "option_value.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail::qemu {
@@ -164,7 +165,7 @@ bool kvm_runs_guest(const fs::path& qemu, const fs::path& work, const fs::path& 
   } else {
     const fs::path sector = work / "probe-boot-sector.img";
     write_boot_sector(sector);
-    args.insert(args.end(), {"-drive", "file=" + sector.string() + ",format=raw,if=ide"});
+    args.insert(args.end(), {"-drive", "file=" + option_value(sector) + ",format=raw,if=ide"});
     success = kProbeMarker;
   }
   const fs::path qemu_log = work / "probe-qemu.log";

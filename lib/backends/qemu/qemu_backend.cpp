@@ -24,6 +24,7 @@
 #include "../../src/files.h"
 #include "../../src/subprocess.h"
 #include "accelerator.h"
+#include "option_value.h"
 #include "qmp_client.h"
 #include "unix_socket.h"
 #include "vmfest/error.h"
@@ -235,7 +236,8 @@ class QemuMachine final : public Machine {
     }
   }
 
-  void launch() override {
+  void launch(const VmSlot* slot) override {
+    slot_descriptor_ = slot != nullptr ? slot->descriptor() : -1;
     AcceleratorChoice choice = accelerator_choice(config_);
     log_choice_once(choice);
     accelerator_ = choice.name;
@@ -470,7 +472,7 @@ class QemuMachine final : public Machine {
                   {"-netdev",
                    fmt::format("dgram,id=net1,local.type=unix,local.path={},remote.type=unix,"
                                "remote.path={}",
-                               nic.port_socket.string(), nic.hub_socket.string()),
+                               option_value(nic.port_socket), option_value(nic.hub_socket)),
                    "-device", fmt::format("virtio-net-pci,netdev=net1,id=vnet1,mac={}", nic.mac)});
     }
     if (resuming_) args.insert(args.end(), {"-incoming", "defer"});
@@ -481,7 +483,7 @@ class QemuMachine final : public Machine {
   void add_storage(std::vector<std::string>& args) const {
     const std::string disk = fmt::format("file={},if=none,id=disk0,format=qcow2", kDisk);
     const std::string seed = fmt::format(
-        "file={},if=none,id=seed0,format=raw,readonly=on{}", config_.seed_image.string(),
+        "file={},if=none,id=seed0,format=raw,readonly=on{}", option_value(config_.seed_image),
         config_.storage_bus == StorageBus::Virtio ? "" : ",media=cdrom");
     args.insert(args.end(), {"-drive", disk, "-drive", seed});
     switch (config_.storage_bus) {
@@ -517,9 +519,17 @@ class QemuMachine final : public Machine {
     }
     // Relative file names and the instance folder as working directory keep the QMP socket path
     // short (unix socket paths are limited to ~107 bytes) and mark the process as ours (/proc/cwd).
-    process_.emplace(process_context_, qemu_binary().string(), arguments(),
-                     bp::process_stdio{nullptr, log, log},
-                     bp::process_start_dir{config_.directory.string()}, CloseInheritedFds{});
+    // Not const: Boost.Process silently skips an initializer whose hooks it cannot call.
+    bp::process_stdio stdio{nullptr, log, log};
+    bp::process_start_dir start_dir{config_.directory.string()};
+    if (slot_descriptor_ >= 0) {
+      // QEMU shares the slot's lock: the slot is taken exactly as long as this VM runs.
+      process_.emplace(process_context_, qemu_binary().string(), arguments(), stdio, start_dir,
+                       InheritFd{slot_descriptor_}, CloseInheritedFds{});
+    } else {
+      process_.emplace(process_context_, qemu_binary().string(), arguments(), stdio, start_dir,
+                       CloseInheritedFds{});
+    }
     std::fclose(log);
     pid_ = process_->id();
 
@@ -690,6 +700,7 @@ class QemuMachine final : public Machine {
   std::string accelerator_;
   bool warm_restored_ = false;  // a warm clone's image has been resumed once
   bool resuming_ = false;       // the current launch resumes the warm image
+  int slot_descriptor_ = -1;    // the VM slot of the current launch (-1: none), handed to QEMU
 };
 
 class QemuBackend final : public Backend {

@@ -166,7 +166,9 @@ class VirtualBoxMachine final : public Machine {
     });
   }
 
-  void launch() override {
+  // The VM runs in VirtualBox's own process, which cannot inherit the slot: a VM started by
+  // `vmfest start` counts against the cap only while that command runs (see Machine::launch).
+  void launch(const VmSlot* /*slot*/) override {
     with_api([&](VirtualBoxApi& api) {
       const std::string machine = require_machine(api);
       port_ = config_.ssh_host_port != 0 ? config_.ssh_host_port : free_local_port();

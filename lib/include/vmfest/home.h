@@ -9,6 +9,7 @@ class Home {
  public:
   // $VMFEST_HOME, else $XDG_DATA_HOME/vmfest, else ~/.local/share/vmfest.
   static Home from_environment();
+  // `root` made absolute, with its symbolic links resolved (as far as it exists yet).
   explicit Home(std::filesystem::path root);
 
   [[nodiscard]] const std::filesystem::path& root() const noexcept { return root_; }

@@ -58,7 +58,7 @@ void Guest::start() {
   const fs::path console = spec_.storage / kQemuSerialLog;
   fs::remove(console);
   if (!spec_.serial_file.empty()) fs::create_symlink(spec_.serial_file, console);
-  qemu_->launch();
+  qemu_->launch(nullptr);  // VirtualBox's VM, not vmfest's: outside the VM cap
 }
 
 void Guest::press_power_button() {
