@@ -580,19 +580,27 @@ void Instance::start() {
   impl_->resumed_warm = false;
   impl_->machine->launch(&impl_->slot.value());
   impl_->phase_done("launch");
-  impl_->record.started = true;
-  impl_->save_record();
-  if (impl_->machine->resumed_warm()) {
-    try {
-      impl_->deliver_identity();
-      impl_->phase_done("identity");
-      impl_->wait_until_ready(impl_->ready_timeout, false);
-      impl_->resumed_warm = true;
-    } catch (const Error& error) {
-      impl_->fall_back_to_cold_boot(error.what());
+  try {
+    impl_->record.started = true;
+    impl_->save_record();
+    if (impl_->machine->resumed_warm()) {
+      try {
+        impl_->deliver_identity();
+        impl_->phase_done("identity");
+        impl_->wait_until_ready(impl_->ready_timeout, false);
+        impl_->resumed_warm = true;
+      } catch (const Error& error) {
+        impl_->fall_back_to_cold_boot(error.what());
+      }
+    } else {
+      impl_->wait_until_ready(impl_->ready_timeout, true);
     }
-  } else {
-    impl_->wait_until_ready(impl_->ready_timeout, true);
+  } catch (...) {
+    // A start that failed stops what it started: the VM of a detached instance (`vmfest start`)
+    // would otherwise run on, unwatched, holding its VM slot.
+    impl_->machine->kill();
+    impl_->slot.reset();
+    throw;
   }
   impl_->boot_seconds = std::chrono::duration<double>(Clock::now() - begin).count();
 }

@@ -1,19 +1,25 @@
 // `vmfest reap` after a test process died without cleaning up: a helper owning three running
 // instances is SIGKILLed; the reap leaves no QEMU process, no instance folder, no listening port,
-// and leaves alone the detached instances the CLI made.
+// and leaves alone the detached instances the CLI made. Then the same kill at random moments of
+// the helper's life (creating, launching, booting, building a warm image, running).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <random>
 #include <string>
 
 #include <fmt/format.h>
 
 #include "child_process.h"
 #include "cli_runner.h"
+#include "vm_slots.h"
 #include "vmfest/gtest/fixture.h"
+#include "vmfest/home.h"
 #include "vmfest/instance.h"
 
 namespace {
@@ -70,6 +76,75 @@ TEST(Reaper, TakesTheRunningInstancesOfAKilledOwnerAndSparesDetachedOnes) {
   EXPECT_EQ(run_cli({"reap"}).out.find(prefix), std::string::npos);
   EXPECT_EQ(run_cli({"destroy", keeper}).exit_code, 0);
   fs::remove(output);
+}
+
+// Every live process whose working directory lies under `folder` (a QEMU of one of its instances).
+std::vector<std::string> processes_under(const fs::path& folder) {
+  std::vector<std::string> found;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string pid = entry.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::error_code error;
+    const fs::path cwd = fs::read_symlink(entry.path() / "cwd", error);
+    if (error) continue;
+    auto [end, unused] = std::mismatch(folder.begin(), folder.end(), cwd.begin(), cwd.end());
+    if (end == folder.end() && !processes_working_in(cwd).empty())
+      found.push_back(pid + " in " + cwd.string());
+  }
+  return found;
+}
+
+// What a killed process may have left in the home's folders: staging, warm builds, instances.
+std::vector<std::string> leftovers(const vmfest::Home& home, const std::string& prefix) {
+  std::vector<std::string> found;
+  if (fs::exists(home.instances())) {
+    for (const auto& entry : fs::directory_iterator(home.instances())) {
+      if (entry.path().filename().string().starts_with(prefix)) found.push_back(entry.path());
+    }
+  }
+  if (!fs::exists(home.models())) return found;
+  for (const auto& entry : fs::recursive_directory_iterator(home.models())) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with(".staging-") || name.starts_with(".building-") ||
+        name.starts_with(".replaced-")) {
+      found.push_back(entry.path());
+    }
+  }
+  return found;
+}
+
+TEST(Reaper, AfterAKillAtAnyMomentReapLeavesNothing) {
+  const vmfest::Home home = vmfest::Home::from_environment();
+  const int rounds = std::getenv("VMFEST_KILL_ROUNDS") != nullptr
+                         ? std::atoi(std::getenv("VMFEST_KILL_ROUNDS"))
+                         : 10;
+  std::mt19937 random(static_cast<unsigned>(::getpid()));
+  for (int round = 0; round < rounds; ++round) {
+    const std::string prefix = fmt::format("kill-{}-{}", ::getpid(), round);
+    // Up to 8 s: from the first create through the boots (and a warm build, in a fresh home).
+    const auto kill_after = std::chrono::milliseconds(random() % 8000);
+    SCOPED_TRACE(fmt::format("round {}: SIGKILL after {} ms", round, kill_after.count()));
+    const fs::path output = fs::temp_directory_path() / (prefix + "-owner.log");
+    {
+      ChildProcess owner({VMFEST_OWN_THREE, prefix}, output);
+      std::this_thread::sleep_for(kill_after);
+      owner.kill();
+    }
+    auto reap = run_cli({"reap"});
+    ASSERT_EQ(reap.exit_code, 0) << reap.describe();
+    EXPECT_EQ(processes_under(home.instances()), std::vector<std::string>{}) << reap.describe();
+    EXPECT_EQ(leftovers(home, prefix), std::vector<std::string>{}) << reap.describe();
+    // The slots went with the processes that held them.
+    for (int slot = 0;
+         fs::exists(vmfest::detail::slots_directory() / fmt::format("slot-{}.lock", slot));
+         ++slot) {
+      vmfest::detail::FileLock lock(
+          vmfest::detail::slots_directory() / fmt::format("slot-{}.lock", slot),
+          vmfest::detail::FileLock::Mode::TryOnce);
+      EXPECT_TRUE(lock.held()) << "slot " << slot << " is still held";
+    }
+    fs::remove(output);
+  }
 }
 
 }  // namespace
