@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -16,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../../src/files.h"
+#include "../../src/json_file.h"
 #include "../../src/subprocess.h"
 #include "vmfest/error.h"
 
@@ -126,9 +128,21 @@ AcceleratorChoice choose_accelerator(const fs::path& qemu, const fs::path& cache
   // One probe per host, even with many processes starting at once.
   FileLock lock(cache_dir / "accelerator.lock");
   if (fs::exists(cache_file)) {
-    auto cached = nlohmann::json::parse(read_text(cache_file), nullptr, false);
-    if (!cached.is_discarded() && cached.value("key", "") == key) {
-      return {cached.value("name", "tcg"), cached.value("reason", "") + " (cached probe)"};
+    try {
+      auto cached = read_json_file(
+          cache_file,
+          [&](const nlohmann::json& json) -> std::optional<AcceleratorChoice> {
+            if (json.value("key", "") != key) return std::nullopt;  // another host or QEMU
+            return AcceleratorChoice{json.value("name", "tcg"),
+                                     json.value("reason", "") + " (cached probe)"};
+          },
+          [&](std::string_view why) {
+            return Error(fmt::format("{} is not a valid accelerator cache ({}); probing again",
+                                     cache_file.string(), why));
+          });
+      if (cached) return *cached;
+    } catch (const Error& error) {
+      spdlog::warn("vmfest: {}", error.what());
     }
   }
   std::string detail;
