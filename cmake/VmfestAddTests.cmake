@@ -1,5 +1,5 @@
 # vmfest_add_tests(TARGET t [MODELS name=source ...] [TIMEOUT seconds] [SHARDS n] [VMS_PER_TEST n]
-#                  [LABELS ...] [ENVIRONMENT VAR=value ...])
+#                  [LABELS ...] [ENVIRONMENT VAR=value ...] [FIXTURES_REQUIRED fixture ...])
 #
 # Registers a GoogleTest binary's VM tests with ctest, labelled `vm`, with a timeout:
 # - by default one ctest test per GoogleTest test (found by gtest_discover_tests), so `ctest -j`
@@ -13,7 +13,8 @@
 # (environment or cache variable) at configure time, else min(cores, memory / 512 MiB).
 # MODELS are set up once per test binary before its first test (VMFEST_MODELS); the default model
 # always is. Failed tests leave their logs in ${CMAKE_BINARY_DIR}/vmfest-artifacts
-# (VMFEST_ARTIFACTS) and JUnit XML goes to ${CMAKE_BINARY_DIR}/vmfest-junit.
+# (VMFEST_ARTIFACTS) and JUnit XML goes to ${CMAKE_BINARY_DIR}/vmfest-junit. FIXTURES_REQUIRED
+# names ctest fixtures every test needs (e.g. a set-up test that empties its VMFEST_HOME).
 include_guard(GLOBAL)
 include(GoogleTest)
 
@@ -55,8 +56,8 @@ function(_vmfest_declare_vm_resources)
 endfunction()
 
 function(vmfest_add_tests)
-  cmake_parse_arguments(ARG "" "TARGET;TIMEOUT;SHARDS;VMS_PER_TEST" "MODELS;LABELS;ENVIRONMENT"
-                        ${ARGN})
+  cmake_parse_arguments(ARG "" "TARGET;TIMEOUT;SHARDS;VMS_PER_TEST"
+                        "MODELS;LABELS;ENVIRONMENT;FIXTURES_REQUIRED" ${ARGN})
   if(NOT ARG_TARGET)
     message(FATAL_ERROR "vmfest_add_tests: TARGET is required")
   endif()
@@ -104,6 +105,7 @@ function(vmfest_add_tests)
         TIMEOUT ${ARG_TIMEOUT}
         PROCESSORS ${ARG_VMS_PER_TEST}
         RESOURCE_GROUPS "vms:${ARG_VMS_PER_TEST}"
+        FIXTURES_REQUIRED "${ARG_FIXTURES_REQUIRED}"
         ENVIRONMENT "${environment};GTEST_SHARD_INDEX=${index};GTEST_TOTAL_SHARDS=${ARG_SHARDS}")
     endforeach()
     return()
@@ -123,6 +125,7 @@ if(@test_list@)
     TIMEOUT @ARG_TIMEOUT@
     PROCESSORS @ARG_VMS_PER_TEST@
     RESOURCE_GROUPS [==[vms:@ARG_VMS_PER_TEST@]==]
+    FIXTURES_REQUIRED [==[@ARG_FIXTURES_REQUIRED@]==]
     ENVIRONMENT [==[@environment@]==])
 endif()
 ]=])

@@ -116,6 +116,48 @@ void add_power_down_command(CLI::App& app, Command& command) {
       ->capture_default_str();
 }
 
+void add_destroy_command(CLI::App& app, Command& command) {
+  auto name = std::make_shared<std::string>();
+  auto force = std::make_shared<bool>(false);
+  CLI::App* sub = app.add_subcommand(
+      "destroy", "Stop an instance if it runs and remove all its files (permanent ones too)");
+  sub->add_option("name", *name, "the instance")->required();
+  sub->add_flag("--force", *force,
+                "remove its files even when its record cannot be read or its hypervisor cannot be "
+                "reached (a VM that hypervisor still runs is left to it)");
+  sub->callback([&command, name, force] {
+    command.run = [name, force] {
+      if (*force) {
+        force_destroy_instance(*name);
+      } else {
+        Instance::open(*name).destroy();
+      }
+      fmt::print("instance '{}' is destroyed\n", *name);
+      return 0;
+    };
+  });
+}
+
+void add_reap_command(CLI::App& app, Command& command) {
+  auto options = std::make_shared<ReapOptions>();
+  CLI::App* sub = app.add_subcommand(
+      "reap",
+      "Kill and remove instances whose owner process died (detached and permanent ones "
+      "are left alone)");
+  sub->add_flag(
+      "--force", options->force,
+      "every instance no living process owns, detached and permanent ones too, also "
+      "when its record cannot be read or its hypervisor cannot be reached: a clean slate");
+  sub->callback([&command, options] {
+    command.run = [options] {
+      auto reaped = reap_leaked_instances(Home::from_environment(), *options);
+      if (reaped.empty()) fmt::print("no instance to reap\n");
+      for (const auto& name : reaped) fmt::print("reaped instance '{}'\n", name);
+      return 0;
+    };
+  });
+}
+
 }  // namespace
 
 void add_instance_commands(CLI::App& app, Command& command) {
@@ -138,25 +180,8 @@ void add_instance_commands(CLI::App& app, Command& command) {
                         fmt::print("instance '{}' is running\n", name);
                       });
   add_power_down_command(app, command);
-  add_instance_action(app, command, "destroy",
-                      "Stop an instance if it runs and remove all its files (permanent ones too)",
-                      [](Instance& instance, const std::string& name) {
-                        instance.destroy();
-                        fmt::print("instance '{}' is destroyed\n", name);
-                      });
-
-  CLI::App* reap = app.add_subcommand(
-      "reap",
-      "Kill and remove instances whose owner process died (detached and permanent ones "
-      "are left alone)");
-  reap->callback([&command] {
-    command.run = [] {
-      auto reaped = reap_leaked_instances();
-      if (reaped.empty()) fmt::print("no leaked instance\n");
-      for (const auto& name : reaped) fmt::print("reaped instance '{}'\n", name);
-      return 0;
-    };
-  });
+  add_destroy_command(app, command);
+  add_reap_command(app, command);
 }
 
 namespace {

@@ -50,29 +50,37 @@ nlohmann::json to_json(const InstanceInfo& info) {
   if (reachable_over_ssh(info.state)) {
     ssh = {{"host", info.ssh.host}, {"port", info.ssh.port}, {"user", info.ssh.user}};
   }
-  return {{"name", info.name},
-          {"model", info.model},
-          {"backend", info.backend},
-          {"state", to_string(info.state)},
-          {"permanent", info.permanent},
-          {"detached", info.detached},
-          {"owner_pid", info.detached ? nlohmann::json(nullptr) : nlohmann::json(info.owner_pid)},
-          {"ssh", ssh},
-          {"profile",
-           {{"name", info.profile.name},
-            {"memory_mib", info.profile.memory_mib},
-            {"cpus", info.profile.cpus}}},
-          {"directory", info.directory.string()}};
+  return {
+      {"name", info.name},
+      {"model", info.model},
+      {"backend", info.backend},
+      {"state", to_string(info.state)},
+      {"permanent", info.permanent},
+      {"detached", info.detached},
+      {"owner_pid", info.detached ? nlohmann::json(nullptr) : nlohmann::json(info.owner_pid)},
+      {"ssh", ssh},
+      {"profile",
+       {{"name", info.profile.name},
+        {"memory_mib", info.profile.memory_mib},
+        {"cpus", info.profile.cpus}}},
+      {"directory", info.directory.string()},
+      {"problem", info.problem.empty() ? nlohmann::json(nullptr) : nlohmann::json(info.problem)}};
 }
 
 }  // namespace
 
 void add_list_command(CLI::App& app, Command& command) {
   auto json = std::make_shared<bool>(false);
-  CLI::App* sub = app.add_subcommand("ls", "List instances: state, owner, SSH endpoint, profile");
-  sub->add_flag("--json", *json,
-                "a JSON array of {name, model, backend, state, permanent, detached, owner_pid, "
-                "ssh: {host, port, user} or null, profile: {name, memory_mib, cpus}, directory}");
+  CLI::App* sub = app.add_subcommand(
+      "ls",
+      "List instances: state, owner, SSH endpoint, profile. An instance whose hypervisor cannot be "
+      "reached is listed as unknown, one whose record cannot be read is left out; each with a "
+      "warning on stderr");
+  sub->add_flag(
+      "--json", *json,
+      "a JSON array of {name, model, backend, state, permanent, detached, owner_pid, "
+      "ssh: {host, port, user} or null, profile: {name, memory_mib, cpus}, directory, problem: why "
+      "the state is unknown, or null}");
   sub->callback([&command, json] {
     command.run = [json] {
       std::vector<InstanceInfo> infos = describe_instances();

@@ -63,12 +63,18 @@ void add_list_models_command(CLI::App& app, Command& command) {
 
 void add_remove_model_command(CLI::App& app, Command& command) {
   auto name = std::make_shared<std::string>();
+  auto force = std::make_shared<bool>(false);
   CLI::App* sub = app.add_subcommand(
       "rm-model", "Remove an installed model (refused while instances of it exist)");
   sub->add_option("name", *name, "the model")->required();
-  sub->callback([&command, name] {
-    command.run = [name] {
-      ModelRegistry().remove(*name);
+  sub->add_flag("--force", *force, "remove it even when its model.json cannot be read");
+  sub->callback([&command, name, force] {
+    command.run = [name, force] {
+      if (*force) {
+        ModelRegistry().force_remove(*name);
+      } else {
+        ModelRegistry().remove(*name);
+      }
       fmt::print("model '{}' is removed\n", *name);
       return 0;
     };

@@ -16,6 +16,7 @@
 #include "backend.h"
 #include "files.h"
 #include "instance_record.h"
+#include "json_file.h"
 #include "seed.h"
 #include "vm_slots.h"
 #include "vmfest/error.h"
@@ -79,6 +80,8 @@ std::string_view to_string(InstanceState state) {
       return "paused";
     case InstanceState::Stopped:
       return "stopped";
+    case InstanceState::Unknown:
+      return "unknown";
   }
   return "unknown";
 }
@@ -132,6 +135,36 @@ Model model_or_stub(const Home& home, const std::string& name) {
   Model stub;
   stub.name = name;
   return stub;
+}
+
+struct RecordedMachine {
+  std::unique_ptr<detail::Backend> backend;
+  std::unique_ptr<detail::Machine> machine;
+};
+
+// The backend and machine of the instance recorded in `directory`. A backend name or saved machine
+// state of the wrong shape is the record's fault, and reported as such.
+RecordedMachine recorded_machine(const Home& home, const detail::InstanceRecord& record,
+                                 const Model& model, const fs::path& directory) {
+  RecordedMachine recorded;
+  try {
+    recorded.backend = detail::make_backend(record.backend);
+  } catch (const InvalidArgument& error) {
+    throw detail::invalid_record(directory, error.what());
+  }
+  detail::MachineConfig config = machine_config(home, record, model);
+  config.directory = directory;
+  try {
+    recorded.machine = recorded.backend->machine(config, record.machine);
+  } catch (const nlohmann::json::exception& error) {
+    throw detail::invalid_record(directory, "its machine state: " + detail::json_problem(error));
+  }
+  return recorded;
+}
+
+StateError no_such_instance(const Home& home, const std::string& name) {
+  return StateError(fmt::format("no instance named '{}' in {}; `vmfest ls` lists them", name,
+                                home.instances().string()));
 }
 
 void reap_once_per_process(const Home& home) {
@@ -203,6 +236,20 @@ struct Instance::Impl {
     InstanceState state = machine->state();
     if (state == InstanceState::Stopped && !record.started) return InstanceState::Created;
     return state;
+  }
+
+  [[nodiscard]] InstanceInfo info(InstanceState state) const {
+    return {record.name,
+            record.model,
+            record.backend,
+            record.profile,
+            state,
+            record.permanent,
+            record.detached,
+            record.detached ? 0 : record.owner_pid,
+            endpoint(),
+            directory(),
+            {}};
   }
 
   ssh::Endpoint endpoint() const {
@@ -338,6 +385,13 @@ namespace detail {
 // Builds and finds warm images; a friend of Instance because it drives one instance's machine
 // past what the public API offers (saving its state).
 struct InstanceAccess {
+  // What describe_instances() lists for an instance whose hypervisor cannot be asked.
+  static InstanceInfo unknown_state(const Instance& instance, std::string problem) {
+    InstanceInfo info = instance.impl_->info(InstanceState::Unknown);
+    info.problem = std::move(problem);
+    return info;
+  }
+
   static void take_slots(const std::vector<Instance*>& instances) {
     std::vector<Instance*> waiting;
     std::vector<std::string> names;
@@ -551,16 +605,18 @@ Instance Instance::open(const std::string& name, const Home& home) {
   validate_name(name, "instance");
   const fs::path directory = home.instances() / name;
   auto record = detail::read_instance_record(directory);
-  if (!record) {
-    throw StateError(fmt::format("no instance named '{}' in {}; `vmfest ls` lists them", name,
-                                 home.instances().string()));
+  if (!record) throw no_such_instance(home, name);
+  if (record->name != name) {
+    // Everything else goes by the record's name: it must not lead to another instance's folder.
+    throw detail::invalid_record(
+        directory, fmt::format("it names instance '{}', not '{}'", record->name, name));
   }
   auto impl = std::make_unique<Impl>(home);
   impl->record = *record;
   impl->model = model_or_stub(home, record->model);
-  impl->backend = detail::make_backend(record->backend);
-  impl->machine =
-      impl->backend->machine(machine_config(home, *record, impl->model), record->machine);
+  RecordedMachine recorded = recorded_machine(home, *record, impl->model, directory);
+  impl->backend = std::move(recorded.backend);
+  impl->machine = std::move(recorded.machine);
   ssh::KeyPair client = ssh::KeyPair::load(directory / detail::kClientKey);
   std::string host = detail::read_text(directory / detail::kHostPublicKey);
   while (!host.empty() && host.back() == '\n') host.pop_back();
@@ -624,7 +680,14 @@ void Instance::power_down(milliseconds grace) {
 
 void Instance::destroy() {
   impl_->require_alive_handle("destroy");
-  impl_->destroy();
+  try {
+    impl_->destroy();
+  } catch (const BackendError& error) {
+    throw BackendError(fmt::format(
+        "cannot destroy instance '{}': {}; if its hypervisor is gone for good, `vmfest destroy "
+        "--force {}` removes its files",
+        impl_->record.name, error.what(), impl_->record.name));
+  }
 }
 
 InstanceState Instance::state() const {
@@ -667,13 +730,7 @@ const std::vector<StartPhase>& Instance::start_phases() const noexcept {
 }
 std::string Instance::accelerator() const { return impl_->machine->accelerator(); }
 
-InstanceInfo Instance::info() const {
-  const detail::InstanceRecord& record = impl_->record;
-  return {
-      record.name,       record.model,      record.backend,  record.profile,
-      state(),           record.permanent,  record.detached, record.detached ? 0 : record.owner_pid,
-      impl_->endpoint(), impl_->directory()};
-}
+InstanceInfo Instance::info() const { return impl_->info(state()); }
 
 // ---- registry-wide operations -----------------------------------------------------------------
 
@@ -712,35 +769,87 @@ std::vector<InstanceInfo> describe_instances(const Home& home) {
   std::vector<InstanceInfo> infos;
   for (const auto& name : list_instances(home)) {
     try {
-      infos.push_back(Instance::open(name, home).info());
+      Instance instance = Instance::open(name, home);
+      try {
+        infos.push_back(instance.info());
+      } catch (const BackendError& error) {
+        // One hypervisor out of reach must not hide the other instances.
+        infos.push_back(detail::InstanceAccess::unknown_state(instance, error.what()));
+        spdlog::warn("vmfest: the state of instance '{}' is unknown: {}", name, error.what());
+      }
     } catch (const StateError&) {
       // Removed between listing and opening: no longer there to describe.
+    } catch (const Error& error) {
+      // An unreadable record, a key file missing: the others are listed all the same.
+      spdlog::warn("vmfest: {} (left out of the list)", error.what());
     }
   }
   return infos;
 }
 
-std::vector<std::string> reap_leaked_instances(const Home& home) {
+namespace {
+
+// Stops the VM of the instance in `directory`, as `record` describes it (none: no readable
+// record), and removes the folder. Without `force`, a hypervisor that cannot be reached or a
+// machine state that cannot be read throws and the files stay; with it, that is logged and the
+// files go anyway (a VM that hypervisor still runs is left to it).
+void remove_instance_folder(const Home& home, const fs::path& directory,
+                            const std::optional<detail::InstanceRecord>& record, bool force) {
+  if (record) {
+    try {
+      RecordedMachine recorded =
+          recorded_machine(home, *record, model_or_stub(home, record->model), directory);
+      recorded.machine->kill();
+      recorded.machine->remove();
+    } catch (const Error& error) {
+      if (!force) throw;
+      spdlog::warn("vmfest: {}; removing its files anyway (--force)", error.what());
+    }
+  }
+  fs::remove_all(directory);
+}
+
+}  // namespace
+
+void force_destroy_instance(const std::string& name, const Home& home) {
+  validate_name(name, "instance");
+  const fs::path directory = home.instances() / name;
+  if (!fs::is_directory(directory)) throw no_such_instance(home, name);
+  std::optional<detail::InstanceRecord> record;
+  try {
+    record = detail::read_instance_record(directory);
+  } catch (const InstanceRecordError& error) {
+    spdlog::warn("vmfest: {}; removing its files anyway (--force)", error.what());
+  }
+  remove_instance_folder(home, directory, record, true);
+}
+
+std::vector<std::string> reap_leaked_instances(const Home& home, const ReapOptions& options) {
   std::vector<std::string> reaped;
   if (!fs::exists(home.instances())) return reaped;
   for (const auto& entry : fs::directory_iterator(home.instances())) {
     const fs::path directory = entry.path();
     if (!entry.is_directory()) continue;
     try {
-      auto record = detail::read_instance_record(directory);
-      if (record && (record->detached || record->permanent)) continue;
+      std::optional<detail::InstanceRecord> record;
+      std::string unreadable;
+      try {
+        record = detail::read_instance_record(directory);
+      } catch (const InstanceRecordError& error) {
+        if (!options.force) throw;
+        unreadable = error.what();
+      }
+      if (record && !options.force && (record->detached || record->permanent)) continue;
       detail::FileLock owner(directory / detail::kOwnerLock, detail::FileLock::Mode::TryExisting);
       if (!owner.held()) continue;  // the owner is alive (or the folder is being removed)
-      if (record) {
-        Model model = model_or_stub(home, record->model);
-        detail::MachineConfig config = machine_config(home, *record, model);
-        config.directory = directory;
-        auto machine = detail::make_backend(record->backend)->machine(config, record->machine);
-        machine->kill();
-        machine->remove();
-      }
-      fs::remove_all(directory);
-      reaped.push_back(record ? record->name : directory.filename().string());
+      if (!unreadable.empty()) spdlog::warn("vmfest: {}; reaping it anyway (--force)", unreadable);
+      remove_instance_folder(home, directory, record, options.force);
+      reaped.push_back(directory.filename().string());
+    } catch (const InstanceRecordError& error) {
+      spdlog::warn("vmfest: not reaping {}: {}", directory.string(), error.what());
+    } catch (const Error& error) {
+      spdlog::warn("vmfest: not reaping {}: {}; `vmfest reap --force` removes its files",
+                   directory.string(), error.what());
     } catch (const std::exception& error) {
       spdlog::warn("vmfest: could not reap {}: {}", directory.string(), error.what());
     }

@@ -1,29 +1,44 @@
 #include "instance_record.h"
 
+#include <fmt/format.h>
+
 #include "files.h"
+#include "json_file.h"
+#include "vmfest/error.h"
 
 namespace vmfest::detail {
 namespace fs = std::filesystem;
 
+InstanceRecordError invalid_record(const fs::path& directory, std::string_view why) {
+  const std::string name = directory.filename().string();
+  return InstanceRecordError(
+      fmt::format("instance '{}': {} is not a valid instance record ({}); `vmfest destroy --force "
+                  "{}` removes the instance's files",
+                  name, (directory / kRecordFile).string(), why, name));
+}
+
 std::optional<InstanceRecord> read_instance_record(const fs::path& directory) {
   const fs::path file = directory / kRecordFile;
   if (!fs::exists(file)) return std::nullopt;
-  auto json = nlohmann::json::parse(read_text_if_exists(file), nullptr, false);
-  if (json.is_discarded() || !json.is_object()) return std::nullopt;
-  InstanceRecord record;
-  record.name = json.value("name", "");
-  record.model = json.value("model", "");
-  record.backend = json.value("backend", "qemu");
-  const auto profile = json.value("profile", nlohmann::json::object());
-  record.profile = Profile{profile.value("name", "custom"), profile.value("memory_mib", 256),
-                           profile.value("cpus", 1)};
-  record.permanent = json.value("permanent", false);
-  record.detached = json.value("detached", false);
-  record.started = json.value("started", false);
-  record.owner_pid = json.value("owner_pid", 0);
-  record.warm_image = json.value("warm_image", "");
-  record.machine = json.value("machine", nlohmann::json::object());
-  return record;
+  return read_json_file(
+      file,
+      [](const nlohmann::json& json) {
+        InstanceRecord record;
+        record.name = json.at("name").get<std::string>();
+        record.model = json.at("model").get<std::string>();
+        record.backend = json.value("backend", "qemu");
+        const auto profile = json.value("profile", nlohmann::json::object());
+        record.profile = Profile{profile.value("name", "custom"), profile.value("memory_mib", 256),
+                                 profile.value("cpus", 1)};
+        record.permanent = json.value("permanent", false);
+        record.detached = json.value("detached", false);
+        record.started = json.value("started", false);
+        record.owner_pid = json.value("owner_pid", 0);
+        record.warm_image = json.value("warm_image", "");
+        record.machine = json.value("machine", nlohmann::json::object());
+        return record;
+      },
+      [&](std::string_view why) { return invalid_record(directory, why); });
 }
 
 void write_instance_record(const fs::path& directory, const InstanceRecord& record) {

@@ -4,9 +4,11 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
+#include "vmfest/error.h"
 #include "vmfest/instance.h"
 
 namespace vmfest::detail {
@@ -34,6 +36,11 @@ struct InstanceRecord {
   nlohmann::json machine = nlohmann::json::object();  // the backend's saved state
 };
 
+// The error for the record in `directory` that cannot be used because of `why`: names the file and
+// the way out.
+InstanceRecordError invalid_record(const std::filesystem::path& directory, std::string_view why);
+// The record in `directory`; nullopt when there is none (yet). InstanceRecordError naming the file
+// when it cannot be read.
 std::optional<InstanceRecord> read_instance_record(const std::filesystem::path& directory);
 void write_instance_record(const std::filesystem::path& directory, const InstanceRecord& record);
 

@@ -1,8 +1,11 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <spdlog/spdlog.h>
+
 #include "files.h"
 #include "instance_record.h"
+#include "json_file.h"
 #include "registry_store.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"
@@ -62,8 +65,12 @@ nlohmann::json model_to_json(const Model& model) {
 std::vector<std::string> instances_of_model(const Home& home, const std::string& model) {
   std::vector<std::string> names;
   for (const auto& name : list_instances(home)) {
-    auto record = read_instance_record(home.instances() / name);
-    if (record && record->model == model) names.push_back(name);
+    try {
+      auto record = read_instance_record(home.instances() / name);
+      if (record && record->model == model) names.push_back(name);
+    } catch (const InstanceRecordError&) {
+      // Whose clone it is cannot be told; `vmfest ls` and `vmfest reap` report it.
+    }
   }
   return names;
 }
@@ -77,25 +84,33 @@ std::optional<Model> ModelRegistry::find(const std::string& name) const {
   const fs::path directory = home_.models() / name;
   const fs::path file = directory / detail::kModelFile;
   if (!fs::exists(file)) return std::nullopt;
-  auto json = nlohmann::json::parse(detail::read_text(file), nullptr, false);
-  if (json.is_discarded()) {
-    throw ModelError(
-        fmt::format("model '{}' has a corrupt {}; remove it with `vmfest rm-model {}` "
-                    "and set it up again",
-                    name, file.string(), name));
-  }
-  return detail::model_from_json(json, directory);
+  return detail::read_json_file(
+      file, [&](const nlohmann::json& json) { return detail::model_from_json(json, directory); },
+      [&](std::string_view why) {
+        return ModelError(
+            fmt::format("model '{}': {} is not a valid model description ({}); remove it with "
+                        "`vmfest rm-model --force {}` and set it up again",
+                        name, file.string(), why, name));
+      });
 }
+
+namespace {
+
+ModelError not_registered(const ModelRegistry& registry, const std::string& name) {
+  std::vector<std::string> known;
+  for (const auto& model : registry.list()) known.push_back(model.name);
+  return ModelError(
+      fmt::format("model '{}' is not registered in {} (registered: {}); install it with "
+                  "`vmfest setup-model URL --name {}` or vmfest::setup_model()",
+                  name, registry.home().models().string(),
+                  known.empty() ? "none" : fmt::format("{}", fmt::join(known, ", ")), name));
+}
+
+}  // namespace
 
 Model ModelRegistry::get(const std::string& name) const {
   if (auto model = find(name)) return *model;
-  std::vector<std::string> known;
-  for (const auto& model : list()) known.push_back(model.name);
-  throw ModelError(
-      fmt::format("model '{}' is not registered in {} (registered: {}); install it with "
-                  "`vmfest setup-model URL --name {}` or vmfest::setup_model()",
-                  name, home_.models().string(),
-                  known.empty() ? "none" : fmt::format("{}", fmt::join(known, ", ")), name));
+  throw not_registered(*this, name);
 }
 
 std::vector<Model> ModelRegistry::list() const {
@@ -104,7 +119,11 @@ std::vector<Model> ModelRegistry::list() const {
   for (const auto& entry : fs::directory_iterator(home_.models())) {
     const std::string name = entry.path().filename().string();
     if (!entry.is_directory() || name.starts_with(".")) continue;
-    if (auto model = find(name)) models.push_back(*model);
+    try {
+      if (auto model = find(name)) models.push_back(*model);
+    } catch (const ModelError& error) {
+      spdlog::warn("vmfest: {} (left out of the list of models)", error.what());
+    }
   }
   std::sort(models.begin(), models.end(),
             [](const Model& a, const Model& b) { return a.name < b.name; });
@@ -112,7 +131,15 @@ std::vector<Model> ModelRegistry::list() const {
 }
 
 void ModelRegistry::remove(const std::string& name) {
-  Model model = get(name);
+  // find() refuses a model.json that cannot be read, pointing to force_remove().
+  if (!find(name)) throw not_registered(*this, name);
+  force_remove(name);
+}
+
+void ModelRegistry::force_remove(const std::string& name) {
+  validate_name(name, "model");
+  const fs::path directory = home_.models() / name;
+  if (!fs::is_directory(directory)) throw not_registered(*this, name);
   detail::FileLock lock(home_.models() / fmt::format(".{}.lock", name));
   auto users = detail::instances_of_model(home_, name);
   if (!users.empty()) {
@@ -123,7 +150,7 @@ void ModelRegistry::remove(const std::string& name) {
   }
   // Rename first so a concurrent reader never sees a half-deleted model.
   const fs::path trash = home_.models() / fmt::format(".removed-{}-{}", name, ::getpid());
-  fs::rename(model.directory, trash);
+  fs::rename(directory, trash);
   fs::permissions(trash, fs::perms::owner_all, fs::perm_options::add);
   fs::remove_all(trash);
 }

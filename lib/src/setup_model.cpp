@@ -18,6 +18,7 @@
 #include "content_writer.h"
 #include "download.h"
 #include "files.h"
+#include "json_file.h"
 #include "model_disk.h"
 #include "output_file.h"
 #include "registry_store.h"
@@ -78,10 +79,15 @@ std::string name_from_file_name(std::string name) {
 
 std::string model_name(const Source& source, const SetupOptions& options) {
   if (!options.name.empty()) return options.name;
-  if (!source.local.empty() && fs::exists(source.local / detail::kBundleManifest)) {
-    auto manifest = nlohmann::json::parse(detail::read_text(source.local / detail::kBundleManifest),
-                                          nullptr, false);
-    if (manifest.is_object() && manifest.value("name", "") != "") return manifest.value("name", "");
+  const fs::path manifest = source.local / detail::kBundleManifest;
+  if (!source.local.empty() && fs::exists(manifest)) {
+    std::string name = detail::read_json_file(
+        manifest, [](const nlohmann::json& json) { return json.value("name", ""); },
+        [&](std::string_view why) {
+          return SetupError(
+              fmt::format("{} is not valid model metadata ({})", manifest.string(), why));
+        });
+    if (!name.empty()) return name;
   }
   std::string name = name_from_file_name(source.file_name);
   try {

@@ -9,6 +9,8 @@
 #include <spdlog/spdlog.h>
 
 #include "files.h"
+#include "json_file.h"
+#include "vmfest/error.h"
 
 namespace vmfest::detail {
 namespace fs = std::filesystem;
@@ -66,18 +68,30 @@ fs::path warm_image_directory(const Model& model, const Profile& profile,
 WarmStatus check_warm_image(const fs::path& directory) {
   const fs::path manifest_path = directory / kManifest;
   if (!fs::exists(manifest_path)) return WarmStatus::Missing;
-  auto manifest = nlohmann::json::parse(read_text_if_exists(manifest_path), nullptr, false);
-  if (manifest.is_discarded()) return WarmStatus::Missing;
-  if (manifest.value("status", "") == "unsupported") return WarmStatus::Unsupported;
-  if (file_matches(directory / kBase, manifest.value("base", nlohmann::json::object())) &&
-      file_matches(directory / kState, manifest.value("state", nlohmann::json::object()))) {
-    return WarmStatus::Ready;
+  try {
+    return read_json_file(
+        manifest_path,
+        [&](const nlohmann::json& manifest) {
+          if (manifest.value("status", "") == "unsupported") return WarmStatus::Unsupported;
+          if (file_matches(directory / kBase, manifest.value("base", nlohmann::json::object())) &&
+              file_matches(directory / kState, manifest.value("state", nlohmann::json::object()))) {
+            return WarmStatus::Ready;
+          }
+          spdlog::warn(
+              "vmfest: warm image {} does not match its manifest (its base or state changed); "
+              "it will be rebuilt",
+              directory.string());
+          return WarmStatus::Missing;
+        },
+        [&](std::string_view why) {
+          return Error(
+              fmt::format("warm image {}: {} is not a valid manifest ({}); it will be rebuilt",
+                          directory.string(), manifest_path.string(), why));
+        });
+  } catch (const Error& error) {
+    spdlog::warn("vmfest: {}", error.what());
+    return WarmStatus::Missing;
   }
-  spdlog::warn(
-      "vmfest: warm image {} does not match its manifest (its base or state changed); "
-      "it will be rebuilt",
-      directory.string());
-  return WarmStatus::Missing;
 }
 
 void write_warm_manifest(const fs::path& directory, const std::string& fingerprint,

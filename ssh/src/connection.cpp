@@ -85,6 +85,12 @@ void authenticate(ssh_session session, const Endpoint& endpoint, const std::stri
   }
   KeyPtr key(raw);
   int rc = ssh_userauth_publickey(session, nullptr, key.get());
+  if (rc == SSH_AUTH_ERROR) {
+    // The connection broke before the server answered: not a refusal, so worth another attempt
+    // (a guest shutting down kills its sshd under connections it has just accepted).
+    throw SshError(fmt::format("the connection to {} broke during public-key authentication ({})",
+                               describe_endpoint(endpoint), ssh_get_error(session)));
+  }
   if (rc != SSH_AUTH_SUCCESS) {
     throw SshAuthError(fmt::format(
         "public-key authentication as {} was refused ({}); check that the guest installed the "

@@ -229,26 +229,28 @@ void Session::reboot(milliseconds timeout) {
   quick.timeout = 10s;
   try {
     check("reboot", quick);
-  } catch (const CommandFailedError&) {
-    throw;
+  } catch (const CommandFailedError& error) {
+    if (error.exit_status() >= 0) throw;  // `reboot` itself failed; a signal is the shutdown's
   } catch (const SshError&) {
     // Expected: the guest may take the connection down before `reboot` reports back.
   }
   impl_->drop(fmt::format("{} is rebooting", impl_->describe()));
   while (true) {
+    // Until its shutdown stops sshd, the old system accepts connections, then kills them at any
+    // step: while authenticating (a retry inside connect_until), or while the boot id is read. Only
+    // a boot id read in full, and different, is the new system.
     auto fresh = impl_->connect_until(deadline);
     std::string id;
     try {
-      id = trimmed(run_on(*fresh, "cat /proc/sys/kernel/random/boot_id", {}).stdout_text);
+      const CommandResult result = run_on(*fresh, "cat /proc/sys/kernel/random/boot_id", {});
+      if (result.ok()) id = trimmed(result.stdout_text);
     } catch (const SshError&) {
-      // The old system let us in, then went down under the connection: try again.
-      id = boot_id;
+      // The old system let us in, then went down under the connection.
     }
-    if (id != boot_id) {
+    if (!id.empty() && id != boot_id) {
       impl_->install(std::move(fresh));
       return;
     }
-    // The old system still answers (its shutdown has not stopped sshd yet).
     fresh.reset();
     if (Clock::now() >= deadline) {
       throw SshTimeoutError(

@@ -2,8 +2,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 
 #include <fmt/format.h>
@@ -253,6 +255,159 @@ TEST(Cli, HelpForEveryCommand) {
   CliResult top = run_cli({"--help"});
   EXPECT_EQ(top.exit_code, 0);
   EXPECT_TRUE(contains(top.out, "Exit status")) << top.out;
+}
+
+// A VMFEST_HOME of the test's own, holding the default model as "tiny": `reap --force` and broken
+// entries must not reach the tests that share the home beside it. It lives in the shared home's
+// folder, outside its registry, and is removed when the test passes.
+class CliOwnHome : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    shared_ = vmfest::Home::from_environment().root();
+    const std::string bundle = vmfest::ModelRegistry().get(kDefaultModel).source;
+    home_ = shared_ / "own-homes" /
+            unique(::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(home_);
+    ::setenv("VMFEST_HOME", home_.c_str(), 1);  // for the CLI, which inherits our environment
+    cli_ok({"setup-model", bundle, "--name", "tiny"});
+  }
+  void TearDown() override {
+    ::setenv("VMFEST_HOME", shared_.c_str(), 1);
+    if (!HasFailure()) fs::remove_all(home_);
+  }
+
+  [[nodiscard]] fs::path instance(const std::string& name) const {
+    return home_ / "instances" / name;
+  }
+  [[nodiscard]] fs::path record_file(const std::string& name) const {
+    return instance(name) / "instance.json";
+  }
+  [[nodiscard]] fs::path model_file(const std::string& name) const {
+    return home_ / "models" / name / "model.json";
+  }
+  // A detached instance of "tiny", never started.
+  void create(const std::string& name) const {
+    cli_ok({"create", name, "--model", "tiny", "--cold"});
+  }
+  static void overwrite(const fs::path& file, const std::string& text) {
+    fs::remove(file);  // a model's files are read-only
+    std::ofstream(file) << text;
+  }
+  void edit_record(const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
+    std::ifstream in(record_file(name));
+    nlohmann::json record = nlohmann::json::parse(in);
+    edit(record);
+    overwrite(record_file(name), record.dump(2));
+  }
+
+  fs::path shared_;
+  fs::path home_;
+};
+
+// What a run that died leaves behind: detached instances of a VirtualBox (the test double) that is
+// gone. They are listed as unknown, never fail the listing, and --force removes them.
+TEST_F(CliOwnHome, AnInstanceWhoseHypervisorIsGoneIsListedUnknownAndForceRemoved) {
+  for (const std::string name : {"gone-a", "gone-b", "here"}) create(name);
+  for (const std::string name : {"gone-a", "gone-b"}) {
+    edit_record(name, [](nlohmann::json& record) {
+      record["backend"] = "virtualbox";
+      // Port 1 (tcpmux): nothing listens there.
+      record["machine"] = {{"uuid", "6f1f2c57-0d4e-4a56-9a53-2f9d1d0e0c11"},
+                           {"port", 0},
+                           {"url", "http://127.0.0.1:1/"}};
+    });
+  }
+
+  CliResult table = cli_ok({"ls"});
+  EXPECT_TRUE(contains(table.out, "gone-a")) << table.describe();
+  EXPECT_TRUE(contains(table.out, "unknown")) << table.describe();
+  EXPECT_TRUE(contains(table.out, "here")) << table.describe();
+  EXPECT_TRUE(contains(table.err, "warning: ")) << table.describe();
+  EXPECT_TRUE(contains(table.err, "cannot reach vboxwebsrv at http://127.0.0.1:1/"))
+      << table.describe();
+  auto gone = listed_instance("gone-a");
+  ASSERT_TRUE(gone);
+  EXPECT_EQ(gone->at("state"), "unknown");
+  EXPECT_EQ(gone->at("backend"), "virtualbox");
+  EXPECT_TRUE(contains(gone->at("problem").get<std::string>(), "cannot reach vboxwebsrv"));
+  EXPECT_EQ(state_of("here"), "created");
+  EXPECT_TRUE(listed_instance("here")->at("problem").is_null());
+
+  CliResult refused = run_cli({"destroy", "gone-a"});
+  EXPECT_EQ(refused.exit_code, kExitFailure) << refused.describe();
+  EXPECT_TRUE(contains(refused.err, "cannot reach vboxwebsrv")) << refused.describe();
+  EXPECT_TRUE(contains(refused.err, "`vmfest destroy --force gone-a` removes its files"))
+      << refused.describe();
+  EXPECT_TRUE(fs::exists(instance("gone-a")));
+  EXPECT_EQ(cli_ok({"destroy", "--force", "gone-a"}).out, "instance 'gone-a' is destroyed\n");
+  EXPECT_FALSE(fs::exists(instance("gone-a")));
+
+  // A plain reap leaves detached instances alone; --force empties the home.
+  cli_ok({"reap"});
+  EXPECT_TRUE(fs::exists(instance("gone-b")));
+  CliResult reaped = cli_ok({"reap", "--force"});
+  EXPECT_TRUE(contains(reaped.out, "reaped instance 'gone-b'")) << reaped.describe();
+  EXPECT_TRUE(contains(reaped.out, "reaped instance 'here'")) << reaped.describe();
+  EXPECT_TRUE(fs::is_empty(home_ / "instances"));
+}
+
+// A model.json or instance record that is valid JSON of the wrong shape: every command that reads
+// it says which file and what to do; listings and the reaper skip it and say so; --force removes
+// it.
+TEST_F(CliOwnHome, WrongShapedJsonIsNamedSkippedAndRemovedByForce) {
+  create("broken");
+  create("spare");
+  overwrite(record_file("broken"), R"({"name": "broken", "backend": "qemu"})");
+  cli_ok({"setup-model", vmfest::ModelRegistry().get("tiny").source, "--name", "shape"});
+  overwrite(model_file("shape"), R"({"name": "shape", "format": "qcow2"})");
+
+  std::string all_errors;
+  auto refused = [&](const std::vector<std::string>& args, const fs::path& file,
+                     const std::string& advice) {
+    CliResult result = run_cli(args);
+    all_errors += result.err;
+    EXPECT_EQ(result.exit_code, kExitFailure) << result.describe();
+    EXPECT_TRUE(contains(result.err, "vmfest: error: ")) << result.describe();
+    EXPECT_TRUE(contains(result.err, file.string() + " is not a valid")) << result.describe();
+    EXPECT_TRUE(contains(result.err, advice)) << result.describe();
+  };
+  refused({"start", "broken"}, record_file("broken"), "`vmfest destroy --force broken`");
+  refused({"destroy", "broken"}, record_file("broken"), "`vmfest destroy --force broken`");
+  refused({"create", "of-shape", "--model", "shape"}, model_file("shape"),
+          "`vmfest rm-model --force shape`");
+  refused({"rm-model", "shape"}, model_file("shape"), "`vmfest rm-model --force shape`");
+  EXPECT_TRUE(contains(all_errors, "key 'model' not found")) << all_errors;
+  EXPECT_TRUE(contains(all_errors, "key 'disk' not found")) << all_errors;
+
+  // Listings and the reaper go on without the broken entry, and report it.
+  CliResult models = cli_ok({"models"});
+  EXPECT_TRUE(contains(models.out, "tiny")) << models.describe();
+  EXPECT_FALSE(contains(models.out, "shape")) << models.describe();
+  EXPECT_TRUE(contains(models.err, "warning: ")) << models.describe();
+  EXPECT_TRUE(contains(models.err, model_file("shape").string())) << models.describe();
+  CliResult table = cli_ok({"ls"});
+  EXPECT_TRUE(contains(table.out, "spare")) << table.describe();
+  EXPECT_FALSE(contains(table.out, "broken")) << table.describe();
+  EXPECT_TRUE(contains(table.err, record_file("broken").string())) << table.describe();
+  EXPECT_EQ(state_of("spare"), "created");
+  EXPECT_EQ(state_of("broken"), "not listed");
+  CliResult reap = cli_ok({"reap"});
+  EXPECT_TRUE(contains(reap.err, record_file("broken").string())) << reap.describe();
+  EXPECT_TRUE(fs::exists(instance("broken")));
+  all_errors += models.err + table.err + reap.err;
+  EXPECT_FALSE(contains(all_errors, "json.exception")) << all_errors;
+
+  // --force takes them.
+  cli_ok({"destroy", "--force", "broken"});
+  EXPECT_FALSE(fs::exists(instance("broken")));
+  cli_ok({"rm-model", "--force", "shape"});
+  EXPECT_FALSE(fs::exists(model_file("shape").parent_path()));
+  EXPECT_EQ(cli_ok({"models"}).err, "");
+  create("broken-again");
+  overwrite(record_file("broken-again"), "[]");
+  CliResult forced = cli_ok({"reap", "--force"});
+  EXPECT_TRUE(contains(forced.out, "reaped instance 'broken-again'")) << forced.describe();
+  EXPECT_TRUE(fs::is_empty(home_ / "instances"));
 }
 
 }  // namespace

@@ -1,9 +1,11 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
 #include "files.h"
+#include "instance_record.h"
 #include "registry_store.h"
 #include "subprocess.h"
 #include "vmfest/error.h"
@@ -37,8 +39,44 @@ class RegistryTest : public ::testing::Test {
     return path;
   }
   vmfest::Home home() const { return vmfest::Home(root_ / "home"); }
+
+  // Replaces a registry file (models' files are read-only; their folder is not).
+  static void overwrite(const fs::path& file, const std::string& text) {
+    fs::remove(file);
+    std::ofstream(file) << text;
+  }
+
+  // A detached instance (it outlives its handle) of `model`, never started.
+  vmfest::InstanceInfo detached_instance(const std::string& model, const std::string& name) {
+    vmfest::InstanceRequest request;
+    request.model = model;
+    request.name = name;
+    request.detached = true;
+    request.warm = false;
+    return vmfest::Instance::create(request, home()).info();
+  }
+
   fs::path root_;
 };
+
+// The message of the error `action` throws, which must be an `Expected`.
+template <class Expected, class Action>
+std::string error_of(Action action) {
+  try {
+    action();
+  } catch (const Expected& error) {
+    return error.what();
+  } catch (const std::exception& error) {
+    ADD_FAILURE() << "the wrong kind of error: " << error.what();
+    return error.what();
+  }
+  ADD_FAILURE() << "no error";
+  return "";
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 TEST_F(RegistryTest, UnknownModelErrorListsWhatIsRegistered) {
   vmfest::ModelRegistry registry(home());
@@ -107,6 +145,84 @@ TEST_F(RegistryTest, UnknownModelForAnInstanceIsAModelError) {
   vmfest::InstanceRequest request;
   request.model = "missing";
   EXPECT_THROW(vmfest::Instance::create(request, home()), vmfest::ModelError);
+  EXPECT_TRUE(vmfest::list_instances(home()).empty());
+}
+
+TEST_F(RegistryTest, WrongShapedModelJsonIsAnErrorNamingTheFileAndForceRemoveTakesIt) {
+  vmfest::setup_model(make_qcow2("good.qcow2").string(), {}, home());
+  vmfest::setup_model(make_qcow2("shape.qcow2").string(), {}, home());
+  const fs::path file = home().models() / "shape" / "model.json";
+  overwrite(file, R"({"name": "shape", "format": "qcow2"})");  // valid JSON, no "disk"
+  vmfest::ModelRegistry registry(home());
+
+  const std::string message = error_of<vmfest::ModelError>([&] { (void)registry.find("shape"); });
+  EXPECT_TRUE(contains(message, "model 'shape': " + file.string())) << message;
+  EXPECT_TRUE(contains(message, "key 'disk' not found")) << message;
+  EXPECT_TRUE(contains(message, "`vmfest rm-model --force shape`")) << message;
+  EXPECT_FALSE(contains(message, "json.exception")) << message;
+  overwrite(file, R"({"name": "shape", "disk": 7})");
+  EXPECT_TRUE(
+      contains(error_of<vmfest::ModelError>([&] { (void)registry.get("shape"); }), file.string()));
+  overwrite(file, R"(["not", "an", "object"])");
+  EXPECT_TRUE(contains(error_of<vmfest::ModelError>([&] { (void)registry.get("shape"); }),
+                       "it is not a JSON object"));
+
+  // The list skips it (with a warning); the checked remove refuses it, the forced one takes it.
+  auto listed = registry.list();
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].name, "good");
+  EXPECT_TRUE(contains(error_of<vmfest::ModelError>([&] { registry.remove("shape"); }),
+                       "rm-model --force"));
+  registry.force_remove("shape");
+  EXPECT_FALSE(fs::exists(file.parent_path()));
+  EXPECT_FALSE(registry.find("shape"));
+  EXPECT_TRUE(contains(error_of<vmfest::ModelError>([&] { registry.force_remove("shape"); }),
+                       "model 'shape' is not registered"));
+}
+
+TEST_F(RegistryTest, WrongShapedInstanceRecordIsAnErrorNamingTheFileAndForceTakesIt) {
+  vmfest::setup_model(make_qcow2("base.qcow2").string(), {}, home());
+  const fs::path typed = detached_instance("base", "typed").directory;
+  const fs::path elsewhere = detached_instance("base", "elsewhere").directory;
+  const fs::path good = detached_instance("base", "good").directory;
+  overwrite(typed / "instance.json", R"({"name": "typed", "model": 42})");
+  overwrite(elsewhere / "instance.json", R"({"name": "good", "model": "base", "detached": true})");
+
+  const std::string message =
+      error_of<vmfest::InstanceRecordError>([&] { vmfest::Instance::open("typed", home()); });
+  EXPECT_TRUE(contains(message, "instance 'typed': " + (typed / "instance.json").string()))
+      << message;
+  EXPECT_TRUE(contains(message, "type must be string")) << message;
+  EXPECT_TRUE(contains(message, "`vmfest destroy --force typed`")) << message;
+  EXPECT_FALSE(contains(message, "json.exception")) << message;
+  // A record that names another instance would lead destroy() to that one's folder.
+  EXPECT_TRUE(contains(
+      error_of<vmfest::InstanceRecordError>([&] { vmfest::Instance::open("elsewhere", home()); }),
+      "it names instance 'good', not 'elsewhere'"));
+  // A machine state of the wrong shape is the record's fault too.
+  auto record = vmfest::detail::read_instance_record(good);
+  ASSERT_TRUE(record);
+  record->machine = {{"pid", "not a number"}};
+  vmfest::detail::write_instance_record(good, *record);
+  EXPECT_TRUE(contains(
+      error_of<vmfest::InstanceRecordError>([&] { vmfest::Instance::open("good", home()); }),
+      "its machine state"));
+  record->machine = nlohmann::json::object();
+  vmfest::detail::write_instance_record(good, *record);
+
+  // Listing and reaping skip the broken ones (with warnings); nothing is removed.
+  auto listed = vmfest::describe_instances(home());
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].name, "good");
+  EXPECT_TRUE(vmfest::reap_leaked_instances(home()).empty());
+  EXPECT_TRUE(fs::exists(typed));
+
+  vmfest::force_destroy_instance("typed", home());
+  EXPECT_FALSE(fs::exists(typed));
+  EXPECT_THROW(vmfest::force_destroy_instance("typed", home()), vmfest::StateError);
+  auto reaped = vmfest::reap_leaked_instances(home(), {.force = true});
+  std::sort(reaped.begin(), reaped.end());
+  EXPECT_EQ(reaped, (std::vector<std::string>{"elsewhere", "good"}));
   EXPECT_TRUE(vmfest::list_instances(home()).empty());
 }
 

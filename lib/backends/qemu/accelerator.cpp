@@ -224,7 +224,7 @@ AcceleratorChoice choose_accelerator(const fs::path& qemu, const fs::path& cache
   FileLock lock(cache_dir / (file.stem().string() + ".lock"));
   if (fs::exists(file)) {
     auto cached = nlohmann::json::parse(read_text(file), nullptr, false);
-    if (!cached.is_discarded() && cached.value("key", "") == key &&
+    if (cached.is_object() && cached.value("key", "") == key &&
         (cached.value("probe", "") != kBootSectorProbe || probe_kernel.empty())) {
       return {cached.value("name", "tcg"), fmt::format("{} (decided earlier for this host: {})",
                                                        cached.value("reason", ""), file.string())};

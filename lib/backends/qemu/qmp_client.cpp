@@ -68,7 +68,11 @@ nlohmann::json QmpClient::read_message(Clock::time_point deadline) {
       std::string line = buffer_.substr(0, newline);
       buffer_.erase(0, newline + 1);
       if (line.find_first_not_of(" \r\t") == std::string::npos) continue;
-      return nlohmann::json::parse(line);
+      auto message = nlohmann::json::parse(line, nullptr, false);
+      if (message.is_discarded()) {
+        throw BackendError(fmt::format("QEMU sent a QMP message that is not JSON: {}", line));
+      }
+      return message;
     }
     pollfd poller{fd_, POLLIN, 0};
     int ready = ::poll(&poller, 1, remaining_millis(deadline));

@@ -36,6 +36,13 @@ class StateError : public Error {
   using Error::Error;
 };
 
+// An instance whose record (instances/<name>/instance.json) cannot be read: it cannot be driven,
+// only removed (force_destroy_instance(), `vmfest destroy --force NAME`).
+class InstanceRecordError : public Error {
+ public:
+  using Error::Error;
+};
+
 // The hypervisor backend failed (qemu would not start, vboxwebsrv unreachable, ...).
 class BackendError : public Error {
  public:

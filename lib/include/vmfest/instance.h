@@ -30,7 +30,8 @@ struct Profile {
   static Profile custom(int memory_mib, int cpus);
 };
 
-enum class InstanceState { Created, Running, Paused, Stopped };
+// Unknown: the hypervisor could not be asked (e.g. the vboxwebsrv that made it is gone).
+enum class InstanceState { Created, Running, Paused, Stopped, Unknown };
 std::string_view to_string(InstanceState state);
 
 // A second network card on an Ethernet segment private to some instances of this host, so that
@@ -77,6 +78,7 @@ struct InstanceInfo {
   int owner_pid = 0;      // the owning process (0 when detached)
   ssh::Endpoint ssh;      // where SSH reaches it while running
   std::filesystem::path directory;
+  std::string problem;  // why the state is Unknown; empty otherwise
 };
 
 class Instance {
@@ -144,9 +146,25 @@ void start_all(const std::vector<Instance*>& instances);
 // Instance names present in the registry (all states, all owners).
 std::vector<std::string> list_instances(const Home& home = Home::from_environment());
 
+// Every instance, described. One whose hypervisor cannot be asked has state Unknown and says why
+// in `problem`; one that cannot be opened (its record or keys unreadable) is left out. Both are
+// logged as warnings.
 std::vector<InstanceInfo> describe_instances(const Home& home = Home::from_environment());
 
-// Kills and removes every instance whose owner process has died. Returns the names reaped.
-std::vector<std::string> reap_leaked_instances(const Home& home = Home::from_environment());
+// Removes instance `name` as Instance::open(name).destroy() does, and removes its files even when
+// its record cannot be read or its hypervisor cannot be reached (each logged as a warning; a VM
+// such a hypervisor still runs is left to it). StateError when there is no such instance.
+void force_destroy_instance(const std::string& name, const Home& home = Home::from_environment());
+
+struct ReapOptions {
+  // Every instance no living process owns, detached and permanent ones too, also when its record
+  // cannot be read or its hypervisor cannot be reached: a clean slate (test homes).
+  bool force = false;
+};
+// Kills and removes every instance whose owner process has died (detached and permanent ones are
+// left alone). One that cannot be reaped (an unreadable record, a hypervisor that cannot be
+// reached) is left and logged as a warning. Returns the names reaped.
+std::vector<std::string> reap_leaked_instances(const Home& home = Home::from_environment(),
+                                               const ReapOptions& options = {});
 
 }  // namespace vmfest

@@ -43,11 +43,17 @@ class ModelRegistry {
 
   // The registered model, or ModelError listing what is registered and how to add it.
   [[nodiscard]] Model get(const std::string& name) const;
+  // ModelError naming the file when the model's model.json cannot be read.
   [[nodiscard]] std::optional<Model> find(const std::string& name) const;
+  // The registered models; one whose model.json cannot be read is left out with a warning.
   [[nodiscard]] std::vector<Model> list() const;
 
-  // Removes a model; refused with ModelError while instances of it exist.
+  // Removes a model; refused with ModelError while instances of it exist, or when its model.json
+  // cannot be read (force_remove() takes it then).
   void remove(const std::string& name);
+  // Removes a model's folder whatever its model.json says; still refused while instances of it
+  // exist.
+  void force_remove(const std::string& name);
 
   [[nodiscard]] const Home& home() const noexcept { return home_; }
 
