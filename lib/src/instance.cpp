@@ -17,6 +17,7 @@
 #include "files.h"
 #include "instance_record.h"
 #include "json_file.h"
+#include "registry_store.h"
 #include "seed.h"
 #include "vm_slots.h"
 #include "vmfest/error.h"
@@ -427,10 +428,11 @@ struct InstanceAccess {
       return status == WarmStatus::Ready ? image : fs::path();
     }
     fs::create_directories(image.parent_path());
-    FileLock lock(image.parent_path() / (image.filename().string() + ".lock"));
+    FileLock lock(warm_build_lock(image));
     if (auto status = check_warm_image(image); status != WarmStatus::Missing) {
       return status == WarmStatus::Ready ? image : fs::path();
     }
+    remove_stale_warm_builds(image);
     return build(home, model, profile, backend, probe, fingerprint, image);
   }
 
@@ -483,8 +485,7 @@ struct InstanceAccess {
           model.name, quiet);
     }
     impl.session.reset();
-    const fs::path staging =
-        image.parent_path() / fmt::format(".building-{}-{}", image.filename().string(), ::getpid());
+    const fs::path staging = warm_build_folder(image);
     fs::remove_all(staging);
     fs::create_directories(staging);
     try {
@@ -831,6 +832,15 @@ std::vector<std::string> reap_leaked_instances(const Home& home, const ReapOptio
     const fs::path directory = entry.path();
     if (!entry.is_directory()) continue;
     try {
+      if (!fs::exists(directory / detail::kOwnerLock)) {
+        // Every instance folder has its lock from birth (see create): without it, this is what
+        // a destroy killed halfway left, its VM already killed.
+        spdlog::info("vmfest: removing {}, left by an interrupted destroy", directory.string());
+        std::error_code ignored;  // a destroy that is still under way removes it too
+        fs::remove_all(directory, ignored);
+        reaped.push_back(directory.filename().string());
+        continue;
+      }
       std::optional<detail::InstanceRecord> record;
       std::string unreadable;
       try {
@@ -853,6 +863,14 @@ std::vector<std::string> reap_leaked_instances(const Home& home, const ReapOptio
     } catch (const std::exception& error) {
       spdlog::warn("vmfest: could not reap {}: {}", directory.string(), error.what());
     }
+  }
+  // What killed processes left beside the models: setups' staging and warm builds' folders.
+  try {
+    detail::remove_interrupted_setups(home);
+    detail::remove_interrupted_warm_builds(home.models());
+  } catch (const std::exception& error) {
+    spdlog::warn("vmfest: could not remove what interrupted setups left in {}: {}",
+                 home.models().string(), error.what());
   }
   return reaped;
 }

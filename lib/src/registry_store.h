@@ -19,6 +19,9 @@ constexpr const char* kBundleManifest = "vmfest-model.json";  // in a bundle
 Model model_from_json(const nlohmann::json& json, const std::filesystem::path& directory);
 nlohmann::json model_to_json(const Model& model);
 
+// Removes the staging folders of setups whose process died (the reaper's part for models).
+void remove_interrupted_setups(const Home& home);
+
 // Names of instances (any state) cloned from `model`.
 std::vector<std::string> instances_of_model(const Home& home, const std::string& model);
 

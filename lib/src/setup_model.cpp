@@ -3,12 +3,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cctype>
-#include <cerrno>
-#include <cstdlib>
-#include <fstream>
 #include <optional>
+#include <set>
 #include <string_view>
 
 #include <fmt/format.h>
@@ -259,25 +256,56 @@ Model stage_source(const Source& source, const SetupOptions& options, const Home
   }
 }
 
+// The model name of a setup's staging folder (.staging-NAME-PID, .replaced-NAME-PID, each maybe
+// with .unpacked), or "" for any other file.
+std::string staged_model(const std::string& file) {
+  for (const std::string_view kind : {".staging-", ".replaced-"}) {
+    if (!file.starts_with(kind)) continue;
+    std::string rest = file.substr(kind.size());
+    if (rest.ends_with(".unpacked"))
+      rest.resize(rest.size() - std::string_view(".unpacked").size());
+    const auto dash = rest.rfind('-');
+    if (dash == std::string::npos || dash == 0 || dash + 1 == rest.size() ||
+        rest.find_first_not_of("0123456789", dash + 1) != std::string::npos) {
+      return "";
+    }
+    return rest.substr(0, dash);
+  }
+  return "";
+}
+
 // Removes what a process killed while setting up `name` left behind; we hold the name's lock.
 void remove_stale_staging(const Home& home, const std::string& name) {
-  for (const char* kind : {".staging-", ".replaced-"}) {
-    const std::string prefix = kind + name + "-";
-    for (const auto& entry : fs::directory_iterator(home.models())) {
-      std::string file = entry.path().filename().string();
-      if (!file.starts_with(prefix)) continue;
-      std::string rest = file.substr(prefix.size());
-      if (rest.ends_with(".unpacked"))
-        rest.resize(rest.size() - std::string_view(".unpacked").size());
-      if (rest.empty() || rest.find_first_not_of("0123456789") != std::string::npos) continue;
-      spdlog::info("vmfest: removing {}, left by an interrupted setup of model '{}'",
-                   entry.path().string(), name);
-      fs::remove_all(entry.path());
-    }
+  for (const auto& entry : fs::directory_iterator(home.models())) {
+    if (staged_model(entry.path().filename().string()) != name) continue;
+    spdlog::info("vmfest: removing {}, left by an interrupted setup of model '{}'",
+                 entry.path().string(), name);
+    fs::remove_all(entry.path());
   }
 }
 
+fs::path setup_lock_path(const Home& home, const std::string& name) {
+  return home.models() / fmt::format(".{}.lock", name);
+}
+
 }  // namespace
+
+void detail::remove_interrupted_setups(const Home& home) {
+  if (!fs::exists(home.models())) return;
+  std::set<std::string> names;
+  for (const auto& entry : fs::directory_iterator(home.models())) {
+    if (const std::string name = staged_model(entry.path().filename().string()); !name.empty()) {
+      names.insert(name);
+    }
+  }
+  for (const std::string& name : names) {
+    // A setup holds its name's lock while it runs: a lock we get has no living owner.
+    FileLock lock(setup_lock_path(home, name), FileLock::Mode::TryOnce);
+    if (!lock.held()) continue;
+    remove_stale_staging(home, name);
+    lock.remove_file();
+  }
+}
 
 Model setup_model(const std::string& source_text, const SetupOptions& options, const Home& home) {
   const Source source = parse_source(source_text);
@@ -287,7 +315,7 @@ Model setup_model(const std::string& source_text, const SetupOptions& options, c
 
   fs::create_directories(home.models());
   // One installer per model name across processes; the others wait here and reuse its result.
-  const fs::path lock_path = home.models() / fmt::format(".{}.lock", name);
+  const fs::path lock_path = setup_lock_path(home, name);
   std::optional<detail::FileLock> lock;
   lock.emplace(lock_path, detail::FileLock::Mode::TryOnce);
   if (!lock->held()) {

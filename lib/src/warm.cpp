@@ -1,8 +1,10 @@
 #include "warm.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <string_view>
 
 #include <fmt/format.h>
 #include <openssl/evp.h>
@@ -63,6 +65,43 @@ fs::path warm_image_directory(const Model& model, const Profile& profile,
   const std::string key = sha256_text(
       fmt::format("{}profile {} MiB {} CPUs\n", fingerprint, profile.memory_mib, profile.cpus));
   return model.directory / "warm" / key.substr(0, 16);
+}
+
+fs::path warm_build_folder(const fs::path& directory) {
+  return directory.parent_path() /
+         fmt::format(".building-{}-{}", directory.filename().string(), ::getpid());
+}
+
+fs::path warm_build_lock(const fs::path& directory) {
+  return directory.parent_path() / (directory.filename().string() + ".lock");
+}
+
+void remove_stale_warm_builds(const fs::path& directory) {
+  const std::string prefix = fmt::format(".building-{}-", directory.filename().string());
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(directory.parent_path(), error)) {
+    if (!entry.path().filename().string().starts_with(prefix)) continue;
+    spdlog::info("vmfest: removing {}, left by an interrupted warm-image build",
+                 entry.path().string());
+    fs::remove_all(entry.path());
+  }
+}
+
+void remove_interrupted_warm_builds(const fs::path& models_folder) {
+  std::error_code error;
+  for (const auto& model : fs::directory_iterator(models_folder, error)) {
+    const fs::path warm = model.path() / "warm";
+    if (!fs::is_directory(warm)) continue;
+    for (const auto& entry : fs::directory_iterator(warm)) {
+      const std::string name = entry.path().filename().string();
+      if (!name.starts_with(".building-")) continue;
+      const std::string rest = name.substr(std::string_view(".building-").size());
+      const fs::path image = warm / rest.substr(0, rest.rfind('-'));
+      // A build holds its image's lock while it runs: a lock we get has no living owner.
+      FileLock lock(warm_build_lock(image), FileLock::Mode::TryOnce);
+      if (lock.held()) remove_stale_warm_builds(image);
+    }
+  }
 }
 
 WarmStatus check_warm_image(const fs::path& directory) {

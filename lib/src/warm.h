@@ -30,6 +30,17 @@ enum class WarmStatus { Missing, Ready, Unsupported };
 // guest agent to give clones their own identity.
 WarmStatus check_warm_image(const std::filesystem::path& directory);
 
+// Where a build of the image `directory` stages its files (renamed into place when complete),
+// and the lock a build holds while it runs.
+std::filesystem::path warm_build_folder(const std::filesystem::path& directory);
+std::filesystem::path warm_build_lock(const std::filesystem::path& directory);
+// Removes the staging folders of earlier builds of `directory`, whose processes died: for a caller
+// that holds warm_build_lock(directory).
+void remove_stale_warm_builds(const std::filesystem::path& directory);
+// The reaper's part: the staging folders of every warm build in `models_folder` whose process
+// died (their lock is free).
+void remove_interrupted_warm_builds(const std::filesystem::path& models_folder);
+
 // Writes the manifest of a freshly saved image in `directory` (holding base.qcow2 and state).
 void write_warm_manifest(const std::filesystem::path& directory, const std::string& fingerprint,
                          const nlohmann::json& backend_facts, double save_seconds);

@@ -51,7 +51,8 @@ std::string message_of(const std::function<void()>& action) {
 class TestData {
  public:
   TestData() {
-    const std::string key = vmfest::detail::sha256_file(__FILE__).substr(0, 12);
+    const std::string key =
+        vmfest::detail::sha256_file(VMFEST_SETUP_MODEL_TEST_SOURCE).substr(0, 12);
     dir_ = fs::temp_directory_path() / fmt::format("vmfest-setup-data-{}", key);
     vmfest::detail::FileLock lock(fs::temp_directory_path() / "vmfest-setup-data.lock");
     if (fs::exists(dir_ / ".complete")) return;

@@ -1,0 +1,71 @@
+// What a killed process leaves in a home, and what `reap` does with it: the folders of a setup, a
+// warm-image build or a destroy that were interrupted go; those of one still under way stay.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "files.h"
+#include "instance_record.h"
+#include "vmfest/home.h"
+#include "vmfest/instance.h"
+
+namespace {
+namespace fs = std::filesystem;
+using vmfest::detail::FileLock;
+
+class ReapLeftovers : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() / fmt::format("vmfest-reap-test-{}", ::getpid());
+    fs::remove_all(root_);
+    fs::create_directories(home_.models() / "tiny/warm");
+    fs::create_directories(home_.instances());
+  }
+  void TearDown() override { fs::remove_all(root_); }
+  // A folder with a file in it, as a killed process leaves them half-written.
+  static fs::path folder(const fs::path& path) {
+    fs::create_directories(path);
+    std::ofstream(path / "partial") << "half";
+    return path;
+  }
+  fs::path root_;
+  vmfest::Home home_{root_ / "home"};
+};
+
+TEST_F(ReapLeftovers, InterruptedSetupsWarmBuildsAndDestroysGo) {
+  const fs::path staging = folder(home_.models() / ".staging-debian-4000001");
+  const fs::path unpacked = folder(home_.models() / ".staging-debian-4000001.unpacked");
+  const fs::path replaced = folder(home_.models() / ".replaced-debian-4000002");
+  const fs::path building = folder(home_.models() / "tiny/warm/.building-0123456789abcdef-4000003");
+  // Killed halfway through a destroy: the lock file is gone, some of the rest is not.
+  const fs::path destroyed = folder(home_.instances() / "half-destroyed");
+
+  const auto reaped = vmfest::reap_leaked_instances(home_);
+  EXPECT_EQ(reaped, std::vector<std::string>{"half-destroyed"});
+  for (const fs::path& path : {staging, unpacked, replaced, building, destroyed}) {
+    EXPECT_FALSE(fs::exists(path)) << path << " was left";
+  }
+  EXPECT_FALSE(fs::exists(home_.models() / ".debian.lock")) << "the name's lock file was left";
+}
+
+TEST_F(ReapLeftovers, WorkStillUnderWayStays) {
+  const fs::path staging = folder(home_.models() / ".staging-ubuntu-4000004");
+  const fs::path building = folder(home_.models() / "tiny/warm/.building-fedcba9876543210-4000005");
+  // The setup and the build are alive: they hold their locks (as this process does here).
+  FileLock setup(home_.models() / ".ubuntu.lock");
+  FileLock build(home_.models() / "tiny/warm/fedcba9876543210.lock");
+  const fs::path alive = folder(home_.instances() / "alive");
+  FileLock owner(alive / vmfest::detail::kOwnerLock);
+
+  EXPECT_TRUE(vmfest::reap_leaked_instances(home_).empty());
+  for (const fs::path& path : {staging, building, alive}) {
+    EXPECT_TRUE(fs::exists(path)) << path << " was removed while its owner lives";
+  }
+}
+
+}  // namespace
