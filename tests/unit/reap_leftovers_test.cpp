@@ -21,7 +21,6 @@ using vmfest::detail::FileLock;
 class ReapLeftovers : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = fs::temp_directory_path() / fmt::format("vmfest-reap-test-{}", ::getpid());
     fs::remove_all(root_);
     fs::create_directories(home_.models() / "tiny/warm");
     fs::create_directories(home_.instances());
@@ -33,7 +32,8 @@ class ReapLeftovers : public ::testing::Test {
     std::ofstream(path / "partial") << "half";
     return path;
   }
-  fs::path root_;
+  // Each test its own folder: ctest runs them side by side, in processes of their own.
+  fs::path root_ = fs::temp_directory_path() / fmt::format("vmfest-reap-test-{}", ::getpid());
   vmfest::Home home_{root_ / "home"};
 };
 

@@ -9,6 +9,7 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <optional>
 #include <sstream>
@@ -130,6 +131,52 @@ bool is_our_qemu(int pid, const fs::path& directory) {
   auto close_paren = stat.rfind(')');
   return close_paren != std::string::npos && close_paren + 2 < stat.size() &&
          stat[close_paren + 2] != 'Z';
+}
+
+// The live processes working in `directory` that are QEMU (by their executable, or by the program
+// a wrapper script runs): what a VM of that instance folder may be.
+std::vector<int> qemus_working_in(const fs::path& directory) {
+  auto is_qemu = [](const std::string& program) {
+    return fs::path(program).filename().string().starts_with("qemu-system");
+  };
+  std::vector<int> found;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator("/proc", error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const int pid = std::stoi(name);
+    if (!is_our_qemu(pid, directory)) continue;
+    std::error_code ignored;
+    const std::string exe = fs::read_symlink(entry.path() / "exe", ignored).string();
+    std::string command = read_text_if_exists(entry.path() / "cmdline");
+    std::replace(command.begin(), command.end(), '\0', '\n');
+    std::istringstream arguments(command);
+    std::string first;
+    std::string second;
+    std::getline(arguments, first);
+    std::getline(arguments, second);
+    if (is_qemu(exe) || is_qemu(first) || is_qemu(second)) found.push_back(pid);
+  }
+  return found;
+}
+
+// SIGKILLs `pid` and waits until the whole process is gone: /proc shows its main thread gone
+// while the other threads still hold its sockets and files, so it waits on a pidfd, which turns
+// readable only once the process has exited. Opened before the signal: it names this process
+// even if the pid is reused.
+void kill_and_wait(int pid) {
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  ::kill(pid, SIGKILL);
+  if (pidfd >= 0) {
+    pollfd exited{pidfd, POLLIN, 0};
+    ::poll(&exited, 1, 5000);
+    ::close(pidfd);
+    return;
+  }
+  const auto deadline = Clock::now() + milliseconds(5000);
+  while (Clock::now() < deadline && fs::exists(fmt::format("/proc/{}", pid))) {
+    std::this_thread::sleep_for(milliseconds(20));
+  }
 }
 
 // The probe boots a Linux kernel whatever the model boots from: a disk-booted model's bootloader
@@ -296,20 +343,16 @@ class QemuMachine final : public Machine {
     if (process_) {
       kill_and_reap(*process_);
       process_.reset();
-    } else if (is_our_qemu(pid_, config_.directory)) {
-      // Not our child (another process started it): /proc shows its main thread gone while the
-      // other threads still hold its sockets and files, so wait on a pidfd, which turns readable
-      // only once the whole process has exited. Opened before the signal: it names this process
-      // even if the pid is reused.
-      const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
-      ::kill(pid_, SIGKILL);
-      if (pidfd >= 0) {
-        pollfd exited{pidfd, POLLIN, 0};
-        ::poll(&exited, 1, 5000);
-        ::close(pidfd);
-      } else {
-        wait_for_exit(milliseconds(5000));
+    } else {
+      // Not our child (another process started it): the recorded pid, and any QEMU working in
+      // the instance folder, since an owner killed between QEMU's start and the record of its
+      // pid leaves a QEMU that only its folder names.
+      std::vector<int> pids = qemus_working_in(config_.directory);
+      if (is_our_qemu(pid_, config_.directory) &&
+          std::find(pids.begin(), pids.end(), pid_) == pids.end()) {
+        pids.push_back(pid_);
       }
+      for (int pid : pids) kill_and_wait(pid);
     }
   }
 
