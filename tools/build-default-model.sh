@@ -395,7 +395,7 @@ cat >"$bundle_tmp/vmfest-model.json" <<EOF
 {"name":"vmfest-tiny","disk":"disk.qcow2","format":"qcow2","disk_bootable":true,
  "boot":{"kind":"kernel","kernel":"vmlinuz","initrd":"initrd.img","cmdline":"$kernel_cmdline"},
  "ssh":{"user":"root","port":22},
- "ready_marker":"VMFEST-READY",
+ "ready_marker":"VMFEST-READY","guest_agent":true,
  "guest":{"kernel_version":"$kv","built_from":{"busybox-static":"${pkg_version[busybox-static]}","dropbear-bin":"${pkg_version[dropbear-bin]}","linux-image":"$kernel_pkg_version"}}}
 EOF
 {

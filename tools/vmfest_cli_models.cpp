@@ -36,11 +36,14 @@ void add_setup_command(CLI::App& app, Command& command) {
                   "for a .gz)");
   sub->add_flag("--replace", args->options.replace,
                 "install again even when a model of that name exists");
+  sub->add_option("--ssh-user", args->options.ssh_user,
+                  "the login vmfest uses (default: what a bundle states, else 'vmfest', which each "
+                  "instance's cloud-init seed creates with passwordless sudo)");
   sub->callback([&command, args] {
     command.run = [args] {
       Model model = setup_model(args->source, args->options);
-      fmt::print("model '{}' is ready ({}, {}): {}\n", model.name, model.format,
-                 mebibytes(model.size_bytes), model.directory.string());
+      fmt::print("model '{}' is ready ({}, {}, SSH user {}): {}\n", model.name, model.format,
+                 mebibytes(model.size_bytes), model.ssh_user, model.directory.string());
       return 0;
     };
   });
@@ -50,10 +53,11 @@ void add_list_models_command(CLI::App& app, Command& command) {
   CLI::App* sub = app.add_subcommand("models", "List the installed models");
   sub->callback([&command] {
     command.run = [] {
-      Table table({"NAME", "FORMAT", "SIZE", "BOOT", "SOURCE"});
+      Table table({"NAME", "FORMAT", "SIZE", "BOOT", "USER", "SOURCE"});
       for (const Model& model : ModelRegistry().list()) {
         table.add({model.name, model.format, mebibytes(model.size_bytes),
-                   model.boot.kind == BootSpec::Kind::Kernel ? "kernel" : "disk", model.source});
+                   model.boot.kind == BootSpec::Kind::Kernel ? "kernel" : "disk", model.ssh_user,
+                   model.source});
       }
       table.print();
       return 0;

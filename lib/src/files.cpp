@@ -38,11 +38,11 @@ std::string read_text_if_exists(const fs::path& path) {
   return text.str();
 }
 
-void write_text_atomically(const fs::path& path, const std::string& text) {
+void write_text_atomically(const fs::path& path, const std::string& text, unsigned mode) {
   std::random_device random;
   fs::path temporary = path;
   temporary += fmt::format(".tmp-{:08x}", random());
-  int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
   if (fd < 0) {
     throw Error(fmt::format("cannot write {}: {}", path.string(), std::strerror(errno)));
   }

@@ -10,8 +10,9 @@ std::string read_text(const std::filesystem::path& path);
 // The file's content, or "" when it does not exist (yet).
 std::string read_text_if_exists(const std::filesystem::path& path);
 // Writes to a temporary file beside `path`, fsyncs and renames, so readers see old or new, never
-// half.
-void write_text_atomically(const std::filesystem::path& path, const std::string& text);
+// half. The file is created with `mode` (less the umask): 0600 keeps a secret private from birth.
+void write_text_atomically(const std::filesystem::path& path, const std::string& text,
+                           unsigned mode = 0644);
 // Lowercase hex sha256 of a file's content.
 std::string sha256_file(const std::filesystem::path& path);
 // The last `lines` lines of a text file ("" if it does not exist).

@@ -35,6 +35,7 @@ std::optional<InstanceRecord> read_instance_record(const fs::path& directory) {
         record.started = json.value("started", false);
         record.owner_pid = json.value("owner_pid", 0);
         record.warm_image = json.value("warm_image", "");
+        record.warm_build = json.value("warm_build", "");
         record.machine = json.value("machine", nlohmann::json::object());
         return record;
       },
@@ -54,6 +55,7 @@ void write_instance_record(const fs::path& directory, const InstanceRecord& reco
                          {"started", record.started},
                          {"owner_pid", record.owner_pid},
                          {"warm_image", record.warm_image},
+                         {"warm_build", record.warm_build},
                          {"machine", record.machine}};
   write_text_atomically(directory / kRecordFile, json.dump(2));
 }

@@ -22,6 +22,8 @@ constexpr const char* kHostPublicKey = "host_ed25519.pub";
 // The host private key in dropbear's format (a secret, mode 0600): a warm clone hands it to the
 // guest agent after resuming.
 constexpr const char* kHostKeyDropbear = "host_ed25519.dropbear";
+// The same key in OpenSSH's format (secret, 0600), for a warm clone whose guest runs OpenSSH.
+constexpr const char* kHostKeyOpenssh = "host_ed25519";
 
 struct InstanceRecord {
   std::string name;
@@ -33,6 +35,9 @@ struct InstanceRecord {
   bool started = false;
   int owner_pid = 0;       // informational; ownership is decided by the owner lock
   std::string warm_image;  // the warm image this instance was cloned from; empty: cold clone
+  // The warm image this instance's first start builds from its own boot (none existed when it was
+  // created); empty: none to build.
+  std::string warm_build;
   nlohmann::json machine = nlohmann::json::object();  // the backend's saved state
 };
 

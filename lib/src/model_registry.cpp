@@ -35,9 +35,10 @@ Model model_from_json(const nlohmann::json& json, const fs::path& directory) {
     model.boot.cmdline = boot.value("cmdline", "");
   }
   const auto ssh = json.value("ssh", nlohmann::json::object());
-  model.ssh_user = ssh.value("user", "root");
+  model.ssh_user = ssh.value("user", std::string(kDefaultSshUser));
   model.ssh_port = ssh.value("port", 22);
   model.ready_marker = json.value("ready_marker", "");
+  model.guest_agent = json.value("guest_agent", false);
   return model;
 }
 
@@ -59,7 +60,8 @@ nlohmann::json model_to_json(const Model& model) {
           {"source", model.source},
           {"boot", boot},
           {"ssh", {{"user", model.ssh_user}, {"port", model.ssh_port}}},
-          {"ready_marker", model.ready_marker}};
+          {"ready_marker", model.ready_marker},
+          {"guest_agent", model.guest_agent}};
 }
 
 std::vector<std::string> instances_of_model(const Home& home, const std::string& model) {

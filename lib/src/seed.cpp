@@ -3,26 +3,81 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <openssl/evp.h>
 
 #include "files.h"
+#include "guest_agent.h"
 #include "subprocess.h"
 
 namespace vmfest::detail {
 namespace fs = std::filesystem;
 
+namespace {
+
+std::string base64(std::string_view bytes) {
+  std::string text(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+  const int length = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(text.data()),
+                                     reinterpret_cast<const unsigned char*>(bytes.data()),
+                                     static_cast<int>(bytes.size()));
+  text.resize(static_cast<std::size_t>(length));
+  return text;
+}
+
+// The agent through cloud-init: a file, a unit, and a start that does not wait for it (runcmd runs
+// late in the boot; the agent only matters once the guest is saved). Without systemd it is started
+// in the background.
+void write_agent(std::ostringstream& text) {
+  text << "write_files:\n";
+  text << "  - path: " << kSeededAgentPath << "\n";
+  text << "    permissions: '0755'\n";
+  text << "    encoding: gz+b64\n";
+  text << "    content: " << base64(guest_agent_gzip()) << "\n";
+  text << "  - path: /etc/systemd/system/vmfest-agent.service\n";
+  text << "    content: |\n";
+  text << "      [Unit]\n";
+  text << "      Description=vmfest guest agent (identity of warm clones)\n";
+  text << "      [Service]\n";
+  text << "      ExecStart=" << kSeededAgentPath << "\n";
+  text << "      Restart=on-failure\n";
+  text << "runcmd:\n";
+  text << "  - [sh, -c, 'if command -v systemctl >/dev/null; then systemctl start --no-block "
+          "vmfest-agent.service; else nohup "
+       << kSeededAgentPath << " >/dev/null 2>&1 & fi']\n";
+}
+
+}  // namespace
+
 std::string cloud_config(const SeedIdentity& identity) {
   std::ostringstream text;
   text << "#cloud-config\n";
   text << "hostname: " << identity.hostname << "\n";
+  // sudo resolves the hostname: without it in /etc/hosts every sudo warns.
+  text << "manage_etc_hosts: true\n";
+  // The image's default user (and root in vmfest's default model) gets the key too.
   text << "ssh_authorized_keys:\n  - " << identity.authorized_key << "\n";
-  // Replace whatever host keys the image has with this instance's own.
+  if (identity.ssh_user == "root") {
+    text << "disable_root: false\n";
+  } else {
+    // Our own login, the same on every image; "default" keeps the image's usual user.
+    text << "users:\n  - default\n";
+    text << "  - name: " << identity.ssh_user << "\n";
+    text << "    shell: /bin/sh\n";
+    text << "    lock_passwd: true\n";
+    text << "    sudo: ALL=(ALL) NOPASSWD:ALL\n";
+    text << "    ssh_authorized_keys:\n      - " << identity.authorized_key << "\n";
+  }
+  text << "ssh_pwauth: false\n";
+  // Replace whatever host keys the image has with this instance's own, and make no others: a key
+  // pair cloud-init generates costs seconds of an emulated CPU and would be shared by warm clones.
   text << "ssh_deletekeys: true\n";
+  text << "ssh_genkeytypes: []\n";
   text << "ssh_keys:\n  ed25519_private: |\n";
   std::istringstream key(identity.host_private_key);
   for (std::string line; std::getline(key, line);) {
     if (!line.empty()) text << "    " << line << "\n";
   }
   text << "  ed25519_public: " << identity.host_public_key << "\n";
+  if (identity.include_agent) write_agent(text);
   return text.str();
 }
 

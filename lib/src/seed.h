@@ -1,5 +1,6 @@
-// The cloud-init NoCloud seed that gives each instance its own identity: hostname, the client's
-// authorized key and the SSH host key. Distro cloud images and the default model both read it.
+// The cloud-init NoCloud seed that gives each instance its own identity: hostname, a login with
+// the client's authorized key and the SSH host key. Distro cloud images and the default model both
+// read it.
 #pragma once
 
 #include <filesystem>
@@ -12,6 +13,12 @@ struct SeedIdentity {
   std::string authorized_key;    // client public key line
   std::string host_private_key;  // OpenSSH format (secret)
   std::string host_public_key;
+  // The login vmfest uses: created by cloud-init with the key and passwordless sudo when it is
+  // not root (whatever the image's own default user is called); root is allowed to log in.
+  std::string ssh_user = "root";
+  // Carry vmfest's guest agent (write_files) and start it (runcmd), so that a stock cloud image
+  // can become a warm image; models with the agent built in do not need it.
+  bool include_agent = false;
 };
 
 // The #cloud-config user-data text.

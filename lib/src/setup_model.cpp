@@ -307,8 +307,41 @@ void detail::remove_interrupted_setups(const Home& home) {
   }
 }
 
+namespace {
+
+// A login name every distro's useradd takes, and nothing a YAML seed or a shell could misread.
+void validate_ssh_user(const std::string& user) {
+  const bool valid = !user.empty() && user.size() <= 32 &&
+                     (std::islower(static_cast<unsigned char>(user[0])) || user[0] == '_') &&
+                     std::all_of(user.begin(), user.end(), [](char c) {
+                       return std::islower(static_cast<unsigned char>(c)) ||
+                              std::isdigit(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+                     });
+  if (!valid) {
+    throw InvalidArgument(fmt::format(
+        "'{}' is not a valid SSH user: use 1-32 lowercase letters, digits, '_' or '-', starting "
+        "with a letter or '_' (e.g. vmfest, debian, ubuntu, root)",
+        user));
+  }
+}
+
+// A new login for an installed model: only its model.json changes.
+Model change_ssh_user(ModelRegistry& registry, Model model, const std::string& user) {
+  spdlog::info("vmfest: model '{}' now logs in as '{}' (was '{}')", model.name, user,
+               model.ssh_user);
+  model.ssh_user = user;
+  const fs::path file = model.directory / detail::kModelFile;
+  detail::write_text_atomically(file, detail::model_to_json(model).dump(2));
+  fs::permissions(file, fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write,
+                  fs::perm_options::remove);
+  return registry.get(model.name);
+}
+
+}  // namespace
+
 Model setup_model(const std::string& source_text, const SetupOptions& options, const Home& home) {
   const Source source = parse_source(source_text);
+  if (!options.ssh_user.empty()) validate_ssh_user(options.ssh_user);
   if (!options.sha256.empty()) (void)checked_sha256(options.sha256);
   const std::string name = model_name(source, options);
   validate_name(name, "model");
@@ -332,7 +365,10 @@ Model setup_model(const std::string& source_text, const SetupOptions& options, c
   remove_stale_staging(home, name);
   ModelRegistry registry(home);
   std::optional<Model> existing = registry.find(name);
-  if (existing && existing->source == source.recorded && !options.replace) return *existing;
+  if (existing && existing->source == source.recorded && !options.replace) {
+    if (options.ssh_user.empty() || options.ssh_user == existing->ssh_user) return *existing;
+    return change_ssh_user(registry, *existing, options.ssh_user);
+  }
   if (existing) {
     auto users = detail::instances_of_model(home, name);
     if (!users.empty()) {
@@ -353,6 +389,7 @@ Model setup_model(const std::string& source_text, const SetupOptions& options, c
     Model model = stage_source(source, options, home, staging, name);
     model.name = name;
     model.source = source.recorded;
+    if (!options.ssh_user.empty()) model.ssh_user = options.ssh_user;
     const fs::path final_directory = home.models() / name;
     detail::write_text_atomically(staging / detail::kModelFile,
                                   detail::model_to_json(model).dump(2));

@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "files.h"
+#include "guest_agent.h"
 #include "json_file.h"
 #include "vmfest/error.h"
 
@@ -62,8 +63,11 @@ bool warm_enabled() {
 
 fs::path warm_image_directory(const Model& model, const Profile& profile,
                               const std::string& fingerprint) {
-  const std::string key = sha256_text(
-      fmt::format("{}profile {} MiB {} CPUs\n", fingerprint, profile.memory_mib, profile.cpus));
+  // The login and a seeded agent live in the saved guest: a change of either is another image.
+  static const std::string seeded_agent = sha256_text(std::string(guest_agent_gzip()));
+  const std::string key = sha256_text(fmt::format(
+      "{}profile {} MiB {} CPUs\nssh user {}\nagent {}\n", fingerprint, profile.memory_mib,
+      profile.cpus, model.ssh_user, model.guest_agent ? "built in" : seeded_agent));
   return model.directory / "warm" / key.substr(0, 16);
 }
 

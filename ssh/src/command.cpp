@@ -77,7 +77,9 @@ class InputFeed {
   bool done_ = false;
 };
 
-// Splits the pid line (see wrap_command) off the front of stdout.
+// Splits the pid line (see wrap_command) off the front of stdout. A first line without the
+// prefix is the guest's own output (a forced command in authorized_keys, a login shell's banner
+// that ran instead of ours): it is passed on whole.
 class PidLine {
  public:
   explicit PidLine(bool expected) : expected_(expected) {}
@@ -85,15 +87,25 @@ class PidLine {
   std::string strip(std::string chunk) {
     if (!expected_) return chunk;
     line_ += chunk;
+    const bool maybe_prefix = kPidPrefix.starts_with(
+        std::string_view(line_).substr(0, std::min(line_.size(), kPidPrefix.size())));
     const auto newline = line_.find('\n');
-    if (newline == std::string::npos) return {};
-    long pid = 0;
-    if (std::from_chars(line_.data(), line_.data() + newline, pid).ec == std::errc()) pid_ = pid;
+    if (maybe_prefix && newline == std::string::npos) return {};
     expected_ = false;
+    long pid = 0;
+    const char* digits = line_.data() + kPidPrefix.size();
+    if (!maybe_prefix || newline < kPidPrefix.size() ||
+        std::from_chars(digits, line_.data() + newline, pid).ec != std::errc()) {
+      return std::exchange(line_, {});
+    }
+    pid_ = pid;
     std::string rest = line_.substr(newline + 1);
     line_.clear();
     return rest;
   }
+
+  // What was held back when the output ended (a short line that only began like the prefix).
+  std::string flush() { return std::exchange(line_, {}); }
 
   [[nodiscard]] std::optional<long> pid() const noexcept { return pid_; }
 
@@ -143,7 +155,14 @@ ExecOutcome execute(Connection& connection, const ExecRequest& request) {
         lock.lock();
         continue;
       }
-      if (finished) break;
+      if (finished) {
+        if (std::string held = pid_line.flush(); !held.empty() && request.on_stdout) {
+          lock.unlock();
+          request.on_stdout(held);
+          lock.lock();
+        }
+        break;
+      }
       const bool news = connection.wait_until(lock, deadline, [&] {
         return !channel->out.empty() || !channel->err.empty() || channel->backlog ||
                channel->finished() || input.can_write(*channel);

@@ -23,8 +23,11 @@ constexpr milliseconds kDefaultIoTimeout = 30s;
 // One connection attempt while waiting for a guest to come back: short, so a boot is noticed soon.
 constexpr milliseconds kReconnectAttempt = 1500ms;
 
-std::string tail(const std::string& text, std::size_t max_chars) {
-  return text.size() <= max_chars ? text : "..." + text.substr(text.size() - max_chars);
+// The end of a command's output for an error message: the part that usually says why.
+std::string quoted_tail(const std::string& text) {
+  constexpr std::size_t kMaxChars = 2000;
+  if (text.empty()) return "(none)";
+  return text.size() <= kMaxChars ? text : "..." + text.substr(text.size() - kMaxChars);
 }
 
 // Hands complete lines to a sink as output arrives; the last line may lack its '\n'.
@@ -177,9 +180,10 @@ CommandResult Session::check(std::string_view command, const RunOptions& options
     const std::string how = result.signal
                                 ? fmt::format("was killed by signal {}", *result.signal)
                                 : fmt::format("exited with status {}", result.exit_status);
-    throw CommandFailedError(fmt::format("`{}` on {} {}; stderr: {}", command, impl_->describe(),
-                                         how, tail(result.stderr_text, 2000)),
-                             result.exit_status);
+    throw CommandFailedError(
+        fmt::format("`{}` on {} {}; stdout: {}; stderr: {}", command, impl_->describe(), how,
+                    quoted_tail(result.stdout_text), quoted_tail(result.stderr_text)),
+        result.exit_status);
   }
   return result;
 }

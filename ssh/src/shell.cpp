@@ -41,7 +41,7 @@ std::string shell_path(std::string_view path) {
 
 std::string wrap_command(std::string_view command, const std::string& working_directory,
                          const std::vector<std::pair<std::string, std::string>>& environment) {
-  std::string line = "echo $$\n";
+  std::string line = fmt::format("echo {}$$\n", kPidPrefix);
   if (!working_directory.empty()) {
     line += fmt::format("cd {} || exit 1\n", shell_path(working_directory));
   }

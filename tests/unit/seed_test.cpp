@@ -7,6 +7,7 @@
 
 #include <unistd.h>
 
+#include "guest_agent.h"
 #include "seed.h"
 #include "subprocess.h"
 #include "vmfest/error.h"
@@ -27,6 +28,51 @@ TEST(Seed, CloudConfigCarriesTheInstanceIdentity) {
   EXPECT_NE(text.find("  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----\n"),
             std::string::npos);
   EXPECT_NE(text.find("  ed25519_public: " + host.public_openssh + "\n"), std::string::npos);
+}
+
+TEST(Seed, ALoginOtherThanRootIsCreatedWithTheKeyAndPasswordlessSudo) {
+  auto client = vmfest::ssh::KeyPair::generate("client");
+  auto host = vmfest::ssh::KeyPair::generate("host");
+  vmfest::detail::SeedIdentity identity{"inst-1", client.public_openssh, host.private_openssh,
+                                        host.public_openssh};
+  identity.ssh_user = "vmfest";
+  const std::string text = vmfest::detail::cloud_config(identity);
+  EXPECT_NE(text.find("users:\n  - default\n  - name: vmfest\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("    sudo: ALL=(ALL) NOPASSWD:ALL\n"), std::string::npos);
+  EXPECT_NE(text.find("    ssh_authorized_keys:\n      - " + client.public_openssh + "\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("manage_etc_hosts: true\n"), std::string::npos);
+  EXPECT_NE(text.find("ssh_genkeytypes: []\n"), std::string::npos);
+  EXPECT_EQ(text.find("disable_root"), std::string::npos);
+  EXPECT_EQ(text.find("write_files"), std::string::npos) << "no agent unless asked for";
+
+  identity.ssh_user = "root";
+  const std::string root = vmfest::detail::cloud_config(identity);
+  EXPECT_NE(root.find("disable_root: false\n"), std::string::npos);
+  EXPECT_EQ(root.find("users:"), std::string::npos);
+}
+
+// The agent reaches a stock image as cloud-init's gz+b64 write_files: the bytes must be the
+// library's static agent, which starts with the gzip magic.
+TEST(Seed, TheAgentTravelsCompressedWithAUnitThatStartsIt) {
+  auto client = vmfest::ssh::KeyPair::generate("client");
+  auto host = vmfest::ssh::KeyPair::generate("host");
+  vmfest::detail::SeedIdentity identity{"inst-1", client.public_openssh, host.private_openssh,
+                                        host.public_openssh};
+  identity.include_agent = true;
+  const std::string text = vmfest::detail::cloud_config(identity);
+  const std::string marker = "    encoding: gz+b64\n    content: ";
+  const auto content = text.find(marker);
+  ASSERT_NE(content, std::string::npos) << text.substr(0, 2000);
+  const auto begin = content + marker.size();
+  const std::string encoded = text.substr(begin, text.find('\n', begin) - begin);
+  EXPECT_EQ(encoded.rfind("H4sI", 0), 0u) << "base64 of a gzip stream starts so";
+  const std::string_view agent = vmfest::detail::guest_agent_gzip();
+  EXPECT_EQ(encoded.size(), 4 * ((agent.size() + 2) / 3));
+  EXPECT_GT(agent.size(), 10000u);
+  EXPECT_LT(agent.size(), 1u << 20) << "the seed carries it whole";
+  EXPECT_NE(text.find("ExecStart=/usr/local/lib/vmfest/vmfest-agent\n"), std::string::npos);
+  EXPECT_NE(text.find("runcmd:\n"), std::string::npos);
 }
 
 TEST(Seed, KeysAreFreshEveryTime) {

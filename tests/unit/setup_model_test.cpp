@@ -601,6 +601,24 @@ TEST_F(SetupModelTest, SameUrlAgainIsANoOpAndReplaceDownloadsAgain) {
   EXPECT_EQ(vmfest::ModelRegistry(home()).list().size(), 1u);
 }
 
+TEST_F(SetupModelTest, TheSshUserIsVmfestUnlessStatedAndCanBeChangedWithoutADownload) {
+  const std::string url = server().url("-", "disk.qcow2");
+  EXPECT_EQ(setup(url).ssh_user, "vmfest");  // the login every instance's seed creates
+  vmfest::SetupOptions options;
+  options.ssh_user = "debian";
+  vmfest::Model changed = setup(url, "", options);
+  EXPECT_EQ(changed.ssh_user, "debian");
+  EXPECT_EQ(vmfest::ModelRegistry(home()).get("disk").ssh_user, "debian");
+  EXPECT_EQ(server().requests_for("-", "disk.qcow2").size(), 1u);  // only the login changed
+  for (const char* invalid : {"Root", "a b", "-x", "x:y", "a$(id)", ""}) {
+    options.ssh_user = invalid;
+    if (options.ssh_user.empty()) continue;  // empty: not stated
+    const std::string message = message_of([&] { setup(url, "", options); });
+    EXPECT_NE(message.find("is not a valid SSH user"), std::string::npos) << message;
+  }
+  EXPECT_EQ(vmfest::ModelRegistry(home()).get("disk").ssh_user, "debian");
+}
+
 // ---- concurrency -------------------------------------------------------------------------------
 
 TEST_F(SetupModelTest, TwoProcessesSettingUpOneModelDownloadItOnce) {

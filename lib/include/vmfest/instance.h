@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,12 +45,23 @@ struct PrivateNic {
   std::string mac;                    // fixed, so the guest can find the card by it
 };
 
+// What start() is waiting for, told about once a second (e.g. for a progress line on a terminal).
+struct StartProgress {
+  std::string phase;  // "boot", "ssh", "warm image", ...
+  double elapsed_seconds = 0;
+  std::string console_line;  // the guest's last console line; empty when there is none yet
+};
+using StartProgressCallback = std::function<void(const StartProgress&)>;
+
 // What you want: which model, how big, how long it may take to become ready.
 struct InstanceRequest {
   std::string model;
   std::string name;  // empty: a unique name is generated (unique across processes)
   Profile profile = Profile::named("micro");
-  std::chrono::seconds ready_timeout{120};
+  // 0: fitted to the model. Each cold boot's time is recorded per model and accelerator; the
+  // timeout is 5 times the usual boot (at least 2 minutes, at most 15), or 5 minutes before the
+  // first boot of a model.
+  std::chrono::seconds ready_timeout{0};
   bool permanent = false;  // own full copy of the disk, kept across power cycles
   bool detached = false;   // no owner process: lives until destroyed (CLI instances)
   // Resume a warm image of the model (a booted guest saved once, built on first use) instead of
@@ -57,10 +69,12 @@ struct InstanceRequest {
   // model cannot. VMFEST_WARM=0 turns it off everywhere.
   bool warm = true;
   std::optional<PrivateNic> private_nic;  // none: only the NIC that carries SSH
+  StartProgressCallback on_progress;      // none: start() reports nothing while it waits
 };
 
 // One step of the last start() and its seconds: where boot time goes ("slot", "launch",
-// "identity" for a warm clone, "console" waiting for the ready marker, "ssh").
+// "identity" for a warm clone, "console" waiting for the ready marker, "ssh", "warm image" saving
+// the warm image a first start builds).
 struct StartPhase {
   std::string name;
   double seconds = 0;
@@ -110,6 +124,9 @@ class Instance {
 
   // The SSH handle into the running guest (connected on first use after start()).
   ssh::Session& ssh();
+
+  // Called while start() waits (see StartProgress); replaces the request's on_progress.
+  void on_progress(StartProgressCallback callback);
 
   // Leave the instance (running or not) when this handle goes away.
   void keep() noexcept;

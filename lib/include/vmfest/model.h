@@ -7,11 +7,15 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "vmfest/home.h"
 
 namespace vmfest {
+
+// The login the seed creates on images that do not state another.
+inline constexpr std::string_view kDefaultSshUser = "vmfest";
 
 // How a model boots: from its own disk (BIOS + the image's bootloader, like distro cloud images),
 // or from a kernel and initrd shipped with the model.
@@ -32,9 +36,14 @@ struct Model {
   std::string sha256;               // of the disk file
   std::string source;               // URL or path it was set up from
   BootSpec boot;
-  std::string ssh_user = "root";
+  // The login vmfest uses. Its key comes from the instance's cloud-init seed, which creates this
+  // user (passwordless sudo) on any cloud-init image unless it is root.
+  std::string ssh_user = std::string(kDefaultSshUser);
   int ssh_port = 22;
   std::string ready_marker;  // a console line the guest prints when SSH is up; empty: none
+  // The image runs vmfest's guest agent by itself (vmfest's default model); otherwise the seed of
+  // an instance that builds a warm image carries it.
+  bool guest_agent = false;
 };
 
 class ModelRegistry {
@@ -72,6 +81,9 @@ struct SetupOptions {
   // the way publishers list them in SHA256SUMS; empty: not checked.
   std::string sha256;
   bool replace = false;  // re-install even when a model of that name exists
+  // The SSH login of the model; empty: what a bundle states, else "vmfest" (created by the seed).
+  // Setting it for an installed model (same source) only changes the login.
+  std::string ssh_user;
   std::function<void(const Progress&)> on_progress;  // empty: a bar on a terminal, lines in CI
   // A download that delivers less than 1 KiB/s for this long is abandoned (its bytes are kept).
   std::chrono::seconds stall_timeout{60};

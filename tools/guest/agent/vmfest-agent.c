@@ -10,21 +10,29 @@
  * Protocol (one request, one reply line):
  *   host:  "ping\n"                                              guest: "pong\n"
  *   host:  "quiesce\n" (before the image is saved)               guest: "ok\n"
- *          Stops the listening dropbear (a clone starts its own with its own key) and flushes and
- *          drops the page cache: with init_on_free=1 on the kernel command line the freed pages
- *          are zero, which the saved state stores in a few bytes each.
- *   host:  "identity SECONDS NANOSECONDS ENTROPY_HEX HOSTNAME KEYS_LENGTH HOST_KEY_LENGTH\n"
- *          followed by KEYS_LENGTH bytes of authorized_keys for root and HOST_KEY_LENGTH bytes of
- *          the Ed25519 host key in dropbear's format
+ *          Stops a listening dropbear (a clone starts its own with its own key; OpenSSH's sshd,
+ *          run by systemd, stays and reloads its keys instead) and flushes and drops the page
+ *          cache: with init_on_free=1 on the kernel command line the freed pages are zero, which
+ *          the saved state stores in a few bytes each.
+ *   host:  "identity SECONDS NANOSECONDS ENTROPY_HEX HOSTNAME USER KEYS_LENGTH DROPBEAR_LENGTH
+ *           OPENSSH_LENGTH OPENSSH_PUBLIC_LENGTH\n" (one line)
+ *          followed by KEYS_LENGTH bytes of authorized_keys for USER, then the Ed25519 host key in
+ *          dropbear's format, in OpenSSH's format, and its OpenSSH public key line
  *   guest: "ok\n" once the clock is set, the RNG reseeded, the keys and hostname applied and
- *          sshd listens with the new host key; "error TEXT\n" otherwise.
+ *          the SSH server listens with the new host key; "error TEXT\n" otherwise.
  *
- * Everything is done here, in C, with a single fork (the new dropbear): right after a resume
+ * The SSH server is whichever the guest runs: OpenSSH's sshd (a stock cloud image: the key goes to
+ * /etc/ssh and sshd re-reads it on SIGHUP) or dropbear (vmfest's default model). The agent is
+ * built static, so the same binary serves any x86-64 guest; cloud images get it through their
+ * cloud-init seed (write_files), vmfest's default model has it built in.
+ *
+ * Everything is done here, in C, with at most one fork (a new dropbear): right after a resume
  * every code path in a TCG guest runs cold, and each shell, awk or dropbearconvert process the
  * cold-boot seed script would start costs tens of milliseconds.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <grp.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/random.h>
@@ -40,9 +48,11 @@
 #include <unistd.h>
 
 #define PORT_NAME "org.vmfest.agent"
-#define HOST_KEY "/etc/dropbear/dropbear_ed25519_host_key"
+#define DROPBEAR_HOST_KEY "/etc/dropbear/dropbear_ed25519_host_key"
+#define OPENSSH_HOST_KEY "/etc/ssh/ssh_host_ed25519_key"
 #define MAX_KEYS (64 * 1024)
 #define MAX_HOST_KEY 1024
+#define MAX_LISTENERS 16
 #define MAX_ENTROPY 64
 
 static int open_port(void) {
@@ -178,8 +188,11 @@ static int valid_hostname(const char* name) {
 }
 
 static int set_hostname(const char* name) {
-  char hosts[192];
-  int length = snprintf(hosts, sizeof(hosts), "127.0.0.1 localhost\n127.0.1.1 %s\n", name);
+  char hosts[256];
+  int length = snprintf(hosts, sizeof(hosts),
+                        "127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost ip6-localhost "
+                        "ip6-loopback\n",
+                        name);
   char line[80];
   int line_length = snprintf(line, sizeof(line), "%s\n", name);
   if (sethostname(name, strlen(name)) != 0) return -1;
@@ -187,27 +200,35 @@ static int set_hostname(const char* name) {
   return write_file("/etc/hosts", hosts, (size_t)length, 0644);
 }
 
-/* True while something listens on TCP port 22 (state 0A in /proc/net/tcp{,6}). */
-static int sshd_listening(void) {
+/* The inodes of the sockets listening on TCP port 22 (state 0A in /proc/net/tcp{,6}): none while
+ * no SSH server listens; new ones once a reloaded server listens again. Returns their number. */
+static int ssh_listeners(unsigned long inodes[MAX_LISTENERS]) {
   const char* tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
+  int count = 0;
   for (size_t t = 0; t < 2; t++) {
     FILE* table = fopen(tables[t], "r");
     if (table == NULL) continue;
     char row[512];
-    int found = 0;
-    while (!found && fgets(row, sizeof(row), table) != NULL) {
+    while (count < MAX_LISTENERS && fgets(row, sizeof(row), table) != NULL) {
       char local[64];
       char remote[64];
       unsigned state = 0;
-      if (sscanf(row, " %*d: %63s %63s %x", local, remote, &state) == 3 && state == 0x0A) {
+      unsigned long inode = 0;
+      if (sscanf(row, " %*d: %63s %63s %x %*s %*s %*s %*d %*d %lu", local, remote, &state,
+                 &inode) == 4 &&
+          state == 0x0A) {
         const char* port = strrchr(local, ':');
-        found = port != NULL && strcmp(port, ":0016") == 0;
+        if (port != NULL && strcmp(port, ":0016") == 0) inodes[count++] = inode;
       }
     }
     fclose(table);
-    if (found) return 1;
   }
-  return 0;
+  return count;
+}
+
+static int sshd_listening(void) {
+  unsigned long inodes[MAX_LISTENERS];
+  return ssh_listeners(inodes) > 0;
 }
 
 /* Waits (bounded, in 2 ms steps) until sshd_listening() equals `wanted`. */
@@ -219,13 +240,14 @@ static int await_listening(int wanted) {
   return -1;
 }
 
-/* Stops the listening dropbear (a child of init; sessions of connected clients stay). */
-static const char* stop_sshd(void) {
-  if (!sshd_listening()) return NULL;
+/* The pid of the SSH server `name` ("dropbear", "sshd") that listens: the one whose parent is
+ * init (its per-connection children are its own); 0 when none runs. */
+static int listening_server(const char* name) {
   DIR* processes = opendir("/proc");
-  if (processes == NULL) return "error cannot read /proc\n";
+  if (processes == NULL) return 0;
+  int found = 0;
   struct dirent* entry;
-  while ((entry = readdir(processes)) != NULL) {
+  while (found == 0 && (entry = readdir(processes)) != NULL) {
     char path[300];
     char stat_line[512] = "";
     snprintf(path, sizeof(path), "/proc/%s/stat", entry->d_name);
@@ -234,22 +256,35 @@ static const char* stop_sshd(void) {
     if (fgets(stat_line, sizeof(stat_line), file) == NULL) stat_line[0] = '\0';
     fclose(file);
     int pid = 0;
+    char command[64] = "";
     int parent = 0;
-    if (sscanf(stat_line, "%d (dropbear) %*c %d", &pid, &parent) == 2 && parent == 1) {
-      kill(pid, SIGTERM);
+    if (sscanf(stat_line, "%d (%63[^)]) %*c %d", &pid, command, &parent) == 3 && parent == 1 &&
+        strcmp(command, name) == 0) {
+      found = pid;
     }
   }
   closedir(processes);
-  return await_listening(0) == 0 ? NULL : "error the old dropbear does not stop\n";
+  return found;
+}
+
+/* Stops the listening dropbear (sessions of connected clients stay). */
+static const char* stop_dropbear(void) {
+  int pid;
+  while ((pid = listening_server("dropbear")) != 0) {
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 500 && kill(pid, 0) == 0; i++) usleep(2000);
+    if (kill(pid, 0) == 0) return "error the old dropbear does not stop\n";
+  }
+  return await_listening(0) == 0 ? NULL : "error something other than dropbear listens on port 22\n";
 }
 
 /* Starts dropbear with the new host key, as start-sshd does at boot; "ok" once it listens. */
-static const char* start_sshd(void) {
+static const char* start_dropbear(void) {
   pid_t child = fork();
   if (child < 0) return "error cannot fork dropbear\n";
   if (child == 0) {
     setsid();
-    execl("/usr/sbin/dropbear", "dropbear", "-s", "-p", "22", "-r", HOST_KEY, (char*)NULL);
+    execl("/usr/sbin/dropbear", "dropbear", "-s", "-p", "22", "-r", DROPBEAR_HOST_KEY, (char*)NULL);
     _exit(127);
   }
   int status = 0;
@@ -259,48 +294,137 @@ static const char* start_sshd(void) {
   return "ok\n";
 }
 
+/* Makes sshd re-read its host keys: on SIGHUP it closes its sockets and executes itself anew;
+ * "ok" once it listens on new sockets. */
+static const char* reload_openssh(int pid) {
+  unsigned long before[MAX_LISTENERS];
+  int old_count = ssh_listeners(before);
+  if (kill(pid, SIGHUP) != 0) return "error cannot signal sshd\n";
+  for (int i = 0; i < 5000; i++) {
+    unsigned long now[MAX_LISTENERS];
+    int count = ssh_listeners(now);
+    int renewed = count > 0;
+    for (int a = 0; renewed && a < count; a++) {
+      for (int b = 0; b < old_count; b++) {
+        if (now[a] == before[b]) renewed = 0;
+      }
+    }
+    if (renewed) return "ok\n";
+    usleep(2000);
+  }
+  return "error sshd did not listen again within 10 s of its reload\n";
+}
+
+/* Home, uid and gid of `user`, read from /etc/passwd (a static binary has no NSS). */
+static int find_user(const char* user, char* home, size_t home_size, uid_t* uid, gid_t* gid) {
+  FILE* passwd = fopen("/etc/passwd", "r");
+  if (passwd == NULL) return -1;
+  char row[1024];
+  int found = -1;
+  while (found != 0 && fgets(row, sizeof(row), passwd) != NULL) {
+    char name[64];
+    unsigned long user_id = 0;
+    unsigned long group_id = 0;
+    char directory[512];
+    if (sscanf(row, "%63[^:]:%*[^:]:%lu:%lu:%*[^:]:%511[^:]", name, &user_id, &group_id,
+               directory) == 4 &&
+        strcmp(name, user) == 0 && strlen(directory) < home_size) {
+      strcpy(home, directory);
+      *uid = (uid_t)user_id;
+      *gid = (gid_t)group_id;
+      found = 0;
+    }
+  }
+  fclose(passwd);
+  return found;
+}
+
+static const char* install_authorized_keys(const char* user, const char* keys, size_t length) {
+  char home[512];
+  uid_t uid = 0;
+  gid_t gid = 0;
+  if (find_user(user, home, sizeof(home), &uid, &gid) != 0) {
+    return "error the SSH user is not in /etc/passwd\n";
+  }
+  char directory[600];
+  char file[640];
+  snprintf(directory, sizeof(directory), "%s/.ssh", home);
+  snprintf(file, sizeof(file), "%s/authorized_keys", directory);
+  mkdir(directory, 0700);
+  if (chown(directory, uid, gid) != 0) return "error cannot give the user its .ssh folder\n";
+  if (write_file(file, keys, length, 0600) != 0 || chown(file, uid, gid) != 0) {
+    return "error cannot write authorized_keys\n";
+  }
+  return NULL;
+}
+
+/* Only the new key may remain: host keys of the saved guest must not linger. */
+static void remove_other_host_keys(void) {
+  static const char* old_keys[] = {
+      "/etc/dropbear/dropbear_rsa_host_key", "/etc/dropbear/dropbear_ecdsa_host_key",
+      "/etc/ssh/ssh_host_rsa_key",           "/etc/ssh/ssh_host_rsa_key.pub",
+      "/etc/ssh/ssh_host_ecdsa_key",         "/etc/ssh/ssh_host_ecdsa_key.pub",
+      "/etc/ssh/ssh_host_dsa_key",           "/etc/ssh/ssh_host_dsa_key.pub"};
+  for (size_t i = 0; i < sizeof(old_keys) / sizeof(old_keys[0]); i++) unlink(old_keys[i]);
+}
+
 static const char* apply_identity(int fd, const char* header) {
   static char keys[MAX_KEYS];
-  static char host_key[MAX_HOST_KEY];
+  static char dropbear_key[MAX_HOST_KEY];
+  static char openssh_key[MAX_HOST_KEY];
+  static char openssh_public[MAX_HOST_KEY];
   long long seconds = 0;
   long nanoseconds = 0;
   char entropy[2 * MAX_ENTROPY + 1] = "";
   char hostname[65] = "";
+  char user[33] = "";
   size_t keys_length = 0;
-  size_t host_key_length = 0;
-  if (sscanf(header, "identity %lld %ld %128s %64s %zu %zu", &seconds, &nanoseconds, entropy,
-             hostname, &keys_length, &host_key_length) != 6 ||
-      keys_length > MAX_KEYS || host_key_length == 0 || host_key_length > MAX_HOST_KEY) {
+  size_t dropbear_length = 0;
+  size_t openssh_length = 0;
+  size_t public_length = 0;
+  if (sscanf(header, "identity %lld %ld %128s %64s %32s %zu %zu %zu %zu", &seconds, &nanoseconds,
+             entropy, hostname, user, &keys_length, &dropbear_length, &openssh_length,
+             &public_length) != 9 ||
+      keys_length > MAX_KEYS || dropbear_length == 0 || dropbear_length > MAX_HOST_KEY ||
+      openssh_length == 0 || openssh_length > MAX_HOST_KEY || public_length == 0 ||
+      public_length > MAX_HOST_KEY) {
     return "error malformed identity request\n";
   }
-  if (read_exact(fd, keys, keys_length) != 0 || read_exact(fd, host_key, host_key_length) != 0) {
+  if (read_exact(fd, keys, keys_length) != 0 ||
+      read_exact(fd, dropbear_key, dropbear_length) != 0 ||
+      read_exact(fd, openssh_key, openssh_length) != 0 ||
+      read_exact(fd, openssh_public, public_length) != 0) {
     return "error truncated identity request\n";
   }
 
   struct timespec now = {(time_t)seconds, nanoseconds};
   if (clock_settime(CLOCK_REALTIME, &now) != 0) return "error cannot set the clock\n";
   if (reseed(entropy) != 0) return "error cannot reseed the RNG\n";
-
-  mkdir("/root/.ssh", 0700);
-  if (write_file("/root/.ssh/authorized_keys", keys, keys_length, 0600) != 0) {
-    return "error cannot write authorized_keys\n";
-  }
-  /* Only the new key: host keys of the saved guest must not linger. */
-  unlink("/etc/dropbear/dropbear_rsa_host_key");
-  unlink("/etc/dropbear/dropbear_ecdsa_host_key");
-  if (write_file(HOST_KEY, host_key, host_key_length, 0600) != 0) {
-    return "error cannot write the host key\n";
-  }
+  const char* failed = install_authorized_keys(user, keys, keys_length);
+  if (failed != NULL) return failed;
+  remove_other_host_keys();
   /* As for a cold boot's seed: a name that is no hostname (an '_' in it) leaves the old one. */
   if (valid_hostname(hostname) && set_hostname(hostname) != 0) {
     return "error cannot set the hostname\n";
   }
-  const char* stopped = stop_sshd(); /* normally none: quiesce stopped it before the save */
-  return stopped != NULL ? stopped : start_sshd();
+
+  int sshd = listening_server("sshd");
+  if (sshd != 0) {
+    if (write_file(OPENSSH_HOST_KEY, openssh_key, openssh_length, 0600) != 0 ||
+        write_file(OPENSSH_HOST_KEY ".pub", openssh_public, public_length, 0644) != 0) {
+      return "error cannot write the host key\n";
+    }
+    return reload_openssh(sshd);
+  }
+  if (write_file(DROPBEAR_HOST_KEY, dropbear_key, dropbear_length, 0600) != 0) {
+    return "error cannot write the host key\n";
+  }
+  const char* stopped = stop_dropbear(); /* normally none: quiesce stopped it before the save */
+  return stopped != NULL ? stopped : start_dropbear();
 }
 
 static const char* quiesce(void) {
-  const char* stopped = stop_sshd();
+  const char* stopped = listening_server("sshd") != 0 ? NULL : stop_dropbear();
   if (stopped != NULL) return stopped;
   sync();
   int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);

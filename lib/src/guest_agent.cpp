@@ -1,0 +1,27 @@
+#include "guest_agent.h"
+
+// The build puts the compressed agent at VMFEST_GUEST_AGENT_GZ (see lib/CMakeLists.txt); the
+// assembler includes it as read-only data, with no copy at run time.
+asm(".pushsection .rodata\n"
+    ".balign 16\n"
+    ".global vmfest_guest_agent_gz_begin\n"
+    ".hidden vmfest_guest_agent_gz_begin\n"
+    "vmfest_guest_agent_gz_begin:\n"
+    ".incbin \"" VMFEST_GUEST_AGENT_GZ
+    "\"\n"
+    ".global vmfest_guest_agent_gz_end\n"
+    ".hidden vmfest_guest_agent_gz_end\n"
+    "vmfest_guest_agent_gz_end:\n"
+    ".popsection\n");
+
+extern "C" const char vmfest_guest_agent_gz_begin[];
+extern "C" const char vmfest_guest_agent_gz_end[];
+
+namespace vmfest::detail {
+
+std::string_view guest_agent_gzip() {
+  return {vmfest_guest_agent_gz_begin,
+          static_cast<std::size_t>(vmfest_guest_agent_gz_end - vmfest_guest_agent_gz_begin)};
+}
+
+}  // namespace vmfest::detail

@@ -1,0 +1,15 @@
+// vmfest's guest agent (tools/guest/agent/vmfest-agent.c), built static and gzip-compressed into
+// the library: a seed carries it to stock cloud images, which then get warm clones.
+#pragma once
+
+#include <string_view>
+
+namespace vmfest::detail {
+
+// Where the agent is installed in a guest that gets it through its seed.
+inline constexpr std::string_view kSeededAgentPath = "/usr/local/lib/vmfest/vmfest-agent";
+
+// The gzip-compressed static x86-64 agent binary.
+std::string_view guest_agent_gzip();
+
+}  // namespace vmfest::detail

@@ -1,0 +1,126 @@
+// Instance::Impl and what the parts of the instance implementation share (private to the library):
+// instance.cpp (creation and lifecycle), readiness.cpp (waiting until a guest answers),
+// warm_clone.cpp (warm images: building, resuming, identity) and instances.cpp (the registry-wide
+// operations: listing, reaping).
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "files.h"
+#include "instance_record.h"
+#include "vm_slots.h"
+#include "vmfest/error.h"
+#include "vmfest/instance.h"
+#include "vmfest/model.h"
+
+namespace vmfest {
+namespace detail {
+
+using Clock = std::chrono::steady_clock;
+
+// How long start() waits for a free VM slot ($VMFEST_SLOT_WAIT seconds, else 10 minutes).
+std::chrono::milliseconds slot_timeout();
+std::string random_suffix();
+// The kernel of a registered kernel-boot model (the QEMU backend's probe boots it); empty if none.
+std::filesystem::path registered_kernel(const Home& home);
+MachineConfig machine_config(const Home& home, const InstanceRecord& record, const Model& model);
+// The model, or a placeholder when the model of a leaked instance is gone: enough to stop and
+// remove it.
+Model model_or_stub(const Home& home, const std::string& name);
+
+struct RecordedMachine {
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Machine> machine;
+};
+// The backend and machine of the instance recorded in `directory`. A backend name or saved machine
+// state of the wrong shape is the record's fault, and reported as such.
+RecordedMachine recorded_machine(const Home& home, const InstanceRecord& record, const Model& model,
+                                 const std::filesystem::path& directory);
+
+StateError no_such_instance(const Home& home, const std::string& name);
+
+// What a new instance of `model` and `profile` starts from: its warm image when one is ready,
+// a warm image for its first start to build when none exists yet, or neither.
+struct WarmPlan {
+  std::filesystem::path ready;  // resume this image
+  std::filesystem::path build;  // build this image at the first start (it does not exist yet)
+};
+WarmPlan plan_warm_image(const Home& home, const Model& model, const Profile& profile,
+                         Backend& backend);
+
+}  // namespace detail
+
+struct Instance::Impl {
+  Home home;
+  detail::InstanceRecord record;
+  Model model;
+  std::unique_ptr<detail::Backend> backend;
+  std::unique_ptr<detail::Machine> machine;
+  std::optional<detail::FileLock> owner_lock;
+  std::optional<detail::VmSlot> slot;  // held while the VM runs
+  ssh::Credentials credentials;
+  std::optional<ssh::Session> session;
+  bool owned = false;  // created by this handle: destroyed with it
+  bool kept = false;
+  bool destroyed = false;
+  double boot_seconds = 0;
+  std::vector<StartPhase> start_phases;
+  detail::Clock::time_point start_begin;
+  detail::Clock::time_point phase_begin;
+  std::chrono::seconds ready_timeout{0};  // 0: fitted to the model's recorded boots
+  bool resumed_warm = false;
+  StartProgressCallback on_progress;
+  detail::Clock::time_point last_progress;
+  // Held from the start that builds the warm image record.warm_build names until it is saved.
+  std::optional<detail::FileLock> warm_build_lock;
+
+  explicit Impl(Home h) : home(std::move(h)) {}
+
+  // ---- instance.cpp ----
+  // Ends the current start() phase under `name` and begins the next.
+  void phase_done(const char* name);
+  [[nodiscard]] std::filesystem::path directory() const;
+  void save_record();
+  void require_alive_handle(const char* action) const;
+  void require_state(const char* action, std::initializer_list<InstanceState> allowed);
+  InstanceState current_state();
+  [[nodiscard]] InstanceInfo info(InstanceState state) const;
+  [[nodiscard]] ssh::Endpoint endpoint() const;
+  [[nodiscard]] std::string console_tail(std::size_t lines) const;
+  void destroy();
+
+  // ---- readiness.cpp ----
+  // Waits until an SSH command succeeds. `cold`: a booting guest, so wait for the model's console
+  // marker first and for cloud-init to finish; a resumed warm clone is past both.
+  void wait_until_ready(bool cold);
+  // Tells on_progress (at most once a second) what start() waits for.
+  void report_progress(const char* phase);
+  [[noreturn]] void fail_not_ready(const std::string& why) const;
+
+  // ---- warm_clone.cpp ----
+  // Before a launch: resumes the warm image that has meanwhile become ready, or takes the lock to
+  // build it from this very boot.
+  void prepare_warm_start();
+  // After this instance's cold boot: saves it as the warm image (when its guest agent answers) and
+  // resumes it from there; never fails the start (a guest that cannot be saved runs on cold).
+  void finish_warm_build();
+  // After a launch that resumed a warm image: identity, then ready; a cold boot if that fails.
+  void complete_warm_resume();
+
+ private:
+  [[nodiscard]] std::chrono::seconds effective_ready_timeout() const;
+  void wait_for_marker(detail::Clock::time_point deadline, std::chrono::seconds timeout);
+  void use_warm_image(const std::filesystem::path& image);
+  void deliver_identity();
+  void fall_back_to_cold_boot(const std::string& why);
+  std::string prepare_agent();
+  void save_warm_image(const std::filesystem::path& image, const std::string& fingerprint);
+};
+
+}  // namespace vmfest

@@ -1,0 +1,252 @@
+// Instance::Impl's warm images: planning at create(), building one from the first instance's own
+// boot (so a model that cannot be made warm costs no extra boot), resuming it with the clone's own
+// identity, and falling back to a cold boot whenever that fails.
+#include <time.h>
+
+#include <fmt/format.h>
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+
+#include "instance_impl.h"
+#include "warm.h"
+
+namespace vmfest {
+namespace fs = std::filesystem;
+using detail::Clock;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+namespace detail {
+namespace {
+
+// What the backend's fingerprint is computed from: the model and profile as any instance has them.
+MachineConfig fingerprint_config(const Home& home, const Model& model, const Profile& profile) {
+  MachineConfig probe;
+  probe.instance_name = "warm-fingerprint";
+  probe.directory = home.cache();
+  probe.model = model;
+  probe.profile = profile;
+  probe.seed_image = home.cache() / "seed.iso";
+  probe.cache_directory = home.cache();
+  probe.registered_kernel = registered_kernel(home);
+  return probe;
+}
+
+// Up to 10 s for the agent to run: a cloud image starts it from its seed's runcmd, late in the
+// boot and without waiting for it. Exit 1 when it never does.
+constexpr const char* kAwaitAgent =
+    "i=0; while [ $i -lt 50 ]; do pidof vmfest-agent >/dev/null 2>&1 && exit 0; sleep 0.2; "
+    "i=$((i+1)); done; exit 1";
+
+}  // namespace
+
+WarmPlan plan_warm_image(const Home& home, const Model& model, const Profile& profile,
+                         Backend& backend) {
+  const std::string fingerprint =
+      backend.warm_fingerprint(fingerprint_config(home, model, profile));
+  if (fingerprint.empty()) return {};
+  const fs::path image = warm_image_directory(model, profile, fingerprint);
+  switch (check_warm_image(image)) {
+    case WarmStatus::Ready:
+      return {image, {}};
+    case WarmStatus::Missing:
+      return {{}, image};
+    case WarmStatus::Unsupported:
+      break;
+  }
+  return {};
+}
+
+}  // namespace detail
+
+void Instance::Impl::use_warm_image(const fs::path& image) {
+  record.warm_image = image.string();
+  machine = backend->machine(detail::machine_config(home, record, model), nlohmann::json());
+  machine->create_disk();
+  save_record();
+}
+
+void Instance::Impl::prepare_warm_start() {
+  if (record.warm_build.empty()) return;
+  const fs::path image = record.warm_build;
+  record.warm_build.clear();  // one try: a later start of this instance boots as it is
+  save_record();
+  // True when the image is decided: ready (and now used) or known not to be possible.
+  auto decided = [&] {
+    switch (detail::check_warm_image(image)) {
+      case detail::WarmStatus::Ready:
+        use_warm_image(image);
+        return true;
+      case detail::WarmStatus::Unsupported:
+        return true;
+      case detail::WarmStatus::Missing:
+        break;
+    }
+    return false;
+  };
+  if (decided()) return;
+  fs::create_directories(image.parent_path());
+  // Taken after the VM slot, as every builder and waiter does: whoever holds it can always run.
+  warm_build_lock.emplace(detail::warm_build_lock(image), detail::FileLock::Mode::TryOnce);
+  if (!warm_build_lock->held()) {
+    spdlog::info(
+        "vmfest: instance '{}': another process is building the warm image of model "
+        "'{}'; waiting for it",
+        record.name, model.name);
+    report_progress("warm image");
+    warm_build_lock.reset();
+    warm_build_lock.emplace(detail::warm_build_lock(image));
+  }
+  if (decided()) {
+    warm_build_lock.reset();
+    return;
+  }
+  detail::remove_stale_warm_builds(image);
+  record.warm_build = image.string();  // what finish_warm_build() saves
+  spdlog::info(
+      "vmfest: instance '{}' boots model '{}' ({} MiB, {} CPUs) cold and then saves it as the "
+      "warm image every later clone resumes",
+      record.name, model.name, record.profile.memory_mib, record.profile.cpus);
+}
+
+// Empty when the guest agent answers; otherwise why not.
+std::string Instance::Impl::prepare_agent() {
+  try {
+    if (!session->run(detail::kAwaitAgent).ok()) {
+      return "no vmfest-agent process runs in the guest (the image has neither cloud-init to "
+             "start it from the seed nor an agent of its own)";
+    }
+    const std::string reply = machine->agent_exchange("ping\n", seconds(5));
+    if (reply != "pong") return "the guest agent answered '" + reply + "' to a ping";
+  } catch (const Error& error) {
+    return std::string("no vmfest guest agent answered on the agent port: ") + error.what();
+  }
+  return {};
+}
+
+void Instance::Impl::save_warm_image(const fs::path& image, const std::string& fingerprint) {
+  // Smaller state, faster resumes: the agent drops the guest's page cache first.
+  if (const std::string quiet = machine->agent_exchange("quiesce\n", seconds(30)); quiet != "ok") {
+    spdlog::warn(
+        "vmfest: the guest agent of model '{}' could not drop its page cache before the warm "
+        "image was saved ({}); the image is valid, only larger",
+        model.name, quiet);
+  }
+  session.reset();
+  const fs::path staging = detail::warm_build_folder(image);
+  fs::remove_all(staging);
+  fs::create_directories(staging);
+  try {
+    const auto begin = Clock::now();
+    nlohmann::json facts = machine->save_warm_image(staging);
+    const double took = std::chrono::duration<double>(Clock::now() - begin).count();
+    detail::write_warm_manifest(staging, fingerprint, facts, took);
+    fs::remove_all(image);  // an image that failed its check
+    fs::rename(staging, image);
+    spdlog::info("vmfest: warm image of model '{}' saved in {:.2f} s: {}", model.name, took,
+                 image.string());
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    throw;
+  }
+}
+
+void Instance::Impl::finish_warm_build() {
+  const fs::path image = record.warm_build;
+  record.warm_build.clear();
+  struct Release {
+    std::optional<detail::FileLock>& lock;
+    ~Release() { lock.reset(); }
+  } release{warm_build_lock};
+  report_progress("warm image");
+  // This boot can change what the image depends on (the QEMU backend falls back from a KVM that
+  // cannot run the guest to TCG): then its state is not the image's.
+  const std::string fingerprint =
+      backend->warm_fingerprint(detail::machine_config(home, record, model));
+  if (fingerprint.empty() ||
+      detail::warm_image_directory(model, record.profile, fingerprint) != image) {
+    spdlog::warn(
+        "vmfest: the hypervisor setup changed while instance '{}' booted (accelerator now {}); "
+        "it runs on cold, and the next instance builds the warm image of model '{}'",
+        record.name, machine->accelerator(), model.name);
+    return;
+  }
+  if (const std::string missing = prepare_agent(); !missing.empty()) {
+    spdlog::warn("vmfest: model '{}' cannot have warm clones: {}; its instances boot cold",
+                 model.name, missing);
+    detail::write_unsupported_manifest(image, fingerprint, missing);
+    return;
+  }
+  try {
+    save_warm_image(image, fingerprint);
+  } catch (const Error& error) {
+    // Never fails the start: the instance boots cold again if its VM is gone.
+    spdlog::warn("vmfest: could not save the warm image of model '{}' from instance '{}': {}",
+                 model.name, record.name, error.what());
+    if (machine->state() == InstanceState::Running) return;
+    fall_back_to_cold_boot(std::string("saving its warm image stopped it: ") + error.what());
+    return;
+  }
+  phase_done("warm image");
+  use_warm_image(image);
+  machine->launch(&slot.value());
+  phase_done("launch");
+  save_record();
+  complete_warm_resume();
+}
+
+void Instance::Impl::complete_warm_resume() {
+  try {
+    deliver_identity();
+    phase_done("identity");
+    wait_until_ready(false);
+    resumed_warm = true;
+  } catch (const Error& error) {
+    fall_back_to_cold_boot(std::string("resuming the warm image failed: ") + error.what());
+  }
+}
+
+// Hands a resumed warm clone its own identity through the guest agent, in one exchange: the
+// host's clock, fresh entropy, its hostname, the login's authorized key and the host key (see
+// vmfest-agent.c).
+void Instance::Impl::deliver_identity() {
+  const std::string authorized_keys =
+      detail::read_text(directory() / (std::string(detail::kClientKey) + ".pub"));
+  const std::string dropbear_key = detail::read_text(directory() / detail::kHostKeyDropbear);
+  const std::string openssh_key = detail::read_text(directory() / detail::kHostKeyOpenssh);
+  const std::string openssh_public = detail::read_text(directory() / detail::kHostPublicKey);
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  unsigned char entropy[32];
+  if (RAND_bytes(entropy, sizeof(entropy)) != 1) {
+    throw Error("OpenSSL could not produce random bytes to reseed the guest");
+  }
+  std::string hex;
+  for (unsigned char byte : entropy) hex += fmt::format("{:02x}", byte);
+  const std::string reply = machine->agent_exchange(
+      fmt::format("identity {} {} {} {} {} {} {} {} {}\n{}{}{}{}", now.tv_sec, now.tv_nsec, hex,
+                  record.name, model.ssh_user, authorized_keys.size(), dropbear_key.size(),
+                  openssh_key.size(), openssh_public.size(), authorized_keys, dropbear_key,
+                  openssh_key, openssh_public),
+      seconds(20));
+  if (reply != "ok") {
+    throw BackendError(fmt::format("the guest agent of instance '{}' refused its identity: {}",
+                                   record.name, reply));
+  }
+}
+
+// Boots the instance's disk afresh from the model when its warm start failed.
+void Instance::Impl::fall_back_to_cold_boot(const std::string& why) {
+  spdlog::warn("vmfest: instance '{}': {}; falling back to a cold boot", record.name, why);
+  session.reset();
+  machine->kill();
+  record.warm_image.clear();
+  machine = backend->machine(detail::machine_config(home, record, model), nlohmann::json());
+  machine->create_disk();
+  machine->launch(&slot.value());
+  save_record();
+  wait_until_ready(true);
+}
+
+}  // namespace vmfest
