@@ -201,8 +201,34 @@ TEST_F(SshGuest, CheckReportsCommandStatusAndStderr) {
     const std::string message = error.what();
     EXPECT_NE(message.find("exit 4"), std::string::npos) << message;
     EXPECT_NE(message.find("it broke"), std::string::npos) << message;
+    EXPECT_NE(message.find("stdout: partial"), std::string::npos) << message;
   }
   EXPECT_THROW(ssh().check("kill -TERM $$"), vmfest::CommandFailedError);
+}
+
+// A forced command in authorized_keys (as cloud images set for root) runs instead of ours: its
+// first line is the guest's message, not our pid line, and must reach the caller whole.
+TEST_F(SshGuest, AForcedCommandsOutputIsNeverEaten) {
+  const std::string keys = ssh().read_file("/root/.ssh/authorized_keys");
+  struct Restore {
+    Session& session;
+    const std::string& keys;
+    ~Restore() { session.write_file("/root/.ssh/authorized_keys", keys, 0600); }
+  } restore{ssh(), keys};
+  ssh().write_file(
+      "/root/.ssh/authorized_keys",
+      "command=\"echo Please login as the user debian; echo second; exit 142\" " + keys, 0600);
+  Session forced = Session::connect(ssh().endpoint(), credentials_of(instance()));
+  const vmfest::ssh::CommandResult result = forced.run("id");
+  EXPECT_EQ(result.exit_status, 142);
+  EXPECT_EQ(result.stdout_text, "Please login as the user debian\nsecond\n");
+  try {
+    forced.check("id");
+    FAIL() << "expected CommandFailedError";
+  } catch (const vmfest::CommandFailedError& error) {
+    EXPECT_NE(std::string(error.what()).find("Please login as the user debian"), std::string::npos)
+        << error.what();
+  }
 }
 
 TEST_F(SshGuest, TimeoutKillsTheCommandAndItsChildren) {
