@@ -1,5 +1,6 @@
 # vmfest_add_tests(TARGET t [MODELS name=source ...] [TIMEOUT seconds] [SHARDS n] [VMS_PER_TEST n]
-#                  [LABELS ...] [ENVIRONMENT VAR=value ...] [FIXTURES_REQUIRED fixture ...])
+#                  [LABELS ...] [ENVIRONMENT VAR=value ...] [FIXTURES_REQUIRED fixture ...]
+#                  [PREFIX p] [FILTER gtest-filter])
 #
 # Registers a GoogleTest binary's VM tests with ctest, labelled `vm`, with a timeout:
 # - by default one ctest test per GoogleTest test (found by gtest_discover_tests), so `ctest -j`
@@ -15,6 +16,9 @@
 # always is. Failed tests leave their logs in ${CMAKE_BINARY_DIR}/vmfest-artifacts
 # (VMFEST_ARTIFACTS) and JUnit XML goes to ${CMAKE_BINARY_DIR}/vmfest-junit. FIXTURES_REQUIRED
 # names ctest fixtures every test needs (e.g. a set-up test that empties its VMFEST_HOME).
+# The same binary can be registered again with another PREFIX for its ctest names, e.g. against
+# another model: vmfest_add_tests(TARGET t PREFIX debian/ FILTER "Guest.*"
+# MODELS debian=https://... ENVIRONMENT VMFEST_TEST_MODEL=debian); FILTER picks its tests.
 include_guard(GLOBAL)
 include(GoogleTest)
 
@@ -56,7 +60,7 @@ function(_vmfest_declare_vm_resources)
 endfunction()
 
 function(vmfest_add_tests)
-  cmake_parse_arguments(ARG "" "TARGET;TIMEOUT;SHARDS;VMS_PER_TEST"
+  cmake_parse_arguments(ARG "" "TARGET;TIMEOUT;SHARDS;VMS_PER_TEST;PREFIX;FILTER"
                         "MODELS;LABELS;ENVIRONMENT;FIXTURES_REQUIRED" ${ARGN})
   if(NOT ARG_TARGET)
     message(FATAL_ERROR "vmfest_add_tests: TARGET is required")
@@ -94,12 +98,19 @@ function(vmfest_add_tests)
   set(labels vm ${ARG_LABELS})
   set(junit "${CMAKE_BINARY_DIR}/vmfest-junit")
 
+  # One registration's names: the same binary may be registered under several prefixes.
+  string(MAKE_C_IDENTIFIER "${ARG_TARGET}_${ARG_PREFIX}" registration)
   if(ARG_SHARDS)
+    set(filter "")
+    if(ARG_FILTER)
+      set(filter "--gtest_filter=${ARG_FILTER}")
+    endif()
     math(EXPR last "${ARG_SHARDS} - 1")
     foreach(index RANGE ${last})
-      set(name "${ARG_TARGET}/shard-${index}-of-${ARG_SHARDS}")
+      set(name "${ARG_PREFIX}${ARG_TARGET}/shard-${index}-of-${ARG_SHARDS}")
       add_test(NAME "${name}"
-               COMMAND ${ARG_TARGET} "--gtest_output=xml:${junit}/${ARG_TARGET}-shard-${index}.xml")
+               COMMAND ${ARG_TARGET} ${filter}
+                       "--gtest_output=xml:${junit}/${registration}-shard-${index}.xml")
       set_tests_properties("${name}" PROPERTIES
         LABELS "${labels}"
         TIMEOUT ${ARG_TIMEOUT}
@@ -113,11 +124,12 @@ function(vmfest_add_tests)
 
   # gtest_discover_tests splits ;-lists in its PROPERTIES apart (ENVIRONMENT with two variables
   # would break), so a script of our own sets the properties once ctest knows the tests.
-  set(test_list "${ARG_TARGET}_VMFEST_TESTS")
+  set(test_list "${registration}_VMFEST_TESTS")
   # NO_PRETTY_VALUES: ctest names are GoogleTest's (a parameter's value stays out of them).
   gtest_discover_tests(${ARG_TARGET} DISCOVERY_TIMEOUT 60 TEST_LIST ${test_list}
+                       TEST_PREFIX "${ARG_PREFIX}" TEST_FILTER "${ARG_FILTER}"
                        XML_OUTPUT_DIR "${junit}" NO_PRETTY_VALUES)
-  set(script "${CMAKE_CURRENT_BINARY_DIR}/${ARG_TARGET}_vmfest_properties.cmake")
+  set(script "${CMAKE_CURRENT_BINARY_DIR}/${registration}_vmfest_properties.cmake")
   file(CONFIGURE OUTPUT "${script}" @ONLY CONTENT [=[
 if(@test_list@)
   set_tests_properties(${@test_list@} PROPERTIES

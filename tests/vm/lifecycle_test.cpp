@@ -18,7 +18,7 @@ using vmfest::InstanceState;
 
 vmfest::InstanceRequest default_request() {
   vmfest::InstanceRequest request;
-  request.model = vmfest::testing::kDefaultModel;
+  request.model = vmfest::testing::test_model();
   return request;
 }
 
@@ -59,7 +59,7 @@ TEST_F(Guest, CheckThrowsWithStatusAndStderr) {
 }
 
 TEST(Clones, AreIndependentAndLeaveTheModelUnchanged) {
-  vmfest::Model model = vmfest::ModelRegistry().get(vmfest::testing::kDefaultModel);
+  vmfest::Model model = vmfest::ModelRegistry().get(vmfest::testing::test_model());
   const std::string model_hash = vmfest::detail::sha256_file(model.disk);
   fs::path first_directory;
   {
@@ -68,13 +68,14 @@ TEST(Clones, AreIndependentAndLeaveTheModelUnchanged) {
     // A fresh clone costs kilobytes, not a copy of the image (wherever the backend keeps its disk).
     EXPECT_LT(folder_bytes(first.directory()), 1024u * 1024u);
     first.start();
-    first.ssh().check("echo written-by-first > /root/marker && sync");
-    EXPECT_EQ(first.ssh().check("cat /root/marker").stdout_text, "written-by-first\n");
+    // In the login's home: root's on vmfest's default model, an unprivileged user's elsewhere.
+    first.ssh().check("echo written-by-first > marker && sync");
+    EXPECT_EQ(first.ssh().check("cat marker").stdout_text, "written-by-first\n");
   }
   EXPECT_FALSE(fs::exists(first_directory)) << "destroyed instance left its folder";
   Instance second = Instance::create(default_request());
   second.start();
-  EXPECT_NE(second.ssh().run("test -e /root/marker").exit_status, 0);
+  EXPECT_NE(second.ssh().run("test -e marker").exit_status, 0);
   EXPECT_EQ(vmfest::detail::sha256_file(model.disk), model_hash);
 }
 
@@ -136,6 +137,7 @@ TEST(Models, ADiskImageAloneBootsThroughItsOwnBootloader) {
   const std::string name = "disk-only-" + std::to_string(::getpid());
   vmfest::SetupOptions options;
   options.name = name;
+  options.ssh_user = "root";  // the image has no cloud-init to create vmfest's login
   const vmfest::Model disk_only = vmfest::setup_model(bundled.disk.string(), options);
   EXPECT_EQ(disk_only.boot.kind, vmfest::BootSpec::Kind::Disk);
   EXPECT_TRUE(disk_only.ready_marker.empty()) << "a plain image has no marker: readiness is SSH";

@@ -17,7 +17,7 @@ using vmfest::InstanceState;
 
 Instance start_warm() {
   vmfest::InstanceRequest request;
-  request.model = vmfest::testing::kDefaultModel;
+  request.model = vmfest::testing::test_model();
   Instance instance = Instance::create(request);
   instance.start();
   return instance;
@@ -47,8 +47,8 @@ TEST(Warm, ClonesResumeWithTheirOwnIdentity) {
   EXPECT_NE(a.ssh().check(read_random).stdout_text, b.ssh().check(read_random).stdout_text);
 
   // Clones of one memory image stay independent on disk.
-  a.ssh().check("echo only-a > /root/mine && sync");
-  EXPECT_NE(b.ssh().run("test -e /root/mine").exit_status, 0);
+  a.ssh().check("echo only-a > mine && sync");
+  EXPECT_NE(b.ssh().run("test -e mine").exit_status, 0);
 }
 
 TEST(Warm, LifecycleWorksAsOnColdInstances) {
