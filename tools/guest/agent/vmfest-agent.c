@@ -315,25 +315,24 @@ static const char* reload_openssh(int pid) {
   return "error sshd did not listen again within 10 s of its reload\n";
 }
 
-/* Home, uid and gid of `user`, read from /etc/passwd (a static binary has no NSS). */
+/* Home, uid and gid of `user`, read from /etc/passwd (a static binary has no NSS). Fields may be
+ * empty (a user without a comment), so they are split with strsep, not scanned. */
 static int find_user(const char* user, char* home, size_t home_size, uid_t* uid, gid_t* gid) {
   FILE* passwd = fopen("/etc/passwd", "r");
   if (passwd == NULL) return -1;
   char row[1024];
   int found = -1;
   while (found != 0 && fgets(row, sizeof(row), passwd) != NULL) {
-    char name[64];
-    unsigned long user_id = 0;
-    unsigned long group_id = 0;
-    char directory[512];
-    if (sscanf(row, "%63[^:]:%*[^:]:%lu:%lu:%*[^:]:%511[^:]", name, &user_id, &group_id,
-               directory) == 4 &&
-        strcmp(name, user) == 0 && strlen(directory) < home_size) {
-      strcpy(home, directory);
-      *uid = (uid_t)user_id;
-      *gid = (gid_t)group_id;
-      found = 0;
-    }
+    row[strcspn(row, "\n")] = '\0';
+    char* rest = row;
+    char* fields[7];
+    int count = 0;
+    while (count < 7 && rest != NULL) fields[count++] = strsep(&rest, ":");
+    if (count < 6 || strcmp(fields[0], user) != 0 || strlen(fields[5]) >= home_size) continue;
+    strcpy(home, fields[5]);
+    *uid = (uid_t)strtoul(fields[2], NULL, 10);
+    *gid = (gid_t)strtoul(fields[3], NULL, 10);
+    found = 0;
   }
   fclose(passwd);
   return found;
