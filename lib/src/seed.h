@@ -16,15 +16,16 @@ struct SeedIdentity {
   // The login vmfest uses: created by cloud-init with the key and passwordless sudo when it is
   // not root (whatever the image's own default user is called); root is allowed to log in.
   std::string ssh_user = "root";
-  // Carry vmfest's guest agent (write_files) and start it (runcmd), so that a stock cloud image
-  // can become a warm image; models with the agent built in do not need it.
+  // Carry vmfest's guest agent (a file on the seed, installed and started by runcmd), so that a
+  // stock cloud image can become a warm image; models with the agent built in do not need it.
   bool include_agent = false;
 };
 
 // The #cloud-config user-data text.
 std::string cloud_config(const SeedIdentity& identity);
 
-// Writes `directory`/seed.iso (ISO 9660, volume label "cidata", user-data + meta-data), mode 0600.
+// Writes `directory`/seed.iso (ISO 9660, volume label "cidata", user-data + meta-data, and the
+// agent when asked for), mode 0600.
 std::filesystem::path write_seed_image(const std::filesystem::path& directory,
                                        const SeedIdentity& identity);
 

@@ -229,7 +229,7 @@ void Instance::Impl::deliver_identity() {
                   record.name, model.ssh_user, authorized_keys.size(), dropbear_key.size(),
                   openssh_key.size(), openssh_public.size(), authorized_keys, dropbear_key,
                   openssh_key, openssh_public),
-      seconds(20));
+      seconds(180));
   if (reply != "ok") {
     throw BackendError(fmt::format("the guest agent of instance '{}' refused its identity: {}",
                                    record.name, reply));

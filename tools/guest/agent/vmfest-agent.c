@@ -32,9 +32,9 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
-#include <grp.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/random.h>
 #include <poll.h>
 #include <signal.h>
@@ -240,42 +240,58 @@ static int await_listening(int wanted) {
   return -1;
 }
 
-/* The pid of the SSH server `name` ("dropbear", "sshd") that listens: the one whose parent is
- * init (its per-connection children are its own); 0 when none runs. */
-static int listening_server(const char* name) {
+/* The process holding a socket that listens on port 22 (found by the socket's inode among every
+ * process's descriptors, whatever its parent or name), and its command name in `command`; 0 when
+ * nothing listens. */
+static int ssh_server(char command[64]) {
+  unsigned long inodes[MAX_LISTENERS];
+  int count = ssh_listeners(inodes);
+  if (count == 0) return 0;
   DIR* processes = opendir("/proc");
   if (processes == NULL) return 0;
   int found = 0;
   struct dirent* entry;
   while (found == 0 && (entry = readdir(processes)) != NULL) {
+    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
     char path[300];
-    char stat_line[512] = "";
-    snprintf(path, sizeof(path), "/proc/%s/stat", entry->d_name);
-    FILE* file = fopen(path, "r");
-    if (file == NULL) continue;
-    if (fgets(stat_line, sizeof(stat_line), file) == NULL) stat_line[0] = '\0';
-    fclose(file);
-    int pid = 0;
-    char command[64] = "";
-    int parent = 0;
-    if (sscanf(stat_line, "%d (%63[^)]) %*c %d", &pid, command, &parent) == 3 && parent == 1 &&
-        strcmp(command, name) == 0) {
-      found = pid;
+    snprintf(path, sizeof(path), "/proc/%s/fd", entry->d_name);
+    DIR* descriptors = opendir(path);
+    if (descriptors == NULL) continue;
+    struct dirent* fd;
+    while (found == 0 && (fd = readdir(descriptors)) != NULL) {
+      char link[600];
+      char target[64];
+      snprintf(link, sizeof(link), "%s/%s", path, fd->d_name);
+      ssize_t length = readlink(link, target, sizeof(target) - 1);
+      unsigned long inode = 0;
+      if (length <= 0) continue;
+      target[length] = '\0';
+      if (sscanf(target, "socket:[%lu]", &inode) != 1) continue;
+      for (int i = 0; i < count; i++) {
+        if (inodes[i] == inode) found = atoi(entry->d_name);
+      }
     }
+    closedir(descriptors);
   }
   closedir(processes);
+  command[0] = '\0';
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%d/comm", found);
+  FILE* file = found != 0 ? fopen(path, "r") : NULL;
+  if (file != NULL) {
+    if (fgets(command, 64, file) == NULL) command[0] = '\0';
+    command[strcspn(command, "\n")] = '\0';
+    fclose(file);
+  }
   return found;
 }
 
-/* Stops the listening dropbear (sessions of connected clients stay). */
-static const char* stop_dropbear(void) {
-  int pid;
-  while ((pid = listening_server("dropbear")) != 0) {
-    kill(pid, SIGTERM);
-    for (int i = 0; i < 500 && kill(pid, 0) == 0; i++) usleep(2000);
-    if (kill(pid, 0) == 0) return "error the old dropbear does not stop\n";
-  }
-  return await_listening(0) == 0 ? NULL : "error something other than dropbear listens on port 22\n";
+/* Stops the listening dropbear `pid` (sessions of connected clients stay). */
+static const char* stop_dropbear(int pid) {
+  kill(pid, SIGTERM);
+  for (int i = 0; i < 500 && kill(pid, 0) == 0; i++) usleep(2000);
+  if (kill(pid, 0) == 0) return "error the old dropbear does not stop\n";
+  return await_listening(0) == 0 ? NULL : "error something else listens on port 22\n";
 }
 
 /* Starts dropbear with the new host key, as start-sshd does at boot; "ok" once it listens. */
@@ -297,12 +313,14 @@ static const char* start_dropbear(void) {
 /* Makes sshd re-read its host keys: on SIGHUP it closes its sockets and executes itself anew;
  * "ok" once it listens on new sockets. */
 static const char* reload_openssh(int pid) {
+  static char problem[160];
   unsigned long before[MAX_LISTENERS];
   int old_count = ssh_listeners(before);
   if (kill(pid, SIGHUP) != 0) return "error cannot signal sshd\n";
+  int count = 0;
   for (int i = 0; i < 5000; i++) {
     unsigned long now[MAX_LISTENERS];
-    int count = ssh_listeners(now);
+    count = ssh_listeners(now);
     int renewed = count > 0;
     for (int a = 0; renewed && a < count; a++) {
       for (int b = 0; b < old_count; b++) {
@@ -312,7 +330,11 @@ static const char* reload_openssh(int pid) {
     if (renewed) return "ok\n";
     usleep(2000);
   }
-  return "error sshd did not listen again within 10 s of its reload\n";
+  snprintf(problem, sizeof(problem),
+           "error sshd (pid %d, %s) did not listen again after its reload (sockets on port 22: "
+           "%d before, %d now)\n",
+           pid, kill(pid, 0) == 0 ? "alive" : "gone", old_count, count);
+  return problem;
 }
 
 /* Home, uid and gid of `user`, read from /etc/passwd (a static binary has no NSS). Fields may be
@@ -407,23 +429,27 @@ static const char* apply_identity(int fd, const char* header) {
     return "error cannot set the hostname\n";
   }
 
-  int sshd = listening_server("sshd");
-  if (sshd != 0) {
+  char server[64];
+  int pid = ssh_server(server);
+  if (pid != 0 && strcmp(server, "sshd") == 0) {
     if (write_file(OPENSSH_HOST_KEY, openssh_key, openssh_length, 0600) != 0 ||
         write_file(OPENSSH_HOST_KEY ".pub", openssh_public, public_length, 0644) != 0) {
       return "error cannot write the host key\n";
     }
-    return reload_openssh(sshd);
+    return reload_openssh(pid);
   }
   if (write_file(DROPBEAR_HOST_KEY, dropbear_key, dropbear_length, 0600) != 0) {
     return "error cannot write the host key\n";
   }
-  const char* stopped = stop_dropbear(); /* normally none: quiesce stopped it before the save */
+  /* Normally none runs: quiesce stopped it before the save. */
+  const char* stopped = pid != 0 ? stop_dropbear(pid) : NULL;
   return stopped != NULL ? stopped : start_dropbear();
 }
 
 static const char* quiesce(void) {
-  const char* stopped = listening_server("sshd") != 0 ? NULL : stop_dropbear();
+  char server[64];
+  int pid = ssh_server(server);
+  const char* stopped = pid != 0 && strcmp(server, "dropbear") == 0 ? stop_dropbear(pid) : NULL;
   if (stopped != NULL) return stopped;
   sync();
   int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
