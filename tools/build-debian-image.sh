@@ -194,8 +194,19 @@ cleanup() {
   remove_tree "$work" || true
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# mmdebstrap runs in the background so that a signal reaches this script at once; it is passed on
+# (mmdebstrap then unmounts its chroot) before the clean-up.
+child=
+on_signal() {
+  if [[ -n $child ]]; then
+    kill -TERM "$child" 2>/dev/null || true
+    wait "$child" 2>/dev/null || true
+  fi
+  exit $((128 + $1))
+}
+trap 'on_signal 2' INT
+trap 'on_signal 15' TERM
+trap 'on_signal 1' HUP
 
 # ---- apt sources: the host's entries for the suites, and its package lists --------------------------
 # Prints a deb822 sources file for the host's bookworm, bookworm-updates and bookworm-security (main),
@@ -275,7 +286,12 @@ run_mmdebstrap() {
     --include="$include" \
     --customize-hook="$work/customize.sh" \
     --customize-hook="sync-out /var/cache/apt/archives $work/debs" \
-    "$suite" "$work/rootfs" "$work/sources" >"$work/mmdebstrap.log" 2>&1 && return 0
+    "$suite" "$work/rootfs" "$work/sources" >"$work/mmdebstrap.log" 2>&1 &
+  child=$!
+  local rc=0
+  wait "$child" || rc=$?
+  child=
+  ((rc != 0)) || return 0
   tail -n 40 "$work/mmdebstrap.log" >&2
   log "mmdebstrap failed (log: $work/mmdebstrap.log)"
   return 1
@@ -412,11 +428,6 @@ make_disk() {
   core_sectors=$((($(stat -c %s "$root/boot/grub/i386-pc/core.img") + 511) / 512))
   ((core_sectors < 2047)) || die "core.img does not fit before the partition"
   cp "$root/boot/grub/i386-pc/boot.img" "$root/boot/grub/i386-pc/core.img" "$work/"
-  {
-    # Who is in the image, for build-inputs.txt (dpkg-query of the tree, no chroot needed).
-    dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${db:Status-Abbrev} ${Package} ${Version}\n' |
-      awk '$1 == "ii" { print "image", $2, $3 }' | LC_ALL=C sort
-  } >"$work/image-packages.txt"
 
   log "mkfs.ext4 -d ($((disk_mib - 1)) MiB)"
   truncate -s "$((disk_mib - 1))M" "$work/root.ext4"
@@ -473,7 +484,16 @@ if ! run_mmdebstrap; then
   run_mmdebstrap || die "mmdebstrap failed twice"
 fi
 log "mmdebstrap done after $((SECONDS - started)) s"
-# From now on the .debs of this build are the cache (older versions are dropped).
+# Who is in the image, for build-inputs.txt (dpkg-query of the tree, no chroot needed).
+dpkg-query --admindir="$work/rootfs/var/lib/dpkg" -W -f='${db:Status-Abbrev} ${Package} ${Version}\n' |
+  awk '$1 == "ii" { print "image", $2, $3 }' | LC_ALL=C sort >"$work/image-packages.txt"
+# From now on the .debs of this build's packages are the cache (other versions are dropped).
+declare -A in_image=()
+while read -r _ name version; do in_image[${name}_${version//:/%3a}]=1; done <"$work/image-packages.txt"
+for f in "$work"/debs/*.deb; do
+  base=${f##*/}
+  [[ -n ${in_image[${base%_*}]:-} ]] || rm -f "$f"
+done
 rm -rf "$deb_dir.old"
 mv "$deb_dir" "$deb_dir.old"
 mv "$work/debs" "$deb_dir"
