@@ -215,6 +215,7 @@ list_files=()
 # shellcheck disable=SC2016 # $(REPO_URI) & co. are apt's placeholders, not the shell's
 host_sources() {
   local uri release component arch filename stanzas=() seen=" "
+  list_files=()
   while IFS='|' read -r uri release component arch filename; do
     [[ $release =~ ^$suite(-updates|-security)?$ && $component == main && $arch == amd64 ]] || continue
     [[ $seen == *" $uri|$release "* ]] && continue
