@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs every Debian package vmfest needs to build, test and build its default model.
+# Installs every Debian package vmfest needs to build, test and build its default model and test images.
 # Idempotent: packages already present are skipped by apt.
 set -euo pipefail
 packages=(
@@ -17,6 +17,8 @@ packages=(
   busybox-static dropbear-bin cpio e2fsprogs openssh-sftp-server genisoimage
   # ... and its BIOS boot: SYSLINUX on a FAT partition, written without mounting anything
   syslinux syslinux-common mtools dosfstools fdisk
+  # Debian cloud test image (tools/build-debian-image.sh): bootstrapped by mmdebstrap
+  mmdebstrap
   # tests and benchmarks: a real ssh/scp client to compare against, python for the HTTP test server
   openssh-client python3 curl procps libxml2-utils
 )
