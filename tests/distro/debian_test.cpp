@@ -106,15 +106,15 @@ TEST_F(DebianImage, TheCliRunsSudoInTheInstance) {
 }
 
 // Every instance after the first resumes the warm image its first start saved: the agent came
-// through the seed. Each clone has its own identity, OpenSSH's host key included.
+// through the seed. Each clone has its own identity, OpenSSH's host key included. (The fixture's
+// instance and one more: the host's cap here is two VMs.)
 TEST_F(DebianImage, ClonesResumeWarmWithTheirOwnIdentity) {
   vmfest::InstanceRequest request;
   request.model = kModel;
-  Instance a = Instance::create(request);
-  Instance b = Instance::create(request);
-  a.start();
-  b.start();
-  for (Instance* vm : {&a, &b}) {
+  Instance other = Instance::create(request);
+  other.start();
+  Instance& mine = instance();
+  for (Instance* vm : {&mine, &other}) {
     ASSERT_TRUE(vm->resumed_warm()) << "expected a warm clone; console:\n" << vm->console_tail();
     EXPECT_EQ(vm->ssh().check("hostname").stdout_text, vm->name() + "\n");
     const auto sudo = vm->ssh().check("sudo -n true");
@@ -124,11 +124,11 @@ TEST_F(DebianImage, ClonesResumeWarmWithTheirOwnIdentity) {
     EXPECT_EQ(vm->ssh().check("ls /etc/ssh/ | grep -c '^ssh_host_'").stdout_text, "2\n");
   }
   const std::string random = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
-  EXPECT_NE(a.ssh().check(random).stdout_text, b.ssh().check(random).stdout_text);
-  a.ssh().check("echo only-a > mine && sync");
-  EXPECT_NE(b.ssh().run("test -e mine").exit_status, 0);
+  EXPECT_NE(mine.ssh().check(random).stdout_text, other.ssh().check(random).stdout_text);
+  mine.ssh().check("echo only-mine > mine && sync");
+  EXPECT_NE(other.ssh().run("test -e mine").exit_status, 0);
   // A clone's disk is an overlay: kilobytes to megabytes, never a copy of the image.
-  EXPECT_LT(fs::file_size(a.directory() / "disk.qcow2"), 64u << 20);
+  EXPECT_LT(fs::file_size(other.directory() / "disk.qcow2"), 64u << 20);
 }
 
 }  // namespace

@@ -360,6 +360,84 @@ static int find_user(const char* user, char* home, size_t home_size, uid_t* uid,
   return found;
 }
 
+/* Reads a small file whole into `buffer` (NUL-terminated); its length, or -1. */
+static ssize_t read_small_file(const char* path, char* buffer, size_t size) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  size_t done = 0;
+  ssize_t got;
+  while (done + 1 < size && (got = read(fd, buffer + done, size - done - 1)) != 0) {
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) break;
+    done += (size_t)got;
+  }
+  close(fd);
+  buffer[done] = '\0';
+  return (ssize_t)done;
+}
+
+/* The base64 word of the first key line in `text` (after its type and a space) into `blob`. */
+static int key_blob(const char* text, char* blob, size_t size) {
+  const char* type = strstr(text, "ssh-");
+  if (type == NULL) return -1;
+  const char* begin = strchr(type, ' ');
+  if (begin == NULL) return -1;
+  begin++;
+  size_t length = strcspn(begin, " \n");
+  if (length < 16 || length >= size) return -1;
+  memcpy(blob, begin, length);
+  blob[length] = '\0';
+  return 0;
+}
+
+/* In `path`, the saved guest's client key `old_blob` becomes `new_blob`, whatever options the line
+ * has (cloud-init's forced command for root, say); owner and mode stay. */
+static void rekey_file(const char* path, const char* old_blob, const char* new_blob) {
+  static char text[MAX_KEYS];
+  static char updated[2 * MAX_KEYS];
+  struct stat status;
+  if (stat(path, &status) != 0 || read_small_file(path, text, sizeof(text)) < 0) return;
+  if (strstr(text, old_blob) == NULL) return;
+  size_t length = 0;
+  const char* rest = text;
+  const char* found;
+  while ((found = strstr(rest, old_blob)) != NULL &&
+         length + (size_t)(found - rest) + strlen(new_blob) < sizeof(updated)) {
+    memcpy(updated + length, rest, (size_t)(found - rest));
+    length += (size_t)(found - rest);
+    memcpy(updated + length, new_blob, strlen(new_blob));
+    length += strlen(new_blob);
+    rest = found + strlen(old_blob);
+  }
+  size_t tail = strlen(rest);
+  if (length + tail >= sizeof(updated)) return;
+  memcpy(updated + length, rest, tail);
+  length += tail;
+  if (write_file(path, updated, length, status.st_mode & 07777) == 0) {
+    if (chown(path, status.st_uid, status.st_gid) != 0) unlink(path);
+  }
+}
+
+/* Cloud-init gave the saved guest's client key to more users than the login (the image's default
+ * user, root with its refusal): every copy becomes the clone's key, as a cold boot would have it. */
+static void rekey_everywhere(const char* old_blob, const char* new_blob) {
+  FILE* passwd = fopen("/etc/passwd", "r");
+  if (passwd == NULL) return;
+  char row[1024];
+  while (fgets(row, sizeof(row), passwd) != NULL) {
+    row[strcspn(row, "\n")] = '\0';
+    char* rest = row;
+    char* fields[7];
+    int count = 0;
+    while (count < 7 && rest != NULL) fields[count++] = strsep(&rest, ":");
+    if (count < 6 || fields[5][0] != '/') continue;
+    char path[600];
+    snprintf(path, sizeof(path), "%s/.ssh/authorized_keys", fields[5]);
+    rekey_file(path, old_blob, new_blob);
+  }
+  fclose(passwd);
+}
+
 static const char* install_authorized_keys(const char* user, const char* keys, size_t length) {
   char home[512];
   uid_t uid = 0;
@@ -371,6 +449,14 @@ static const char* install_authorized_keys(const char* user, const char* keys, s
   char file[640];
   snprintf(directory, sizeof(directory), "%s/.ssh", home);
   snprintf(file, sizeof(file), "%s/authorized_keys", directory);
+  static char old_keys[MAX_KEYS];
+  char old_blob[256];
+  char new_blob[256];
+  if (read_small_file(file, old_keys, sizeof(old_keys)) > 0 &&
+      key_blob(old_keys, old_blob, sizeof(old_blob)) == 0 &&
+      key_blob(keys, new_blob, sizeof(new_blob)) == 0) {
+    rekey_everywhere(old_blob, new_blob);
+  }
   mkdir(directory, 0700);
   if (chown(directory, uid, gid) != 0) return "error cannot give the user its .ssh folder\n";
   if (write_file(file, keys, length, 0600) != 0 || chown(file, uid, gid) != 0) {
