@@ -209,7 +209,8 @@ void Instance::Impl::complete_warm_resume() {
 
 // Hands a resumed warm clone its own identity through the guest agent, in one exchange: the
 // host's clock, fresh entropy, its hostname, the login's authorized key and the host key (see
-// vmfest-agent.c).
+// vmfest-agent.c). As long as readiness may take: on a loaded host a distro guest's sshd reload
+// after the resume can take many seconds, and falling back to a cold boot would cost minutes.
 void Instance::Impl::deliver_identity() {
   const std::string authorized_keys =
       detail::read_text(directory() / (std::string(detail::kClientKey) + ".pub"));
@@ -229,7 +230,7 @@ void Instance::Impl::deliver_identity() {
                   record.name, model.ssh_user, authorized_keys.size(), dropbear_key.size(),
                   openssh_key.size(), openssh_public.size(), authorized_keys, dropbear_key,
                   openssh_key, openssh_public),
-      seconds(180));
+      effective_ready_timeout());
   if (reply != "ok") {
     throw BackendError(fmt::format("the guest agent of instance '{}' refused its identity: {}",
                                    record.name, reply));

@@ -154,4 +154,32 @@ TEST(Models, ADiskImageAloneBootsThroughItsOwnBootloader) {
   vmfest::ModelRegistry().remove(name);
 }
 
+// A model whose login does not exist in the guest: every SSH attempt is refused until the timeout.
+// The error must say so, not merely that the last, squeezed attempt timed out.
+TEST(Models, AWrongLoginFailsWithTheRefusalNotATimeout) {
+  const vmfest::Model bundled = vmfest::ModelRegistry().get(vmfest::testing::kDefaultModel);
+  const std::string name = "ghost-login-" + std::to_string(::getpid());
+  vmfest::SetupOptions options;
+  options.name = name;
+  options.ssh_user = "ghost";  // the image has no cloud-init to create it
+  (void)vmfest::setup_model(bundled.disk.string(), options);
+  {
+    vmfest::InstanceRequest request;
+    request.model = name;
+    request.warm = false;
+    request.ready_timeout = std::chrono::seconds(45);
+    Instance instance = Instance::create(request);
+    try {
+      instance.start();
+      FAIL() << "user ghost cannot log in";
+    } catch (const vmfest::NotReadyError& error) {
+      const std::string message = error.what();
+      EXPECT_NE(message.find("error: public-key authentication as ghost@"), std::string::npos)
+          << message;
+      EXPECT_NE(message.find("accelerator"), std::string::npos) << message;
+    }
+  }
+  vmfest::ModelRegistry().remove(name);
+}
+
 }  // namespace
