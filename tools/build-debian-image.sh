@@ -60,20 +60,11 @@ die() {
   log "error: $*"
   exit 1
 }
+# apt_state, apt_update, prune_bundles
+# shellcheck source=lib/bundle-cache.sh
+source "${script%/*}/lib/bundle-cache.sh"
 
 # ---- cache key -------------------------------------------------------------------------------------
-# apt-cache takes ~0.7 s, too slow for a cache hit. Its answer only changes with the package lists or
-# apt's configuration, so it is remembered per their state (as in build-default-model.sh).
-apt_state() {
-  local files sum
-  shopt -s nullglob
-  files=(/var/lib/apt/lists/* /etc/apt/sources.list* /etc/apt/sources.list.d/* /etc/apt/preferences*
-    /etc/apt/preferences.d/* /etc/apt/apt.conf.d/*)
-  shopt -u nullglob
-  sum=$(stat -c '%n %s %Y' "${files[@]}" | sha256sum)
-  printf '%s\n' "${sum:0:16}"
-}
-
 # Prints "package version" for every package of the key and "kernel-package NAME VERSION", as apt
 # would install them now; empty if apt does not know them all.
 query_candidates() {
@@ -105,12 +96,6 @@ cached_candidates() {
   printf '%s\n' "$answer"
 }
 
-apt_update() {
-  ((EUID == 0)) || die "apt package lists are missing or stale; run 'apt-get update' as root"
-  log "apt-get update"
-  apt-get update -qq
-}
-
 declare -A tool_version=()
 read_host_tools() {
   local name status version p
@@ -131,6 +116,7 @@ compute_key() {
   fi
   inputs=$(
     sha256sum <"$script" # by content: the checkout location must not change the key
+    sha256sum <"${script%/*}/lib/bundle-cache.sh"
     printf '%s\n' "$candidates"
     for p in "${host_tools[@]}"; do printf 'host %s %s\n' "$p" "${tool_version[$p]}"; done
   )
@@ -504,15 +490,6 @@ make_disk "$work/rootfs"
 log "built $bundle in $((SECONDS - started)) s"
 
 # ---- prune: older bundles beyond the newest few --------------------------------------------------------
-mapfile -t old < <(
-  find "$out_dir" -mindepth 2 -maxdepth 2 -name .complete -printf '%T@ %h\n' |
-    sort -rn | awk -v keep="$keep_bundles" 'NR > keep { print $2 }'
-)
-for d in "${old[@]}"; do
-  if [[ ${d##*/} =~ ^[0-9a-f]{16}$ ]]; then
-    rm -rf "$d"
-    log "pruned old bundle ${d##*/}"
-  fi
-done
+prune_bundles "$out_dir" "$keep_bundles"
 
 printf '%s\n' "$bundle" >&3

@@ -69,21 +69,12 @@ read_installed_versions() {
   done
 }
 
+# apt_state, apt_update, prune_bundles
+# shellcheck source=lib/bundle-cache.sh
+source "${script%/*}/lib/bundle-cache.sh"
+
 kernel_candidate() {
   apt-cache policy "$kernel_meta" 2>/dev/null | awk '$1 == "Candidate:" { print $2 }'
-}
-
-# apt-cache takes ~0.7 s here (this image keeps no pkgcache.bin), too slow for a cache hit. Its
-# answer only changes with the package lists or apt's sources/pinning, so remember it per their state.
-apt_state() {
-  local files
-  shopt -s nullglob
-  files=(/var/lib/apt/lists/* /etc/apt/sources.list* /etc/apt/sources.list.d/* /etc/apt/preferences*
-    /etc/apt/preferences.d/* /etc/apt/apt.conf.d/*)
-  shopt -u nullglob
-  local sum
-  sum=$(stat -c '%n %s %Y' "${files[@]}" | sha256sum)
-  printf '%s\n' "${sum:0:16}"
 }
 cached_kernel_candidate() {
   local memo=$out_dir/.kernel-candidate state saved_state version
@@ -97,12 +88,6 @@ cached_kernel_candidate() {
     printf '%s %s\n' "$state" "$version" >"$memo.$$" && mv -f "$memo.$$" "$memo"
   fi
   printf '%s\n' "$version"
-}
-
-apt_update() {
-  ((EUID == 0)) || die "apt package lists are missing or stale; run 'apt-get update' as root"
-  log "apt-get update"
-  apt-get update -qq
 }
 
 apt_opts=()
@@ -145,6 +130,7 @@ key_inputs() {
   (
     cd "$guest_dir"
     sha256sum <"$script" # by content: the checkout location must not change the key
+    sha256sum <"${script%/*}/lib/bundle-cache.sh"
     find . -type f ! -name smoke-test.sh \( -perm -u+x -printf 'exec %p\n' -o -true \) -exec sha256sum {} + |
       LC_ALL=C sort
   )
@@ -407,16 +393,7 @@ mv -T "$bundle_tmp" "$bundle"
 log "built $bundle in $((SECONDS - started)) s"
 
 # ---- prune: older bundles beyond the newest few, and debs of other kernel versions -----------------
-mapfile -t old < <(
-  find "$out_dir" -mindepth 2 -maxdepth 2 -name .complete -printf '%T@ %h\n' |
-    sort -rn | awk -v keep="$keep_bundles" 'NR > keep { print $2 }'
-)
-for d in "${old[@]}"; do
-  if [[ ${d##*/} =~ ^[0-9a-f]{16}$ ]]; then
-    rm -rf "$d"
-    log "pruned old bundle ${d##*/}"
-  fi
-done
+prune_bundles "$out_dir" "$keep_bundles"
 for f in "$deb_dir"/*.deb; do
   if [[ $f != "$meta_deb" && $f != "$kernel_deb" ]]; then rm -f "$f"; fi
 done
