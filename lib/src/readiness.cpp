@@ -11,7 +11,6 @@
 #include "instance_impl.h"
 
 namespace vmfest {
-namespace fs = std::filesystem;
 using detail::Clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
@@ -161,10 +160,7 @@ void Instance::Impl::wait_until_ready(bool cold) {
     } catch (const SshTimeoutError& error) {
       errors.note(kTimedOut, error.what());
     } catch (const SshError& error) {
-      const std::string text = error.what();
-      const bool timed_out =
-          text.find("imeout") != std::string::npos || text.find("timed out") != std::string::npos;
-      errors.note(timed_out ? kTimedOut : kConnection, text);
+      errors.note(kConnection, error.what());
     }
     if (machine->state() == InstanceState::Stopped) {
       fail_not_ready("the VM stopped while booting");

@@ -183,9 +183,13 @@ std::shared_ptr<Connection> Connection::open(const Endpoint& endpoint,
                                              milliseconds connect_timeout,
                                              milliseconds io_timeout) {
   SessionPtr session = new_session(endpoint, connect_timeout);
+  const auto begin = Clock::now();
   if (ssh_connect(session.get()) != SSH_OK) {
-    throw SshError(fmt::format("cannot connect to {}: {}", describe_endpoint(endpoint),
-                               ssh_get_error(session.get())));
+    std::string message = fmt::format("cannot connect to {}: {}", describe_endpoint(endpoint),
+                                      ssh_get_error(session.get()));
+    // A server that never answered in time is told apart from one that refused or broke off.
+    if (Clock::now() - begin >= connect_timeout) throw SshTimeoutError(std::move(message));
+    throw SshError(std::move(message));
   }
   verify_host_key(session.get(), endpoint, credentials.pinned_host_key);
   authenticate(session.get(), endpoint, credentials.client_private_key);
