@@ -60,7 +60,7 @@ die() {
   log "error: $*"
   exit 1
 }
-# apt_state, apt_update, prune_bundles
+# read_installed_versions, apt_state, apt_update, prune_bundles
 # shellcheck source=lib/bundle-cache.sh
 source "${script%/*}/lib/bundle-cache.sh"
 
@@ -96,16 +96,6 @@ cached_candidates() {
   printf '%s\n' "$answer"
 }
 
-declare -A tool_version=()
-read_host_tools() {
-  local name status version p
-  while IFS='|' read -r name status version; do
-    [[ $status == ii* ]] && tool_version[$name]=$version
-  done < <(dpkg-query -W -f='${Package}|${db:Status-Abbrev}|${Version}\n' "${host_tools[@]}" 2>/dev/null || true)
-  for p in "${host_tools[@]}"; do
-    [[ -n ${tool_version[$p]:-} ]] || die "Debian package $p is not installed (run tools/install-deps.sh)"
-  done
-}
 
 compute_key() {
   candidates=$(cached_candidates)
@@ -125,7 +115,8 @@ compute_key() {
   bundle=$out_dir/$key
 }
 
-read_host_tools
+declare -A tool_version=()
+read_installed_versions tool_version "${host_tools[@]}"
 compute_key
 if [[ -f $bundle/.complete ]]; then
   printf '%s\n' "$bundle" >&3

@@ -57,19 +57,7 @@ die() {
   exit 1
 }
 
-# Fills pkg_version[] for the given installed packages (one dpkg-query: the cache hit must be fast).
-declare -A pkg_version=()
-read_installed_versions() {
-  local name status version p
-  while IFS='|' read -r name status version; do
-    [[ $status == ii* ]] && pkg_version[$name]=$version
-  done < <(dpkg-query -W -f='${Package}|${db:Status-Abbrev}|${Version}\n' "$@" 2>/dev/null || true)
-  for p in "$@"; do
-    [[ -n ${pkg_version[$p]:-} ]] || die "Debian package $p is not installed (run tools/install-deps.sh)"
-  done
-}
-
-# apt_state, apt_update, prune_bundles
+# read_installed_versions, apt_state, apt_update, prune_bundles
 # shellcheck source=lib/bundle-cache.sh
 source "${script%/*}/lib/bundle-cache.sh"
 
@@ -122,7 +110,8 @@ if [[ -z $kernel_version_pkg || $kernel_version_pkg == "(none)" ]]; then
   kernel_version_pkg=$(kernel_candidate)
   [[ -n $kernel_version_pkg && $kernel_version_pkg != "(none)" ]] || die "apt has no $kernel_meta"
 fi
-read_installed_versions "${model_packages[@]}"
+declare -A pkg_version=()
+read_installed_versions pkg_version "${model_packages[@]}"
 
 key_inputs() {
   # This script, then content and executable bit of every guest file (the smoke test does not

@@ -2,6 +2,20 @@
 # Shared by the image build scripts (build-default-model.sh, build-debian-image.sh), which source it:
 # what keeps their cache hits fast and their cache folders small. The caller defines log and die.
 
+# read_installed_versions ARRAY PACKAGE...: fills the associative array ARRAY with the version of
+# each installed PACKAGE (one dpkg-query: a cache hit must be fast); dies naming one that is not.
+read_installed_versions() {
+  local -n into=$1
+  shift
+  local name status version p
+  while IFS='|' read -r name status version; do
+    [[ $status == ii* ]] && into[$name]=$version
+  done < <(dpkg-query -W -f='${Package}|${db:Status-Abbrev}|${Version}\n' "$@" 2>/dev/null || true)
+  for p in "$@"; do
+    [[ -n ${into[$p]:-} ]] || die "Debian package $p is not installed (run tools/install-deps.sh)"
+  done
+}
+
 # A short digest of apt's package lists and configuration: apt-cache takes ~0.7 s here (no
 # pkgcache.bin), too slow for a cache hit, and its answers only change with this state, so the
 # scripts remember them per state.

@@ -158,8 +158,8 @@ static int reseed(const char* hex) {
 
 /* Writes a file whole under a temporary name, then renames it into place. */
 static int write_file(const char* path, const char* data, size_t length, mode_t mode) {
-  char temporary[256];
-  snprintf(temporary, sizeof(temporary), "%s.new", path);
+  char temporary[700]; /* longer than any path the agent builds (a home's .ssh file) */
+  if (snprintf(temporary, sizeof(temporary), "%s.new", path) >= (int)sizeof(temporary)) return -1;
   int fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) return -1;
   size_t done = 0;
