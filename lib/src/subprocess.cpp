@@ -1,9 +1,18 @@
 #include "subprocess.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <optional>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <boost/asio/read.hpp>
 #include <boost/asio/readable_pipe.hpp>
+#include <boost/asio/writable_pipe.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/process/v2/environment.hpp>
 #include <boost/process/v2/process.hpp>
 #include <boost/process/v2/stdio.hpp>
@@ -42,11 +51,37 @@ std::filesystem::path find_program(const std::string& program, const std::string
   return std::filesystem::path(path.string());
 }
 
-ToolResult run_tool(const std::filesystem::path& program, const std::vector<std::string>& args) {
+ToolResult run_tool(const std::filesystem::path& program, const std::vector<std::string>& args,
+                    const std::string& input) {
   asio::io_context context;
-  asio::readable_pipe output(context);
-  bp::process child(context, program.string(), args, bp::process_stdio{nullptr, output, output},
-                    CloseInheritedFds{});
+  // One pipe for stdout and stderr, so the output keeps its order and neither is lost (handing
+  // Boost the same readable_pipe twice makes two pipes and keeps only the last).
+  int ends[2];
+  if (::pipe2(ends, O_CLOEXEC) != 0) {
+    throw BackendError(fmt::format("cannot run {}: no pipe for its output: {}", program.string(),
+                                   std::strerror(errno)));
+  }
+  asio::readable_pipe output(context, ends[0]);
+  std::optional<bp::process> started;
+  try {
+    if (input.empty()) {
+      started.emplace(context, program.string(), args, bp::process_stdio{nullptr, ends[1], ends[1]},
+                      CloseInheritedFds{});
+    } else {
+      asio::writable_pipe to_child(context);
+      started.emplace(context, program.string(), args,
+                      bp::process_stdio{to_child, ends[1], ends[1]}, CloseInheritedFds{});
+      ::close(ends[1]);
+      ends[1] = -1;
+      boost::system::error_code ignored_closed;  // a child that exits early reads less: its
+      asio::write(to_child, asio::buffer(input), ignored_closed);  // exit status says so
+    }
+  } catch (...) {
+    if (ends[1] >= 0) ::close(ends[1]);
+    throw;
+  }
+  if (ends[1] >= 0) ::close(ends[1]);  // the child's copy is the only writer left: EOF at its exit
+  bp::process& child = *started;
   ToolResult result;
   boost::system::error_code ignored_eof;
   asio::read(output, asio::dynamic_buffer(result.output), ignored_eof);

@@ -24,8 +24,10 @@ struct ToolResult {
 // The path of `program` on PATH, or BackendError saying which package provides it.
 std::filesystem::path find_program(const std::string& program, const std::string& package);
 
-// Runs a program to completion and collects its output.
-ToolResult run_tool(const std::filesystem::path& program, const std::vector<std::string>& args);
+// Runs a program to completion and collects its output. `input` (at most a pipe's buffer, 64 KiB)
+// is its standard input; empty: /dev/null.
+ToolResult run_tool(const std::filesystem::path& program, const std::vector<std::string>& args,
+                    const std::string& input = {});
 
 // Like run_tool, but throws BackendError with `what`, the command and its output unless it exits 0.
 std::string run_tool_checked(const std::filesystem::path& program,

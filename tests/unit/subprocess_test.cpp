@@ -65,4 +65,15 @@ TEST(Subprocess, AChildGivenALockedDescriptorHoldsTheLockUntilItExits) {
   fs::remove(file);
 }
 
+TEST(Subprocess, RunToolFeedsItsInputAndCollectsTheOutput) {
+  const auto result = vmfest::detail::run_tool("/bin/sh", {"-c", "tr a-z A-Z; echo done >&2"},
+                                               "first line\nsecond\n");
+  EXPECT_EQ(result.exit_code, 0);
+  EXPECT_EQ(result.output, "FIRST LINE\nSECOND\ndone\n");
+  EXPECT_EQ(vmfest::detail::run_tool("/bin/sh", {"-c", "echo out; echo err >&2"}).output,
+            "out\nerr\n");
+  // No input: the child reads an empty stdin, not the caller's.
+  EXPECT_EQ(vmfest::detail::run_tool("/bin/cat", {}).output, "");
+}
+
 }  // namespace
