@@ -40,6 +40,9 @@ struct MachineConfig {
   // A warm image (see warm.h) to clone: the disk is an overlay on its base and the first launch
   // resumes its saved memory state instead of booting. Empty: a cold clone of the model.
   std::filesystem::path warm_image;
+  // This boot becomes a warm image (save_warm_image follows): a backend that keeps a warm image's
+  // memory in a file of its own must give the guest that memory from the start.
+  bool saves_warm_image = false;
   StorageBus storage_bus = StorageBus::Virtio;
 };
 
@@ -83,6 +86,10 @@ class Machine {
   // device state, and the disk frozen at the same instant as a read-only base. The VM exits.
   // Returns backend facts to record in the image's manifest.
   virtual nlohmann::json save_warm_image(const std::filesystem::path& image_directory);
+  // True when save_warm_image copies the guest's memory into the image (so the guest had better
+  // drop its page cache first: a smaller image, a faster resume); false when clones map it, where
+  // the guest's page cache costs nothing and spares each clone reading the same files again.
+  [[nodiscard]] virtual bool warm_image_copies_memory() const { return true; }
   // Sends one request line (plus payload) to the guest agent and returns its reply line.
   virtual std::string agent_exchange(const std::string& request, std::chrono::milliseconds timeout);
   // True when the last launch resumed a warm image rather than booting.

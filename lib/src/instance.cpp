@@ -71,6 +71,7 @@ MachineConfig machine_config(const Home& home, const InstanceRecord& record, con
   config.cache_directory = home.cache();
   config.registered_kernel = registered_kernel(home);
   config.warm_image = record.warm_image;
+  config.saves_warm_image = !record.warm_build.empty();
   return config;
 }
 

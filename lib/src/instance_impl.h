@@ -117,6 +117,8 @@ struct Instance::Impl {
   [[nodiscard]] std::chrono::seconds effective_ready_timeout() const;
   void wait_for_marker(detail::Clock::time_point deadline, std::chrono::seconds timeout);
   void use_warm_image(const std::filesystem::path& image);
+  // A new machine object for the record as it is now (before a launch: what it boots changed).
+  void renew_machine();
   void deliver_identity();
   void fall_back_to_cold_boot(const std::string& why);
   std::string prepare_agent();

@@ -21,8 +21,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kManifest = "manifest.json";
-constexpr const char* kBase = "base.qcow2";
-constexpr const char* kState = "state";
 
 std::string sha256_text(const std::string& text) {
   unsigned char digest[EVP_MAX_MD_SIZE];
@@ -116,15 +114,17 @@ WarmStatus check_warm_image(const fs::path& directory) {
         manifest_path,
         [&](const nlohmann::json& manifest) {
           if (manifest.value("status", "") == "unsupported") return WarmStatus::Unsupported;
-          if (file_matches(directory / kBase, manifest.value("base", nlohmann::json::object())) &&
-              file_matches(directory / kState, manifest.value("state", nlohmann::json::object()))) {
-            return WarmStatus::Ready;
+          const nlohmann::json files = manifest.value("files", nlohmann::json::object());
+          for (const auto& [name, entry] : files.items()) {
+            if (!file_matches(directory / name, entry)) {
+              spdlog::warn(
+                  "vmfest: warm image {} does not match its manifest ({} changed since it was "
+                  "saved); it will be rebuilt",
+                  directory.string(), name);
+              return WarmStatus::Missing;
+            }
           }
-          spdlog::warn(
-              "vmfest: warm image {} does not match its manifest (its base or state changed); "
-              "it will be rebuilt",
-              directory.string());
-          return WarmStatus::Missing;
+          return files.empty() ? WarmStatus::Missing : WarmStatus::Ready;
         },
         [&](std::string_view why) {
           return Error(
@@ -139,12 +139,24 @@ WarmStatus check_warm_image(const fs::path& directory) {
 
 void write_warm_manifest(const fs::path& directory, const std::string& fingerprint,
                          const nlohmann::json& backend_facts, double save_seconds) {
+  // Every file the backend saved: all of them are the image, and none may change.
+  nlohmann::json files = nlohmann::json::object();
+  std::error_code error;
+  for (fs::directory_iterator entry(directory, error), end; !error && entry != end;
+       entry.increment(error)) {
+    if (entry->is_regular_file()) {
+      files[entry->path().filename().string()] = file_entry(entry->path());
+    }
+  }
+  if (error) {
+    throw Error(fmt::format("cannot list the warm image being saved in {}: {}", directory.string(),
+                            error.message()));
+  }
   nlohmann::json manifest = {{"status", "ready"},
                              {"fingerprint", fingerprint},
                              {"backend", backend_facts},
                              {"save_seconds", save_seconds},
-                             {"base", file_entry(directory / kBase)},
-                             {"state", file_entry(directory / kState)}};
+                             {"files", files}};
   write_text_atomically(directory / kManifest, manifest.dump(2));
 }
 

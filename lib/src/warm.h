@@ -1,7 +1,7 @@
 // Warm images: a booted guest saved once (memory + device state, and its disk frozen at the same
 // instant as a read-only base), so that clones resume it in a fraction of a boot. Stored in the
-// registry next to their model: models/<model>/warm/<key>/{base.qcow2,state,manifest.json}, keyed
-// by everything that makes the image valid (the backend's fingerprint and the profile).
+// registry next to their model: models/<model>/warm/<key>/ (the backend's files and manifest.json),
+// keyed by everything that makes the image valid (the backend's fingerprint and the profile).
 #pragma once
 
 #include <filesystem>
@@ -23,8 +23,9 @@ std::filesystem::path warm_image_directory(const Model& model, const Profile& pr
 
 enum class WarmStatus { Missing, Ready, Unsupported };
 
-// Checks the image against its manifest: base and state must be the very files that were saved
-// together (QEMU would happily resume memory over the wrong disk). File identity (size, mtime,
+// Checks the image against its manifest: its files (the backend's: for QEMU a base disk, the
+// saved state, and the memory file clones map) must be the very files that were saved together
+// (QEMU would happily resume memory over the wrong disk). File identity (size, mtime,
 // inode) is compared first; on any difference the sha256 of both is recomputed and compared.
 // A tampered or incomplete image is Missing (and is rebuilt); Unsupported when the model has no
 // guest agent to give clones their own identity.
@@ -41,7 +42,7 @@ void remove_stale_warm_builds(const std::filesystem::path& directory);
 // died (their lock is free).
 void remove_interrupted_warm_builds(const std::filesystem::path& models_folder);
 
-// Writes the manifest of a freshly saved image in `directory` (holding base.qcow2 and state).
+// Writes the manifest of a freshly saved image in `directory`: every file the backend saved there.
 void write_warm_manifest(const std::filesystem::path& directory, const std::string& fingerprint,
                          const nlohmann::json& backend_facts, double save_seconds);
 // Records that this model cannot have warm clones, and why, so no process tries again.

@@ -61,9 +61,13 @@ WarmPlan plan_warm_image(const Home& home, const Model& model, const Profile& pr
 
 void Instance::Impl::use_warm_image(const fs::path& image) {
   record.warm_image = image.string();
-  machine = backend->machine(detail::machine_config(home, record, model), nlohmann::json());
+  renew_machine();
   machine->create_disk();
   save_record();
+}
+
+void Instance::Impl::renew_machine() {
+  machine = backend->machine(detail::machine_config(home, record, model), nlohmann::json());
 }
 
 void Instance::Impl::prepare_warm_start() {
@@ -78,6 +82,7 @@ void Instance::Impl::prepare_warm_start() {
         use_warm_image(image);
         return true;
       case detail::WarmStatus::Unsupported:
+        renew_machine();  // a plain boot after all
         return true;
       case detail::WarmStatus::Missing:
         break;
@@ -125,12 +130,15 @@ std::string Instance::Impl::prepare_agent() {
 }
 
 void Instance::Impl::save_warm_image(const fs::path& image, const std::string& fingerprint) {
-  // Smaller state, faster resumes: the agent drops the guest's page cache first.
-  if (const std::string quiet = machine->agent_exchange("quiesce\n", seconds(30)); quiet != "ok") {
+  // A state that holds the memory is smaller and resumes faster without the guest's page cache.
+  const bool copies_memory = machine->warm_image_copies_memory();
+  if (const std::string quiet = machine->agent_exchange(
+          copies_memory ? "quiesce\n" : "quiesce keep-cache\n", seconds(30));
+      quiet != "ok") {
     spdlog::warn(
-        "vmfest: the guest agent of model '{}' could not drop its page cache before the warm "
-        "image was saved ({}); the image is valid, only larger",
-        model.name, quiet);
+        "vmfest: the guest agent of model '{}' could not quiesce the guest before the warm image "
+        "was saved ({}); the image is valid, only {}",
+        model.name, quiet, copies_memory ? "larger" : "its SSH server may start later");
   }
   session.reset();
   const fs::path staging = detail::warm_build_folder(image);

@@ -1,26 +1,50 @@
 // Warm instances: resumed from a saved booted guest, each with its own identity.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <thread>
 
 #include "files.h"
+#include "instance_record.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/environment.h"
 #include "vmfest/instance.h"
+#include "warm.h"
 
 namespace {
 using vmfest::Instance;
 using vmfest::InstanceState;
 
-Instance start_warm() {
+namespace fs = std::filesystem;
+
+Instance start_warm(const vmfest::Profile& profile = vmfest::Profile::named("micro")) {
   vmfest::InstanceRequest request;
   request.model = vmfest::testing::test_model();
+  request.profile = profile;
   Instance instance = Instance::create(request);
   instance.start();
   return instance;
+}
+
+fs::path warm_image_of(const Instance& instance) {
+  auto record = vmfest::detail::read_instance_record(instance.directory());
+  return record ? fs::path(record->warm_image) : fs::path();
+}
+
+// The sha256 of every file of a warm image but its manifest.
+std::map<std::string, std::string> image_hashes(const fs::path& image) {
+  std::map<std::string, std::string> hashes;
+  for (const auto& entry : fs::directory_iterator(image)) {
+    if (entry.path().filename() == "manifest.json") continue;
+    hashes[entry.path().filename().string()] = vmfest::detail::sha256_file(entry.path());
+  }
+  return hashes;
 }
 
 TEST(Warm, ClonesResumeWithTheirOwnIdentity) {
@@ -49,6 +73,79 @@ TEST(Warm, ClonesResumeWithTheirOwnIdentity) {
   // Clones of one memory image stay independent on disk.
   a.ssh().check("echo only-a > mine && sync");
   EXPECT_NE(b.ssh().run("test -e mine").exit_status, 0);
+}
+
+// The NIS domain name lives in the kernel's static UTS data: the same guest-physical page in every
+// clone of one image. Each clone's write to it must stay its own (the image's memory is mapped
+// privately), and the image must not see it.
+TEST(Warm, ClonesWritingTheSameGuestPageEachKeepTheirOwn) {
+  std::string before;
+  {
+    Instance a = start_warm();
+    Instance b = start_warm();
+    ASSERT_TRUE(a.resumed_warm() && b.resumed_warm());
+    before = a.ssh().check("cat /proc/sys/kernel/domainname").stdout_text;
+    a.ssh().check("echo clone-a > /proc/sys/kernel/domainname");
+    b.ssh().check("echo clone-b > /proc/sys/kernel/domainname");
+    EXPECT_EQ(a.ssh().check("cat /proc/sys/kernel/domainname").stdout_text, "clone-a\n");
+    EXPECT_EQ(b.ssh().check("cat /proc/sys/kernel/domainname").stdout_text, "clone-b\n");
+  }
+  Instance c = start_warm();
+  ASSERT_TRUE(c.resumed_warm());
+  EXPECT_EQ(c.ssh().check("cat /proc/sys/kernel/domainname").stdout_text, before);
+}
+
+// Ten clones that write to their memory and disk leave every file of the image as it was.
+TEST(Warm, TheImageIsByteIdenticalAfterTenClonesRanFromIt) {
+  const fs::path image = [] {
+    Instance first = start_warm();
+    EXPECT_TRUE(first.resumed_warm());
+    return warm_image_of(first);
+  }();
+  ASSERT_FALSE(image.empty());
+  const auto before = image_hashes(image);
+  ASSERT_TRUE(before.contains("base.qcow2"));
+  for (int clone = 0; clone < 10; ++clone) {
+    Instance vm = start_warm();
+    ASSERT_EQ(warm_image_of(vm), image);
+    // Fresh data through the page cache onto the disk, and the kernel's own pages.
+    vm.ssh().check(
+        "head -c 2097152 /dev/urandom > /root/noise && sync && "
+        "echo 1 > /proc/sys/vm/drop_caches && hostname clone-$$");
+  }
+  EXPECT_EQ(image_hashes(image), before);
+  EXPECT_EQ(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Ready);
+}
+
+// A changed byte in any file of an image (here the memory its clones map) makes it invalid: the
+// next instance rebuilds it rather than resume a guest whose memory is not what was saved. A
+// profile of its own keeps this test's image apart from the other tests'.
+TEST(Warm, AnImageWhoseMemoryWasAlteredIsRebuilt) {
+  const vmfest::Profile profile = vmfest::Profile::custom(320, 1);
+  const fs::path image = [&] {
+    Instance first = start_warm(profile);
+    EXPECT_TRUE(first.resumed_warm());
+    return warm_image_of(first);
+  }();
+  ASSERT_FALSE(image.empty());
+  fs::path altered = image / "memory";
+  if (!fs::exists(altered)) altered = image / "state";  // a QEMU that cannot map warm memory
+  {
+    std::fstream file(altered, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(4096 * 10 + 7);
+    file.put('\x5a');
+  }
+  const std::string altered_hash = vmfest::detail::sha256_file(altered);
+  EXPECT_EQ(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Missing);
+
+  Instance next = start_warm(profile);
+  const auto& phases = next.start_phases();
+  EXPECT_TRUE(std::any_of(phases.begin(), phases.end(), [](const vmfest::StartPhase& phase) {
+    return phase.name == "warm image";
+  })) << "the altered image was not rebuilt";
+  EXPECT_EQ(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Ready);
+  EXPECT_NE(vmfest::detail::sha256_file(altered), altered_hash);
+  EXPECT_EQ(next.ssh().check("hostname").stdout_text, next.name() + "\n");
 }
 
 TEST(Warm, LifecycleWorksAsOnColdInstances) {

@@ -1,13 +1,11 @@
 #include "qemu_backend.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -25,7 +23,9 @@
 #include "../../src/files.h"
 #include "../../src/subprocess.h"
 #include "accelerator.h"
+#include "host_qemu.h"
 #include "option_value.h"
+#include "qemu_process.h"
 #include "qmp_client.h"
 #include "unix_socket.h"
 #include "vmfest/error.h"
@@ -47,6 +47,10 @@ constexpr const char* kPidFile = "qemu.pid";
 constexpr const char* kAgentSocket = "agent.sock";
 constexpr const char* kWarmBase = "base.qcow2";
 constexpr const char* kWarmState = "state";
+// The guest's memory: the RAM file of a warm-image build (a shared mapping, so that its memory is
+// in the file when the guest is saved), then the image's, which each clone maps copy-on-write.
+constexpr const char* kMemoryFile = "memory";
+constexpr const char* kMemoryBackend = "ram0";
 constexpr milliseconds kMigrationTimeout{120000};
 constexpr int kPortAttempts = 5;
 constexpr milliseconds kLaunchTimeout{15000};
@@ -56,128 +60,6 @@ constexpr milliseconds kProbeTimeout{8000};
 constexpr milliseconds kKvmColdLifeBound{20000};
 constexpr milliseconds kKvmWarmLifeBound{10000};
 constexpr const char* kKvmQemuLog = "qemu-kvm.log";  // the failed KVM run's log, kept
-
-const fs::path& qemu_binary() {
-  static const fs::path path = [] {
-    if (const char* custom = std::getenv("VMFEST_QEMU"); custom != nullptr && *custom != '\0') {
-      return fs::path(custom);
-    }
-    return find_program("qemu-system-x86_64", "qemu-system-x86");
-  }();
-  return path;
-}
-
-const fs::path& qemu_img() {
-  static const fs::path path = find_program("qemu-img", "qemu-utils");
-  return path;
-}
-
-// "QEMU emulator version 7.2.22 (Debian ...)": part of what makes a warm image valid.
-const std::string& qemu_version() {
-  static const std::string version = [] {
-    std::string output = run_tool_checked(qemu_binary(), {"--version"}, "asking QEMU its version");
-    return output.substr(0, output.find('\n'));
-  }();
-  return version;
-}
-
-// The versioned machine type behind the "pc" alias (e.g. pc-i440fx-7.2). Warm images only resume
-// on the machine type they were saved on, so every launch names it exactly.
-const std::string& machine_type() {
-  static const std::string type = [] {
-    std::string output =
-        run_tool_checked(qemu_binary(), {"-machine", "help"}, "listing QEMU machine types");
-    const std::string marker = "(alias of ";
-    std::istringstream lines(output);
-    for (std::string line; std::getline(lines, line);) {
-      if (!line.starts_with("pc ")) continue;
-      auto at = line.find(marker);
-      if (at == std::string::npos) break;
-      auto start = at + marker.size();
-      return line.substr(start, line.find(')', start) - start);
-    }
-    return std::string("pc");
-  }();
-  return type;
-}
-
-// A port the kernel considers free on 127.0.0.1 right now. Another process may take it before
-// QEMU binds it; launch() retries with a new one when QEMU reports that.
-int pick_free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw BackendError("cannot create a socket to find a free port");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t length = sizeof(addr);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
-    ::close(fd);
-    throw BackendError("cannot find a free TCP port on 127.0.0.1");
-  }
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-// True while `pid` is a live (non-zombie) process whose working directory is `directory`: the
-// check that keeps us from signalling an unrelated process that reused the pid.
-bool is_our_qemu(int pid, const fs::path& directory) {
-  if (pid <= 0) return false;
-  std::error_code error;
-  fs::path cwd = fs::read_symlink(fmt::format("/proc/{}/cwd", pid), error);
-  if (error || cwd != directory) return false;
-  std::string stat = read_text_if_exists(fmt::format("/proc/{}/stat", pid));
-  auto close_paren = stat.rfind(')');
-  return close_paren != std::string::npos && close_paren + 2 < stat.size() &&
-         stat[close_paren + 2] != 'Z';
-}
-
-// The live processes working in `directory` that are QEMU (by their executable, or by the program
-// a wrapper script runs): what a VM of that instance folder may be.
-std::vector<int> qemus_working_in(const fs::path& directory) {
-  auto is_qemu = [](const std::string& program) {
-    return fs::path(program).filename().string().starts_with("qemu-system");
-  };
-  std::vector<int> found;
-  std::error_code error;
-  for (const auto& entry : fs::directory_iterator("/proc", error)) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const int pid = std::stoi(name);
-    if (!is_our_qemu(pid, directory)) continue;
-    std::error_code ignored;
-    const std::string exe = fs::read_symlink(entry.path() / "exe", ignored).string();
-    std::string command = read_text_if_exists(entry.path() / "cmdline");
-    std::replace(command.begin(), command.end(), '\0', '\n');
-    std::istringstream arguments(command);
-    std::string first;
-    std::string second;
-    std::getline(arguments, first);
-    std::getline(arguments, second);
-    if (is_qemu(exe) || is_qemu(first) || is_qemu(second)) found.push_back(pid);
-  }
-  return found;
-}
-
-// SIGKILLs `pid` and waits until the whole process is gone: /proc shows its main thread gone
-// while the other threads still hold its sockets and files, so it waits on a pidfd, which turns
-// readable only once the process has exited. Opened before the signal: it names this process
-// even if the pid is reused.
-void kill_and_wait(int pid) {
-  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  ::kill(pid, SIGKILL);
-  if (pidfd >= 0) {
-    pollfd exited{pidfd, POLLIN, 0};
-    ::poll(&exited, 1, 5000);
-    ::close(pidfd);
-    return;
-  }
-  const auto deadline = Clock::now() + milliseconds(5000);
-  while (Clock::now() < deadline && fs::exists(fmt::format("/proc/{}", pid))) {
-    std::this_thread::sleep_for(milliseconds(20));
-  }
-}
 
 // The probe boots a Linux kernel whatever the model boots from: a disk-booted model's bootloader
 // runs under KVMs that hang the kernel it loads.
@@ -379,25 +261,36 @@ class QemuMachine final : public Machine {
   void remove() override {}
 
   nlohmann::json save_warm_image(const fs::path& image_directory) override {
+    const bool mapped = memory_in_file();
     QmpClient client = qmp();
     // Unthrottled: the state goes to a local file, and the guest is stopped meanwhile anyway.
     client.execute("migrate-set-parameters", {{"max-bandwidth", 107374182400LL}});
+    // The memory is in its file already: the state is left with the devices' (hundreds of KiB).
+    if (mapped) set_ignore_shared(client);
     client.execute("stop");
     const fs::path state = image_directory / kWarmState;
     client.execute("migrate", {{"uri", "exec:cat > " + ssh::shell_quote(state.string())}});
     wait_for_migration(client, "saving the warm image");
     client.execute("quit");
     if (!wait_for_exit(milliseconds(10000))) kill();
-    // The disk as it was at the stop is the base every clone's overlay sits on: never written
-    // again.
-    const fs::path base = image_directory / kWarmBase;
-    fs::rename(path(kDisk), base);
-    fs::permissions(base, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
-    fs::permissions(state, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+    // The disk as it was at the stop is the base every clone's overlay sits on, and the memory
+    // file what each clone maps: never written again. QEMU 7.2 opens a memory file read-write
+    // even for a private mapping, so that one stays writable by its owner; the manifest's hashes
+    // guard both.
+    const auto read_only = fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read;
+    keep_in_image(path(kDisk), image_directory / kWarmBase, read_only);
+    keep_in_image(state, state, read_only);
+    if (mapped) {
+      keep_in_image(path(kMemoryFile), image_directory / kMemoryFile,
+                    fs::perms::owner_read | fs::perms::owner_write);
+    }
     return {{"qemu_version", qemu_version()},
             {"machine_type", machine_type()},
-            {"accelerator", accelerator_}};
+            {"accelerator", accelerator_},
+            {"memory", to_string(mapped ? WarmMemory::Mapped : WarmMemory::Streamed)}};
   }
+
+  [[nodiscard]] bool warm_image_copies_memory() const override { return !memory_in_file(); }
 
   std::string agent_exchange(const std::string& request, milliseconds timeout) override {
     const auto deadline = Clock::now() + timeout;
@@ -434,16 +327,17 @@ class QemuMachine final : public Machine {
 
   [[nodiscard]] bool resumed_warm() const override { return resuming_; }
 
-  // The parts of the command line a saved guest depends on: machine, memory, CPUs, kernel
-  // command line and the ordered device list (QEMU refuses state from other hardware).
+  // What a saved guest depends on: machine type, accelerator, where its memory lives, memory
+  // size, CPUs, kernel command line and the ordered device list (QEMU refuses state from other
+  // hardware, and would happily resume it on another memory mode).
   [[nodiscard]] std::string hardware_signature() {
     accelerator_ = accelerator_choice(config_).name;
-    std::string signature;
+    std::string signature = fmt::format("machine {}\naccelerator {}\nmemory {}\n", machine_type(),
+                                        accelerator_, to_string(warm_memory()));
     const std::vector<std::string> args = arguments();
     for (std::size_t i = 0; i + 1 < args.size(); ++i) {
       const std::string& flag = args[i];
-      if (flag == "-machine" || flag == "-accel" || flag == "-m" || flag == "-smp" ||
-          flag == "-device" || flag == "-append") {
+      if (flag == "-m" || flag == "-smp" || flag == "-device" || flag == "-append") {
         signature += flag + " " + args[i + 1] + "\n";
       }
     }
@@ -483,15 +377,34 @@ class QemuMachine final : public Machine {
     });
   }
 
+  // The guest's memory is a file (see kMemoryFile): in a boot that becomes a warm image, and in
+  // a clone resuming one, when this QEMU can leave such memory out of the saved state.
+  [[nodiscard]] bool memory_in_file() const {
+    return (resuming_ || config_.saves_warm_image) && warm_memory() == WarmMemory::Mapped;
+  }
+
   std::vector<std::string> arguments() const {
     const Model& model = config_.model;
-    std::vector<std::string> args = {"-name",       config_.instance_name,
-                                     "-machine",    machine_type(),
-                                     "-accel",      accelerator_,
-                                     "-m",          std::to_string(config_.profile.memory_mib),
-                                     "-smp",        std::to_string(config_.profile.cpus),
-                                     "-nodefaults", "-no-user-config",
-                                     "-display",    "none"};
+    const bool memory_file = memory_in_file();
+    std::vector<std::string> args = {
+        "-name", config_.instance_name, "-machine",
+        memory_file ? fmt::format("{},memory-backend={}", machine_type(), kMemoryBackend)
+                    : machine_type(),
+        "-accel",
+        // QEMU's default translation cache is 1 GiB per VM; see tcg_tb_size_mib().
+        accelerator_ == "tcg" ? fmt::format("tcg,tb-size={}", tcg_tb_size_mib()) : accelerator_,
+        "-m", std::to_string(config_.profile.memory_mib), "-smp",
+        std::to_string(config_.profile.cpus), "-nodefaults", "-no-user-config", "-display", "none"};
+    if (memory_file) {
+      // The build maps its file shared, so the guest's memory is in it at the save; a clone
+      // privately, so its writes stay its own and the pages it leaves alone are shared.
+      args.insert(args.end(),
+                  {"-object", fmt::format("memory-backend-file,id={},size={}M,mem-path={},share={}",
+                                          kMemoryBackend, config_.profile.memory_mib,
+                                          resuming_ ? option_value(config_.warm_image / kMemoryFile)
+                                                    : std::string(kMemoryFile),
+                                          resuming_ ? "off" : "on")});
+    }
     if (model.boot.kind == BootSpec::Kind::Kernel) {
       args.insert(args.end(), {"-kernel", model.boot.kernel.string()});
       if (!model.boot.initrd.empty())
@@ -503,6 +416,9 @@ class QemuMachine final : public Machine {
         args.end(),
         {"-netdev", fmt::format("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{}", port_, model.ssh_port),
          "-device", "virtio-net-pci,netdev=net0,id=vnet0", "-device", "virtio-rng-pci,id=rng0",
+         // A new generation ID in every QEMU, so a clone's kernel (Linux >= 5.18) reseeds its RNG
+         // the moment it resumes.
+         "-device", "vmgenid,guid=auto,id=vmgenid0",
          // The guest agent's port: warm clones get their identity through it.
          "-device", "virtio-serial-pci,id=vser0", "-chardev",
          fmt::format("socket,id=agent0,path={},server=on,wait=off", kAgentSocket), "-device",
@@ -554,6 +470,8 @@ class QemuMachine final : public Machine {
   // Starts qemu; true once its QMP socket answers, false when the SSH port was taken meanwhile.
   bool spawn() {
     fs::remove(path(kQmpSocket));
+    // A boot that becomes a warm image starts on fresh memory, not an earlier attempt's.
+    if (!resuming_) fs::remove(path(kMemoryFile));
     // QEMU binds the private card's port socket and leaves it behind when it exits.
     if (config_.private_nic) fs::remove(config_.private_nic->port_socket);
     FILE* log = std::fopen(path(kQemuLog).c_str(), "w");
@@ -682,6 +600,7 @@ class QemuMachine final : public Machine {
   void resume_warm_state() {
     QmpClient client = qmp();
     const fs::path state = config_.warm_image / kWarmState;
+    if (memory_in_file()) set_ignore_shared(client);  // as at the save, or QEMU refuses the state
     client.execute("migrate-incoming", {{"uri", "exec:cat " + ssh::shell_quote(state.string())}});
     const auto deadline = Clock::now() + kMigrationTimeout;
     while (client.execute("query-status").value("status", "") == "inmigrate") {
@@ -696,6 +615,29 @@ class QemuMachine final : public Machine {
     // The image was saved from a stopped VM, so it arrives paused.
     client.execute("cont");
     warm_restored_ = true;
+  }
+
+  static void set_ignore_shared(QmpClient& client) {
+    client.execute("migrate-set-capabilities",
+                   {{"capabilities", nlohmann::json::array(
+                                         {{{"capability", "x-ignore-shared"}, {"state", true}}})}});
+  }
+
+  // Moves `from` (a file of this instance) to `to` in a warm image with `mode`, and makes it
+  // durable: a clone trusts what the manifest recorded of it.
+  void keep_in_image(const fs::path& from, const fs::path& to, fs::perms mode) {
+    try {
+      if (from != to) fs::rename(from, to);
+      fs::permissions(to, mode);
+      const int fd = ::open(to.c_str(), O_RDONLY | O_CLOEXEC);
+      const bool synced = fd >= 0 && ::fsync(fd) == 0;
+      if (fd >= 0) ::close(fd);
+      if (!synced)
+        throw BackendError(fmt::format("cannot flush {}: {}", to.string(), std::strerror(errno)));
+    } catch (const fs::filesystem_error& error) {
+      throw BackendError(fmt::format("instance '{}': cannot keep {} in the warm image: {}",
+                                     config_.instance_name, from.string(), error.what()));
+    }
   }
 
   void wait_for_migration(QmpClient& client, const char* what) {

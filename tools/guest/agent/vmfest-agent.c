@@ -9,11 +9,13 @@
  *
  * Protocol (one request, one reply line):
  *   host:  "ping\n"                                              guest: "pong\n"
- *   host:  "quiesce\n" (before the image is saved)               guest: "ok\n"
+ *   host:  "quiesce\n" or "quiesce keep-cache\n" (before the image is saved)   guest: "ok\n"
  *          Stops a listening dropbear (a clone starts its own with its own key; OpenSSH's sshd,
- *          run by systemd, stays and reloads its keys instead) and flushes and drops the page
- *          cache: with init_on_free=1 on the kernel command line the freed pages are zero, which
- *          the saved state stores in a few bytes each.
+ *          run by systemd, stays and reloads its keys instead) and flushes the page cache to disk.
+ *          Plain "quiesce" also drops it, for an image whose state holds the guest's memory: with
+ *          init_on_free=1 on the kernel command line the freed pages are zero, which the saved
+ *          state stores in a few bytes each. An image whose memory clones map keeps it: there a
+ *          cached file costs nothing, and each clone would otherwise read it from disk again.
  *   host:  "identity SECONDS NANOSECONDS ENTROPY_HEX HOSTNAME USER KEYS_LENGTH DROPBEAR_LENGTH
  *           OPENSSH_LENGTH OPENSSH_PUBLIC_LENGTH\n" (one line)
  *          followed by KEYS_LENGTH bytes of authorized_keys for USER, then the Ed25519 host key in
@@ -532,12 +534,13 @@ static const char* apply_identity(int fd, const char* header) {
   return stopped != NULL ? stopped : start_dropbear();
 }
 
-static const char* quiesce(void) {
+static const char* quiesce(int keep_cache) {
   char server[64];
   int pid = ssh_server(server);
   const char* stopped = pid != 0 && strcmp(server, "dropbear") == 0 ? stop_dropbear(pid) : NULL;
   if (stopped != NULL) return stopped;
   sync();
+  if (keep_cache) return "ok\n";
   int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
   if (fd < 0) return "error cannot open /proc/sys/vm/drop_caches\n";
   int written = (int)write(fd, "3\n", 2);
@@ -552,8 +555,8 @@ int main(void) {
   while (read_line(fd, line, sizeof(line)) == 0) {
     if (strcmp(line, "ping") == 0) {
       reply(fd, "pong\n");
-    } else if (strcmp(line, "quiesce") == 0) {
-      reply(fd, quiesce());
+    } else if (strcmp(line, "quiesce") == 0 || strcmp(line, "quiesce keep-cache") == 0) {
+      reply(fd, quiesce(strcmp(line, "quiesce") != 0));
     } else if (strncmp(line, "identity ", 9) == 0) {
       reply(fd, apply_identity(fd, line));
     } else {
