@@ -12,6 +12,8 @@
  *   host:  "quiesce\n" or "quiesce keep-cache\n" (before the image is saved)   guest: "ok\n"
  *          Stops a listening dropbear (a clone starts its own with its own key; OpenSSH's sshd,
  *          run by systemd, stays and reloads its keys instead) and flushes the page cache to disk.
+ *          A dropbear started before the save would carry one RNG state into every clone, and
+ *          one that loads its key at each connection (-R) makes a throwaway key each time.
  *          Plain "quiesce" also drops it, for an image whose state holds the guest's memory: with
  *          init_on_free=1 on the kernel command line the freed pages are zero, which the saved
  *          state stores in a few bytes each. An image whose memory clones map keeps it: there a
@@ -78,10 +80,16 @@ static int open_port(void) {
   return fd;
 }
 
-/* Reads exactly n bytes. While no host is connected the port reports POLLHUP: wait for one. */
-static int read_exact(int fd, char* buffer, size_t n) {
-  size_t done = 0;
-  while (done < n) {
+/* What the host sent and no request has consumed yet: read in chunks, since each system call
+ * right after a resume runs through code TCG has not translated yet. */
+static char pending[8192];
+static size_t pending_from, pending_to;
+
+/* Waits for bytes from the host into the empty `pending`. While no host is connected the port
+ * reports POLLHUP: wait for one. */
+static int fill_pending(int fd) {
+  pending_from = pending_to = 0;
+  for (;;) {
     struct pollfd poller = {fd, POLLIN, 0};
     if (poll(&poller, 1, -1) < 0) {
       if (errno == EINTR) continue;
@@ -91,14 +99,28 @@ static int read_exact(int fd, char* buffer, size_t n) {
       usleep(5000); /* host side closed: a short nap keeps a saved image resuming promptly */
       continue;
     }
-    ssize_t got = read(fd, buffer + done, n - done);
+    ssize_t got = read(fd, pending, sizeof(pending));
     if (got < 0 && errno == EINTR) continue;
     if (got < 0) return -1;
     if (got == 0) {
       usleep(5000);
       continue;
     }
-    done += (size_t)got;
+    pending_to = (size_t)got;
+    return 0;
+  }
+}
+
+/* Reads exactly n bytes. */
+static int read_exact(int fd, char* buffer, size_t n) {
+  size_t done = 0;
+  while (done < n) {
+    if (pending_from == pending_to && fill_pending(fd) != 0) return -1;
+    size_t take = pending_to - pending_from;
+    if (take > n - done) take = n - done;
+    memcpy(buffer + done, pending + pending_from, take);
+    pending_from += take;
+    done += take;
   }
   return 0;
 }
