@@ -4,9 +4,13 @@
 //   floor (b) cold  a vmfest instance booted from the model, create() to ready (c) warm  a vmfest
 //   instance resumed from the model's warm image, create() to ready (d) destroy, of cold and warm
 //   instances (e) a 20-test suite (fresh instance, one command, destroy; sequential), cold vs warm
-//   plus 8 warm instances started at once, and where the time goes (median per phase).
+//   plus 8 warm instances started at once, and where the time goes (median per phase). (f) memory:
+//   the warm image's state file, and the proportional set size of QEMU for 8 idle warm clones vs 8
+//   idle cold instances. (g) warm with the memory in the state (VMFEST_WARM_MEMORY=streamed, the
+//   fallback for a QEMU without x-ignore-shared), beside the default mapped memory.
 // Rounds interleave raw, cold and warm so that load on the host hits all three alike. Prints a
-// table, then `cold_vs_raw R`, `warm_vs_cold R`, `suite_warm_vs_cold R` as the last lines, and
+// table, then `cold_vs_raw R`, `warm_vs_cold R`, `suite_warm_vs_cold R`, `warm_state_bytes N`,
+// `warm_clone_pss_mib M`, `cold_pss_mib M`, `warm_vs_cold_pss R` as the last lines, and
 // writes the same as JSON (argv[1], default boot_bench.json).
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -32,6 +36,8 @@
 #include <boost/process/v2/stdio.hpp>
 #include <nlohmann/json.hpp>
 
+#include "files.h"
+#include "instance_record.h"
 #include "seed.h"
 #include "subprocess.h"
 #include "vmfest/error.h"
@@ -150,6 +156,7 @@ struct Timing {
   double ready = 0;
   double destroy = 0;
   std::map<std::string, double> phases;  // "create" and the steps of start()
+  fs::path warm_image;                   // the image a warm instance resumed
 };
 
 // Median seconds of each phase over the rounds, in the order start() runs them.
@@ -180,6 +187,9 @@ Timing vmfest_boot(bool warm) {
   instance.start();
   timing.ready = Seconds(Clock::now() - begin).count();
   for (const auto& phase : instance.start_phases()) timing.phases[phase.name] += phase.seconds;
+  if (auto record = vmfest::detail::read_instance_record(instance.directory())) {
+    timing.warm_image = record->warm_image;
+  }
   if (!instance.ssh().run("true").ok()) throw vmfest::Error("instance did not run a command");
   const auto destroy_begin = Clock::now();
   instance.destroy();
@@ -200,9 +210,28 @@ double suite(bool warm) {
   return Seconds(Clock::now() - begin).count();
 }
 
-// All become ready, and how long the last one took.
-double parallel_warm() {
-  std::vector<std::optional<vmfest::Instance>> instances(kParallelWarm);
+// The proportional set size (MiB) of the QEMU running in `instance`'s folder: its share of the
+// pages it maps, so pages shared by clones count once in total.
+double qemu_pss_mib(const vmfest::Instance& instance) {
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    std::error_code error;
+    if (fs::read_symlink(entry.path() / "cwd", error) != instance.directory()) continue;
+    if (!fs::read_symlink(entry.path() / "exe", error).filename().string().starts_with("qemu")) {
+      continue;
+    }
+    std::ifstream rollup(entry.path() / "smaps_rollup");
+    for (std::string key; rollup >> key;) {
+      long kib = 0;
+      if (key == "Pss:" && rollup >> kib) return static_cast<double>(kib) / 1024;
+    }
+  }
+  throw vmfest::Error("no QEMU found for instance " + instance.name());
+}
+
+// Starts `count` instances at once and returns them when all are ready, with the seconds that took.
+std::pair<std::vector<std::optional<vmfest::Instance>>, double> start_at_once(int count,
+                                                                              bool warm) {
+  std::vector<std::optional<vmfest::Instance>> instances(count);
   std::mutex failures_mutex;
   std::vector<std::string> failures;
   const auto begin = Clock::now();
@@ -213,6 +242,7 @@ double parallel_warm() {
         try {
           vmfest::InstanceRequest request;
           request.model = vmfest::testing::kDefaultModel;
+          request.warm = warm;
           slot.emplace(vmfest::Instance::create(request));
           slot->start();
           slot->ssh().check("true");
@@ -224,8 +254,17 @@ double parallel_warm() {
     }
   }
   const double seconds = Seconds(Clock::now() - begin).count();
-  if (!failures.empty()) throw vmfest::Error("parallel warm start failed: " + failures.front());
-  return seconds;
+  if (!failures.empty()) throw vmfest::Error("parallel start failed: " + failures.front());
+  return {std::move(instances), seconds};
+}
+
+// The median PSS of `count` idle instances started at once, after they settled for 10 s.
+double idle_pss_mib(int count, bool warm) {
+  auto [instances, seconds] = start_at_once(count, warm);
+  std::this_thread::sleep_for(std::chrono::seconds(10));
+  std::vector<double> pss;
+  for (auto& instance : instances) pss.push_back(qemu_pss_mib(*instance));
+  return median(pss);
 }
 
 }  // namespace
@@ -267,7 +306,23 @@ int main(int argc, char** argv) {
   const double suite_cold = suite(false);
   const double suite_warm = suite(true);
   std::cerr << kParallelWarm << " warm instances at once...\n";
-  const double parallel = parallel_warm();
+  const double parallel = start_at_once(kParallelWarm, true).second;
+  std::cerr << "memory of " << kParallelWarm << " idle warm, then cold instances...\n";
+  const double warm_pss = idle_pss_mib(kParallelWarm, true);
+  const double cold_pss = idle_pss_mib(kParallelWarm, false);
+  const auto warm_state_bytes = fs::file_size(warm_rounds.front().warm_image / "state");
+
+  std::cerr << "warm with the memory in the state (VMFEST_WARM_MEMORY=streamed)...\n";
+  ::setenv("VMFEST_WARM_MEMORY", "streamed", 1);
+  vmfest_boot(true);  // builds that image
+  std::vector<double> warm_streamed;
+  std::uintmax_t streamed_state_bytes = 0;
+  for (int round = 1; round <= kRounds; ++round) {
+    Timing streamed = vmfest_boot(true);
+    warm_streamed.push_back(streamed.ready);
+    streamed_state_bytes = fs::file_size(streamed.warm_image / "state");
+  }
+  ::unsetenv("VMFEST_WARM_MEMORY");
 
   const double cold_vs_raw = median(cold) / median(raw);
   const double warm_vs_cold = median(warm) / median(cold);
@@ -285,6 +340,17 @@ int main(int argc, char** argv) {
   row(fmt::format("(e) {}-test suite, warm", kSuiteTests), suite_warm);
   row(fmt::format("{} warm instances at once, all ready", kParallelWarm), parallel);
   row("first warm instance (incl. building the image)", first_warm);
+  row(fmt::format("(g) warm, memory streamed, median of {}", kRounds), median(warm_streamed));
+  std::cout << fmt::format("{:<44} {:>10}\n", "(f) warm image state file, mapped / streamed",
+                           fmt::format("{} / {} bytes", warm_state_bytes, streamed_state_bytes));
+  std::cout << fmt::format("{:<44} {:>10.1f}\n",
+                           fmt::format("(f) PSS of {} idle warm clones, median MiB", kParallelWarm),
+                           warm_pss);
+  std::cout << fmt::format("{:<44} {:>10.1f}\n",
+                           fmt::format("(f) PSS of {} idle cold VMs, median MiB", kParallelWarm),
+                           cold_pss);
+  std::cout << fmt::format("{:<44} {:>10}\n", "(f) idle warm clones in 16 GiB (by PSS)",
+                           static_cast<long>(16384 / warm_pss));
   nlohmann::json breakdown;
   for (const auto& [kind, rounds] : {std::pair{"cold", &cold_rounds}, {"warm", &warm_rounds}}) {
     for (const auto& [phase, seconds] : phase_medians(*rounds)) {
@@ -292,8 +358,11 @@ int main(int argc, char** argv) {
       breakdown[kind][phase] = seconds;
     }
   }
-  std::cout << fmt::format("cold_vs_raw {:.2f}\nwarm_vs_cold {:.2f}\nsuite_warm_vs_cold {:.2f}\n",
-                           cold_vs_raw, warm_vs_cold, suite_ratio);
+  std::cout << fmt::format(
+      "cold_vs_raw {:.2f}\nwarm_vs_cold {:.3f}\nsuite_warm_vs_cold {:.3f}\nwarm_state_bytes {}\n"
+      "warm_clone_pss_mib {:.1f}\ncold_pss_mib {:.1f}\nwarm_vs_cold_pss {:.2f}\n",
+      cold_vs_raw, warm_vs_cold, suite_ratio, warm_state_bytes, warm_pss, cold_pss,
+      warm_pss / cold_pss);
 
   nlohmann::json report = {{"raw_seconds", raw},
                            {"cold_seconds", cold},
@@ -307,7 +376,12 @@ int main(int argc, char** argv) {
                            {"cold_vs_raw", cold_vs_raw},
                            {"warm_vs_cold", warm_vs_cold},
                            {"suite_warm_vs_cold", suite_ratio},
-                           {"phase_medians_seconds", breakdown}};
+                           {"phase_medians_seconds", breakdown},
+                           {"warm_streamed_seconds", warm_streamed},
+                           {"warm_state_bytes", warm_state_bytes},
+                           {"streamed_state_bytes", streamed_state_bytes},
+                           {"warm_clone_pss_mib", warm_pss},
+                           {"cold_pss_mib", cold_pss}};
   std::ofstream(json_path) << report.dump(2) << "\n";
   return 0;
 }
