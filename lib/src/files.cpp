@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -77,6 +78,56 @@ std::string sha256_file(const fs::path& path) {
     hasher.update(std::span(buffer.data(), static_cast<std::size_t>(in.gcount())));
   }
   return hasher.hex_digest();
+}
+
+std::uintmax_t punch_zero_blocks(const std::filesystem::path& path) {
+  constexpr std::size_t kBlock = 4096;
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    throw Error(fmt::format("cannot open {} to free its zero blocks: {}", path.string(),
+                            std::strerror(errno)));
+  }
+  std::vector<char> chunk(1 << 20);
+  std::uintmax_t freed = 0;
+  off_t offset = 0;
+  off_t run_start = -1;  // the zero blocks not yet punched
+  int failure = 0;
+  auto punch_run = [&](off_t end) {
+    if (run_start >= 0 && end > run_start && failure == 0) {
+      if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, run_start, end - run_start) ==
+          0) {
+        freed += static_cast<std::uintmax_t>(end - run_start);
+      } else {
+        failure = errno;
+      }
+    }
+    run_start = -1;
+  };
+  for (;;) {
+    const ssize_t got = ::pread(fd, chunk.data(), chunk.size(), offset);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) failure = errno;
+    if (got <= 0) break;
+    for (std::size_t at = 0; at < static_cast<std::size_t>(got); at += kBlock) {
+      const std::size_t length = std::min(kBlock, static_cast<std::size_t>(got) - at);
+      const bool zero = chunk[at] == 0 && std::memcmp(&chunk[at], &chunk[at + 1], length - 1) == 0;
+      const off_t block = offset + static_cast<off_t>(at);
+      if (zero && length == kBlock) {
+        if (run_start < 0) run_start = block;
+      } else {
+        punch_run(block);
+      }
+    }
+    offset += got;
+  }
+  punch_run(offset);
+  if (failure == 0 && ::fsync(fd) != 0) failure = errno;
+  ::close(fd);
+  if (failure != 0) {
+    throw Error(fmt::format("cannot free the zero blocks of {}: {}", path.string(),
+                            std::strerror(failure)));
+  }
+  return freed;
 }
 
 std::string tail_lines(const fs::path& path, std::size_t lines) {

@@ -1,6 +1,7 @@
 // Small file helpers shared by the registry, instances and backends.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 
@@ -15,6 +16,9 @@ void write_text_atomically(const std::filesystem::path& path, const std::string&
                            unsigned mode = 0644);
 // Lowercase hex sha256 of a file's content.
 std::string sha256_file(const std::filesystem::path& path);
+// Deallocates every all-zero 4 KiB block of a file (a hole reads as zeros), fsyncs it, and returns
+// the bytes freed: a guest's memory file is mostly pages the guest zeroed. Error on failure.
+std::uintmax_t punch_zero_blocks(const std::filesystem::path& path);
 // The last `lines` lines of a text file ("" if it does not exist).
 std::string tail_lines(const std::filesystem::path& path, std::size_t lines);
 

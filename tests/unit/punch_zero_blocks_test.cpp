@@ -1,0 +1,38 @@
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "files.h"
+#include "vmfest/error.h"
+
+namespace {
+namespace fs = std::filesystem;
+
+// A memory file of zero and non-zero pages keeps its content (and hash) and its size, and only
+// its zero blocks leave the disk.
+TEST(PunchZeroBlocks, FreesOnlyZeroBlocksAndKeepsTheContent) {
+  const fs::path file = fs::temp_directory_path() / ("vmfest-punch-" + std::to_string(::getpid()));
+  std::string content(64 * 4096, '\0');
+  for (std::size_t page : {0, 5, 6, 40, 63}) content[page * 4096 + 100] = 'x';
+  content[20 * 4096 + 4095] = 'y';  // a block whose last byte alone is set
+  std::ofstream(file, std::ios::binary) << content;
+  const std::string before = vmfest::detail::sha256_file(file);
+
+  const auto freed = vmfest::detail::punch_zero_blocks(file);
+  EXPECT_EQ(freed, (64u - 6u) * 4096u);
+  EXPECT_EQ(vmfest::detail::sha256_file(file), before);
+  EXPECT_EQ(fs::file_size(file), content.size());
+  struct stat info {};
+  ASSERT_EQ(::stat(file.c_str(), &info), 0);
+  EXPECT_LE(static_cast<std::uintmax_t>(info.st_blocks) * 512, 6u * 4096u + 8192u);
+  fs::remove(file);
+
+  EXPECT_THROW(vmfest::detail::punch_zero_blocks(file), vmfest::Error);
+}
+
+}  // namespace
