@@ -1,8 +1,6 @@
 #include "qemu_backend.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -10,7 +8,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <optional>
-#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -23,8 +20,9 @@
 #include "../../src/files.h"
 #include "../../src/subprocess.h"
 #include "accelerator.h"
+#include "command_line.h"
+#include "guest_port_watch.h"
 #include "host_qemu.h"
-#include "option_value.h"
 #include "qemu_process.h"
 #include "qmp_client.h"
 #include "unix_socket.h"
@@ -39,18 +37,9 @@ using std::chrono::milliseconds;
 
 namespace {
 
-constexpr const char* kDisk = "disk.qcow2";
-constexpr const char* kSerialLog = "serial.log";
 constexpr const char* kQemuLog = "qemu.log";
-constexpr const char* kQmpSocket = "qmp.sock";
-constexpr const char* kPidFile = "qemu.pid";
-constexpr const char* kAgentSocket = "agent.sock";
 constexpr const char* kWarmBase = "base.qcow2";
 constexpr const char* kWarmState = "state";
-// The guest's memory: the RAM file of a warm-image build (a shared mapping, so that its memory is
-// in the file when the guest is saved), then the image's, which each clone maps copy-on-write.
-constexpr const char* kMemoryFile = "memory";
-constexpr const char* kMemoryBackend = "ram0";
 constexpr milliseconds kMigrationTimeout{120000};
 constexpr int kPortAttempts = 5;
 constexpr milliseconds kLaunchTimeout{15000};
@@ -69,56 +58,6 @@ AcceleratorChoice accelerator_choice(const MachineConfig& config) {
                               : find_probe_kernel(config.registered_kernel);
   return choose_accelerator(qemu_binary(), accelerator_cache_directory(), kernel, kProbeTimeout);
 }
-
-// Watches the forwarded SSH port for bytes from the guest: a sign of life that needs no console.
-// QEMU accepts the host side of a connection at once, whatever the guest does; only what comes
-// through it is the guest's.
-class GuestPortWatch {
- public:
-  explicit GuestPortWatch(int port) : port_(port) {}
-  ~GuestPortWatch() { disconnect(); }
-  GuestPortWatch(const GuestPortWatch&) = delete;
-  GuestPortWatch& operator=(const GuestPortWatch&) = delete;
-
-  bool guest_spoke() {
-    // A guest whose port is closed resets each connection: at most one new one a second.
-    if (fd_ < 0) {
-      if (Clock::now() < next_connect_) return false;
-      next_connect_ = Clock::now() + milliseconds(1000);
-      if (!connect()) return false;
-    }
-    char byte = 0;
-    const ssize_t n = ::recv(fd_, &byte, 1, MSG_PEEK);
-    if (n > 0) return true;
-    // Closed (QEMU gave up on the guest's side): try again on the next call.
-    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOTCONN)) disconnect();
-    return false;
-  }
-
- private:
-  bool connect() {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd_ < 0) return false;
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(static_cast<std::uint16_t>(port_));
-    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 &&
-        errno != EINPROGRESS) {
-      disconnect();
-      return false;
-    }
-    return true;
-  }
-  void disconnect() noexcept {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
-  int port_;
-  int fd_ = -1;
-  Clock::time_point next_connect_;
-};
 
 class QemuMachine final : public Machine {
  public:
@@ -388,87 +327,7 @@ class QemuMachine final : public Machine {
   }
 
   std::vector<std::string> arguments() const {
-    const Model& model = config_.model;
-    const bool memory_file = memory_in_file();
-    std::vector<std::string> args = {
-        "-name", config_.instance_name, "-machine",
-        memory_file ? fmt::format("{},memory-backend={}", machine_type(), kMemoryBackend)
-                    : machine_type(),
-        "-accel",
-        // QEMU's default translation cache is 1 GiB per VM; see tcg_tb_size_mib().
-        accelerator_ == "tcg" ? fmt::format("tcg,tb-size={}", tcg_tb_size_mib()) : accelerator_,
-        "-m", std::to_string(config_.profile.memory_mib), "-smp",
-        std::to_string(config_.profile.cpus), "-nodefaults", "-no-user-config", "-display", "none"};
-    if (memory_file) {
-      // The build maps its file shared, so the guest's memory is in it at the save; a clone
-      // privately, so its writes stay its own and the pages it leaves alone are shared.
-      args.insert(args.end(),
-                  {"-object", fmt::format("memory-backend-file,id={},size={}M,mem-path={},share={}",
-                                          kMemoryBackend, config_.profile.memory_mib,
-                                          resuming_ ? option_value(config_.warm_image / kMemoryFile)
-                                                    : std::string(kMemoryFile),
-                                          resuming_ ? "off" : "on")});
-    }
-    if (model.boot.kind == BootSpec::Kind::Kernel) {
-      args.insert(args.end(), {"-kernel", model.boot.kernel.string()});
-      if (!model.boot.initrd.empty())
-        args.insert(args.end(), {"-initrd", model.boot.initrd.string()});
-      args.insert(args.end(), {"-append", model.boot.cmdline});
-    }
-    add_storage(args);
-    args.insert(
-        args.end(),
-        {"-netdev", fmt::format("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{}", port_, model.ssh_port),
-         "-device", "virtio-net-pci,netdev=net0,id=vnet0", "-device", "virtio-rng-pci,id=rng0",
-         // A new generation ID in every QEMU, so a clone's kernel (Linux >= 5.18) reseeds its RNG
-         // the moment it resumes.
-         "-device", "vmgenid,guid=auto,id=vmgenid0",
-         // The guest agent's port: warm clones get their identity through it.
-         "-device", "virtio-serial-pci,id=vser0", "-chardev",
-         fmt::format("socket,id=agent0,path={},server=on,wait=off", kAgentSocket), "-device",
-         "virtserialport,bus=vser0.0,chardev=agent0,name=org.vmfest.agent", "-serial",
-         fmt::format("file:{}", kSerialLog), "-qmp",
-         fmt::format("unix:{},server=on,wait=off", kQmpSocket), "-pidfile", kPidFile});
-    if (config_.private_nic) {
-      const PrivateNic& nic = *config_.private_nic;
-      args.insert(args.end(),
-                  {"-netdev",
-                   fmt::format("dgram,id=net1,local.type=unix,local.path={},remote.type=unix,"
-                               "remote.path={}",
-                               option_value(nic.port_socket), option_value(nic.hub_socket)),
-                   "-device", fmt::format("virtio-net-pci,netdev=net1,id=vnet1,mac={}", nic.mac)});
-    }
-    if (resuming_) args.insert(args.end(), {"-incoming", "defer"});
-    return args;
-  }
-
-  // The disk and the NoCloud seed (a CD-ROM where the bus has one) on the configured controller.
-  void add_storage(std::vector<std::string>& args) const {
-    const std::string disk = fmt::format("file={},if=none,id=disk0,format=qcow2", kDisk);
-    const std::string seed = fmt::format(
-        "file={},if=none,id=seed0,format=raw,readonly=on{}", option_value(config_.seed_image),
-        config_.storage_bus == StorageBus::Virtio ? "" : ",media=cdrom");
-    args.insert(args.end(), {"-drive", disk, "-drive", seed});
-    switch (config_.storage_bus) {
-      case StorageBus::Virtio:
-        args.insert(args.end(), {"-device", "virtio-blk-pci,drive=disk0,id=vblk0", "-device",
-                                 "virtio-blk-pci,drive=seed0,id=vblk1"});
-        break;
-      case StorageBus::Ide:  // the PIIX controller every pc machine has
-        args.insert(args.end(), {"-device", "ide-hd,drive=disk0,bus=ide.0,unit=0", "-device",
-                                 "ide-cd,drive=seed0,bus=ide.1,unit=0"});
-        break;
-      case StorageBus::Sata:
-        args.insert(args.end(),
-                    {"-device", "ahci,id=sata0", "-device", "ide-hd,drive=disk0,bus=sata0.0",
-                     "-device", "ide-cd,drive=seed0,bus=sata0.1"});
-        break;
-      case StorageBus::VirtioScsi:
-        args.insert(args.end(), {"-device", "virtio-scsi-pci,id=scsi0", "-device",
-                                 "scsi-hd,drive=disk0,bus=scsi0.0", "-device",
-                                 "scsi-cd,drive=seed0,bus=scsi0.0"});
-        break;
-    }
+    return qemu_arguments(config_, {port_, accelerator_, resuming_, memory_in_file()});
   }
 
   // Starts qemu; true once its QMP socket answers, false when the SSH port was taken meanwhile.

@@ -1,0 +1,31 @@
+// QEMU's command line for one VM, and the files it keeps in the instance folder (QEMU runs there,
+// so relative names keep socket paths short).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "../../src/backend.h"
+
+namespace vmfest::detail::qemu {
+
+inline constexpr const char* kDisk = "disk.qcow2";
+inline constexpr const char* kSerialLog = "serial.log";
+inline constexpr const char* kQmpSocket = "qmp.sock";
+inline constexpr const char* kPidFile = "qemu.pid";
+inline constexpr const char* kAgentSocket = "agent.sock";
+// The guest's memory: the RAM file of a warm-image build (a shared mapping, so that its memory is
+// in the file when the guest is saved), then the image's, which each clone maps copy-on-write.
+inline constexpr const char* kMemoryFile = "memory";
+
+// What one launch decides beyond the machine's configuration.
+struct LaunchSettings {
+  int ssh_port = 0;             // the host port forwarded to the guest's SSH port
+  std::string accelerator;      // "kvm" or "tcg"
+  bool resuming = false;        // resumes config.warm_image (-incoming defer)
+  bool memory_in_file = false;  // the guest's RAM is kMemoryFile (see MachineConfig)
+};
+
+std::vector<std::string> qemu_arguments(const MachineConfig& config, const LaunchSettings& launch);
+
+}  // namespace vmfest::detail::qemu
