@@ -1,6 +1,9 @@
 #include "vmfest/instance.h"
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdlib>
 #include <mutex>
@@ -46,6 +49,21 @@ milliseconds slot_timeout() {
 std::string random_suffix() {
   thread_local std::mt19937_64 generator{std::random_device{}()};
   return fmt::format("{:08x}", static_cast<std::uint32_t>(generator()));
+}
+
+std::string new_instance_folder_name(const std::string& name) {
+  return fmt::format(".new-{}-{}-{}", name, ::getpid(), random_suffix());
+}
+
+bool instance_creation_under_way(const std::string& folder_name) {
+  if (!folder_name.starts_with(".new-")) return false;
+  // .new-NAME-PID-SUFFIX, where NAME may hold dashes itself.
+  const auto suffix_dash = folder_name.rfind('-');
+  const auto pid_dash = folder_name.rfind('-', suffix_dash - 1);
+  if (suffix_dash == std::string::npos || pid_dash == std::string::npos) return false;
+  const std::string pid = folder_name.substr(pid_dash + 1, suffix_dash - pid_dash - 1);
+  if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) return false;
+  return ::kill(std::stoi(pid), 0) == 0 || errno == EPERM;
 }
 
 fs::path registered_kernel(const Home& home) {
@@ -297,7 +315,7 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
 
   // Reserve the name atomically across processes: build a private folder, hold its owner lock,
   // then rename it into place (rename fails when the name exists).
-  const fs::path staging = home.instances() / fmt::format(".new-{}-{}", name, random_suffix());
+  const fs::path staging = home.instances() / detail::new_instance_folder_name(name);
   fs::create_directory(staging);
   fs::permissions(staging, fs::perms::owner_all);
   impl->owner_lock.emplace(staging / detail::kOwnerLock);

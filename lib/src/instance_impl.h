@@ -27,6 +27,12 @@ using Clock = std::chrono::steady_clock;
 // How long start() waits for a free VM slot ($VMFEST_SLOT_WAIT seconds, else 10 minutes).
 std::chrono::milliseconds slot_timeout();
 std::string random_suffix();
+// The folder a new instance `name` is built in before it is renamed into place. It names the
+// creating process: the folder has no owner lock for a moment after its birth, and the reaper
+// must not take that moment for a killed creation.
+std::string new_instance_folder_name(const std::string& name);
+// False when `folder_name` is such a folder whose creating process has exited.
+bool instance_creation_under_way(const std::string& folder_name);
 // The kernel of a registered kernel-boot model (the QEMU backend's probe boots it); empty if none.
 std::filesystem::path registered_kernel(const Home& home);
 MachineConfig machine_config(const Home& home, const InstanceRecord& record, const Model& model);

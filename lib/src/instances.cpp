@@ -147,6 +147,8 @@ std::vector<std::string> reap_leaked_instances(const Home& home, const ReapOptio
     if (!entry.is_directory()) continue;
     try {
       if (!fs::exists(directory / detail::kOwnerLock)) {
+        // A new instance's folder before its creator took the lock.
+        if (detail::instance_creation_under_way(directory.filename().string())) continue;
         // Every instance folder has its lock from birth (see create): without it, this is what
         // a destroy killed halfway left, its VM already killed.
         spdlog::info("vmfest: removing {}, left by an interrupted destroy", directory.string());

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -44,10 +45,13 @@ TEST_F(ReapLeftovers, InterruptedSetupsWarmBuildsAndDestroysGo) {
   const fs::path building = folder(home_.models() / "tiny/warm/.building-0123456789abcdef-4000003");
   // Killed halfway through a destroy: the lock file is gone, some of the rest is not.
   const fs::path destroyed = folder(home_.instances() / "half-destroyed");
+  // Killed right after creating a new instance's folder, before taking its lock (pid 4000006).
+  const fs::path created = folder(home_.instances() / ".new-my-vm-4000006-0badcafe");
 
-  const auto reaped = vmfest::reap_leaked_instances(home_);
-  EXPECT_EQ(reaped, std::vector<std::string>{"half-destroyed"});
-  for (const fs::path& path : {staging, unpacked, replaced, building, destroyed}) {
+  auto reaped = vmfest::reap_leaked_instances(home_);
+  std::sort(reaped.begin(), reaped.end());
+  EXPECT_EQ(reaped, (std::vector<std::string>{".new-my-vm-4000006-0badcafe", "half-destroyed"}));
+  for (const fs::path& path : {staging, unpacked, replaced, building, destroyed, created}) {
     EXPECT_FALSE(fs::exists(path)) << path << " was left";
   }
   EXPECT_FALSE(fs::exists(home_.models() / ".debian.lock")) << "the name's lock file was left";
@@ -61,9 +65,12 @@ TEST_F(ReapLeftovers, WorkStillUnderWayStays) {
   FileLock build(home_.models() / "tiny/warm/fedcba9876543210.lock");
   const fs::path alive = folder(home_.instances() / "alive");
   FileLock owner(alive / vmfest::detail::kOwnerLock);
+  // A new instance's folder in the moment before its creator (this process) takes its lock.
+  const fs::path creating =
+      folder(home_.instances() / fmt::format(".new-my-vm-{}-0badcafe", ::getpid()));
 
   EXPECT_TRUE(vmfest::reap_leaked_instances(home_).empty());
-  for (const fs::path& path : {staging, building, alive}) {
+  for (const fs::path& path : {staging, building, alive, creating}) {
     EXPECT_TRUE(fs::exists(path)) << path << " was removed while its owner lives";
   }
 }
