@@ -130,6 +130,55 @@ std::uintmax_t punch_zero_blocks(const std::filesystem::path& path) {
   return freed;
 }
 
+void copy_sparse_file(const fs::path& from, const fs::path& to, unsigned mode) {
+  const int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) {
+    throw Error(fmt::format("cannot read {} to copy it: {}", from.string(), std::strerror(errno)));
+  }
+  const int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+  if (out < 0) {
+    const int saved = errno;
+    ::close(in);
+    throw Error(fmt::format("cannot create {}: {}", to.string(), std::strerror(saved)));
+  }
+  int failure = 0;
+  struct stat info {};
+  if (::fstat(in, &info) != 0 || ::ftruncate(out, info.st_size) != 0) failure = errno;
+  for (off_t data = 0; failure == 0;) {
+    data = ::lseek(in, data, SEEK_DATA);
+    if (data < 0) {
+      if (errno != ENXIO) failure = errno;  // ENXIO: no data after `data`
+      break;
+    }
+    const off_t hole = ::lseek(in, data, SEEK_HOLE);
+    if (hole < 0) {
+      failure = errno;
+      break;
+    }
+    off_t in_offset = data;
+    off_t out_offset = data;
+    while (in_offset < hole) {
+      const ssize_t copied = ::copy_file_range(in, &in_offset, out, &out_offset,
+                                               static_cast<std::size_t>(hole - in_offset), 0);
+      if (copied < 0 && errno == EINTR) continue;
+      if (copied <= 0) {
+        failure = copied < 0 ? errno : EIO;
+        break;
+      }
+    }
+    data = hole;
+  }
+  ::close(in);
+  if (failure == 0 && ::fsync(out) != 0) failure = errno;
+  ::close(out);
+  if (failure != 0) {
+    std::error_code ignored;
+    fs::remove(to, ignored);
+    throw Error(fmt::format("cannot copy {} to {}: {}", from.string(), to.string(),
+                            std::strerror(failure)));
+  }
+}
+
 std::string tail_lines(const fs::path& path, std::size_t lines) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return "";

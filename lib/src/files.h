@@ -19,6 +19,10 @@ std::string sha256_file(const std::filesystem::path& path);
 // Deallocates every all-zero 4 KiB block of a file (a hole reads as zeros), fsyncs it, and returns
 // the bytes freed: a guest's memory file is mostly pages the guest zeroed. Error on failure.
 std::uintmax_t punch_zero_blocks(const std::filesystem::path& path);
+// Copies `from` to a new file `to` (mode `mode`) data extent by data extent, so the copy keeps the
+// source's holes: a warm image's memory file is mostly holes. Error on failure (no copy left).
+void copy_sparse_file(const std::filesystem::path& from, const std::filesystem::path& to,
+                      unsigned mode);
 // The last `lines` lines of a text file ("" if it does not exist).
 std::string tail_lines(const std::filesystem::path& path, std::size_t lines);
 

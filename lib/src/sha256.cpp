@@ -30,4 +30,10 @@ std::string Sha256::hex_digest() {
   return hex;
 }
 
+std::string sha256_text(std::string_view text) {
+  Sha256 hasher;
+  hasher.update(std::span(reinterpret_cast<const unsigned char*>(text.data()), text.size()));
+  return hasher.hex_digest();
+}
+
 }  // namespace vmfest::detail

@@ -4,6 +4,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include <openssl/evp.h>
 
@@ -19,5 +20,8 @@ class Sha256 {
  private:
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context_;
 };
+
+// Lowercase hex sha256 of `text`.
+std::string sha256_text(std::string_view text);
 
 }  // namespace vmfest::detail

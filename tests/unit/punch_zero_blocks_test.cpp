@@ -35,4 +35,31 @@ TEST(PunchZeroBlocks, FreesOnlyZeroBlocksAndKeepsTheContent) {
   EXPECT_THROW(vmfest::detail::punch_zero_blocks(file), vmfest::Error);
 }
 
+// The copy a layer build maps: same bytes, same size, and the source's holes stay holes.
+TEST(CopySparseFile, CopiesTheDataAndKeepsTheHoles) {
+  const fs::path source =
+      fs::temp_directory_path() / ("vmfest-sparse-" + std::to_string(::getpid()));
+  const fs::path copy = source.string() + ".copy";
+  std::string content(256 * 4096, '\0');
+  for (std::size_t page : {0, 1, 100, 255}) content[page * 4096 + 7] = 'z';
+  std::ofstream(source, std::ios::binary) << content;
+  vmfest::detail::punch_zero_blocks(source);
+
+  vmfest::detail::copy_sparse_file(source, copy, 0600);
+  EXPECT_EQ(vmfest::detail::sha256_file(copy), vmfest::detail::sha256_file(source));
+  EXPECT_EQ(fs::file_size(copy), content.size());
+  struct stat info {};
+  ASSERT_EQ(::stat(copy.c_str(), &info), 0);
+  EXPECT_LE(static_cast<std::uintmax_t>(info.st_blocks) * 512, 64u * 4096u);
+  EXPECT_EQ(info.st_mode & 0777, 0600u);
+
+  // An existing destination is refused and left as it was; so is a missing source.
+  EXPECT_THROW(vmfest::detail::copy_sparse_file(source, copy, 0600), vmfest::Error);
+  EXPECT_EQ(vmfest::detail::sha256_file(copy), vmfest::detail::sha256_file(source));
+  fs::remove(source);
+  fs::remove(copy);
+  EXPECT_THROW(vmfest::detail::copy_sparse_file(source, copy, 0600), vmfest::Error);
+  EXPECT_FALSE(fs::exists(copy));
+}
+
 }  // namespace
