@@ -89,7 +89,7 @@ MachineConfig machine_config(const Home& home, const InstanceRecord& record, con
   config.cache_directory = home.cache();
   config.registered_kernel = registered_kernel(home);
   config.warm_image = record.warm_image;
-  config.saves_warm_image = !record.warm_build.empty();
+  config.saves_warm_image = !record.warm_build.empty() || !record.layer_build.empty();
   return config;
 }
 
@@ -254,6 +254,7 @@ void Instance::Impl::destroy() {
   machine->remove();
   slot.reset();
   warm_build_lock.reset();
+  layer_build_lock.reset();
   // The owner lock is held until the folder is gone, so a reaper never races this removal.
   fs::remove_all(directory());
   owner_lock.reset();
@@ -304,12 +305,16 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
   impl->record.owner_pid = static_cast<int>(::getpid());
   impl->backend = detail::make_backend(impl->record.backend);
   impl->owned = true;
-  if (request.warm && !request.permanent && !request.private_nic && detail::warm_enabled()) {
+  const bool warm =
+      request.warm && !request.permanent && !request.private_nic && detail::warm_enabled();
+  if (warm) {
     const detail::WarmPlan plan =
         detail::plan_warm_image(home, impl->model, request.profile, *impl->backend);
     impl->record.warm_image = plan.ready.string();
     impl->record.warm_build = plan.build.string();
   }
+  impl->plan_provisioning(request.provision, warm);
+  if (!impl->record.warm_image.empty()) detail::mark_warm_image_used(impl->record.warm_image);
   impl->ready_timeout = request.ready_timeout;
   impl->on_progress = request.on_progress;
 
@@ -396,6 +401,7 @@ void Instance::start() {
   impl_->phase_done("slot");
   impl_->resumed_warm = false;
   try {
+    impl_->prepare_layer_start();
     impl_->prepare_warm_start();
     impl_->machine->launch(&impl_->slot.value());
     impl_->phase_done("launch");
@@ -407,12 +413,20 @@ void Instance::start() {
       impl_->wait_until_ready(true);
       if (impl_->warm_build_lock) impl_->finish_warm_build();
     }
+    if (impl_->layer_build_lock) {
+      impl_->finish_layer_build();
+    } else if (impl_->steps_pending_after_boot) {
+      impl_->run_provision_steps(0);
+    }
+    impl_->steps_pending_after_boot = false;
   } catch (...) {
     // A start that failed stops what it started: the VM of a detached instance (`vmfest start`)
     // would otherwise run on, unwatched, holding its VM slot.
+    impl_->session.reset();
     impl_->machine->kill();
     impl_->slot.reset();
     impl_->warm_build_lock.reset();
+    impl_->layer_build_lock.reset();
     throw;
   }
   impl_->boot_seconds = std::chrono::duration<double>(Clock::now() - begin).count();

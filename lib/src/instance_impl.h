@@ -85,6 +85,16 @@ struct Instance::Impl {
   detail::Clock::time_point last_progress;
   // Held from the start that builds the warm image record.warm_build names until it is saved.
   std::optional<detail::FileLock> warm_build_lock;
+  // The request's provisioning steps, and how many of them the image this instance resumes holds
+  // already (a layer of a shorter list).
+  ProvisionSteps steps;
+  std::size_t steps_inherited = 0;
+  std::filesystem::path layer_base;  // the model's plain warm image that the layers chain from
+  // The steps run once this instance's first boot is ready: no layer can hold them (no warm
+  // images for this instance).
+  bool steps_pending_after_boot = false;
+  // Held from the start that builds the layer record.layer_build names until it is saved.
+  std::optional<detail::FileLock> layer_build_lock;
 
   explicit Impl(Home h) : home(std::move(h)) {}
 
@@ -119,6 +129,19 @@ struct Instance::Impl {
   // After a launch that resumed a warm image: identity, then ready; a cold boot if that fails.
   void complete_warm_resume();
 
+  // ---- provisioning.cpp ----
+  // At create(): what the request's steps start from (a ready layer, the closest ancestor to build
+  // the layer on, or every start running them).
+  void plan_provisioning(const ProvisionSteps& request_steps, bool warm);
+  // Before a launch: resumes the layer that has meanwhile become ready, or takes the lock to build
+  // it in this start.
+  void prepare_layer_start();
+  // Once ready: runs the steps this instance's image lacks, then saves the result as the layer
+  // and resumes it with this instance's own identity. A failing step throws ProvisionError.
+  void finish_layer_build();
+  // Runs steps [first, end) of the request in the guest; ProvisionError for the first that fails.
+  void run_provision_steps(std::size_t first);
+
  private:
   [[nodiscard]] std::chrono::seconds effective_ready_timeout() const;
   void wait_for_marker(detail::Clock::time_point deadline, std::chrono::seconds timeout);
@@ -128,7 +151,8 @@ struct Instance::Impl {
   void deliver_identity();
   void fall_back_to_cold_boot(const std::string& why);
   std::string prepare_agent();
-  void save_warm_image(const std::filesystem::path& image, const std::string& fingerprint);
+  void save_warm_image(const std::filesystem::path& image, const std::string& fingerprint,
+                       const nlohmann::json& layer = nullptr);
 };
 
 }  // namespace vmfest

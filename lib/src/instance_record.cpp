@@ -36,6 +36,7 @@ std::optional<InstanceRecord> read_instance_record(const fs::path& directory) {
         record.owner_pid = json.value("owner_pid", 0);
         record.warm_image = json.value("warm_image", "");
         record.warm_build = json.value("warm_build", "");
+        record.layer_build = json.value("layer_build", "");
         record.machine = json.value("machine", nlohmann::json::object());
         return record;
       },
@@ -56,6 +57,7 @@ void write_instance_record(const fs::path& directory, const InstanceRecord& reco
                          {"owner_pid", record.owner_pid},
                          {"warm_image", record.warm_image},
                          {"warm_build", record.warm_build},
+                         {"layer_build", record.layer_build},
                          {"machine", record.machine}};
   write_text_atomically(directory / kRecordFile, json.dump(2));
 }

@@ -38,6 +38,9 @@ struct InstanceRecord {
   // The warm image this instance's first start builds from its own boot (none existed when it was
   // created); empty: none to build.
   std::string warm_build;
+  // The provisioned layer (see layers.h) this instance's first start builds by running its
+  // request's steps; empty: none to build.
+  std::string layer_build;
   nlohmann::json machine = nlohmann::json::object();  // the backend's saved state
 };
 

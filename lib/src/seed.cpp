@@ -30,6 +30,10 @@ void write_agent(std::ostringstream& text) {
   text << "      [Service]\n";
   text << "      ExecStart=" << kSeededAgentPath << "\n";
   text << "      Restart=on-failure\n";
+  // Enabled, so the agent runs again after a reboot (a provisioning step may reboot the guest,
+  // and cloud-init's runcmd runs once per instance).
+  text << "      [Install]\n";
+  text << "      WantedBy=multi-user.target\n";
   const std::string agent(kSeededAgentPath);
   text << "runcmd:\n";
   text << "  - [sh, -c, 'set -e; seed=$(blkid -L cidata || blkid -L CIDATA); m=$(mktemp -d); "
@@ -37,12 +41,18 @@ void write_agent(std::ostringstream& text) {
        << agent.substr(0, agent.rfind('/')) << "; gzip -dc \"$m/" << kAgentFile << "\" > " << agent
        << ".new; umount \"$m\"; rmdir \"$m\"; chmod 755 " << agent << ".new; mv " << agent
        << ".new " << agent
-       << "; if command -v systemctl >/dev/null; then systemctl start --no-block "
+       << "; if command -v systemctl >/dev/null; then systemctl enable --now --no-block "
           "vmfest-agent.service; else nohup "
        << agent << " >/dev/null 2>&1 & fi']\n";
 }
 
 }  // namespace
+
+std::string agent_cloud_config() {
+  std::ostringstream text;
+  write_agent(text);
+  return text.str();
+}
 
 std::string cloud_config(const SeedIdentity& identity) {
   std::ostringstream text;

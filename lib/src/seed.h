@@ -23,6 +23,9 @@ struct SeedIdentity {
 
 // The #cloud-config user-data text.
 std::string cloud_config(const SeedIdentity& identity);
+// The part of the cloud config that installs and starts the guest agent (in a warm image's key:
+// how the agent runs is part of the saved guest).
+std::string agent_cloud_config();
 
 // Writes `directory`/seed.iso (ISO 9660, volume label "cidata", user-data + meta-data, and the
 // agent when asked for), mode 0600.

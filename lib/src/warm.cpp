@@ -1,18 +1,22 @@
 #include "warm.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <string_view>
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
 #include "files.h"
 #include "guest_agent.h"
 #include "json_file.h"
+#include "seed.h"
+#include "sha256.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail {
@@ -21,15 +25,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kManifest = "manifest.json";
-
-std::string sha256_text(const std::string& text) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(text.data(), text.size(), digest, &length, EVP_sha256(), nullptr);
-  std::string hex;
-  for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
-  return hex;
-}
+constexpr const char* kLastUsed = "last-used";
 
 // Cheap identity of a file: changes when it is rewritten, replaced or touched.
 nlohmann::json file_identity(const fs::path& path) {
@@ -62,7 +58,8 @@ bool warm_enabled() {
 fs::path warm_image_directory(const Model& model, const Profile& profile,
                               const std::string& fingerprint) {
   // The login and a seeded agent live in the saved guest: a change of either is another image.
-  static const std::string seeded_agent = sha256_text(std::string(guest_agent_gzip()));
+  static const std::string seeded_agent =
+      sha256_text(std::string(guest_agent_gzip()) + agent_cloud_config());
   const std::string key = sha256_text(fmt::format(
       "{}profile {} MiB {} CPUs\nssh user {}\nagent {}\n", fingerprint, profile.memory_mib,
       profile.cpus, model.ssh_user, model.guest_agent ? "built in" : seeded_agent));
@@ -106,6 +103,41 @@ void remove_interrupted_warm_builds(const fs::path& models_folder) {
   }
 }
 
+namespace {
+
+// A layer is only as good as the image below it: its disk is an overlay on its parent's, and its
+// memory ran on top of it. A parent rebuilt since (another manifest) invalidates it.
+WarmStatus check_layer_parent(const fs::path& directory, const nlohmann::json& layer) {
+  const fs::path parent = layer.value("parent", "");
+  if (!parent.empty() && check_warm_image(parent) == WarmStatus::Ready &&
+      warm_manifest_sha256(parent) == layer.value("parent_manifest_sha256", "")) {
+    return WarmStatus::Ready;
+  }
+  spdlog::warn(
+      "vmfest: layer {} was built on {}, which is gone or was rebuilt since; it will be rebuilt",
+      directory.string(), parent.string());
+  return WarmStatus::Missing;
+}
+
+}  // namespace
+
+std::string warm_manifest_sha256(const fs::path& directory) {
+  return sha256_file(directory / kManifest);
+}
+
+void mark_warm_image_used(const fs::path& directory) {
+  // Its own file: the manifest's hash is part of the key of the layers built on this image.
+  const fs::path marker = directory / kLastUsed;
+  const int fd = ::open(marker.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) {
+    spdlog::debug("vmfest: cannot record the use of warm image {}: {}", directory.string(),
+                  std::strerror(errno));
+    return;
+  }
+  ::futimens(fd, nullptr);
+  ::close(fd);
+}
+
 WarmStatus check_warm_image(const fs::path& directory) {
   const fs::path manifest_path = directory / kManifest;
   if (!fs::exists(manifest_path)) return WarmStatus::Missing;
@@ -124,7 +156,9 @@ WarmStatus check_warm_image(const fs::path& directory) {
               return WarmStatus::Missing;
             }
           }
-          return files.empty() ? WarmStatus::Missing : WarmStatus::Ready;
+          if (files.empty()) return WarmStatus::Missing;
+          if (manifest.contains("layer")) return check_layer_parent(directory, manifest["layer"]);
+          return WarmStatus::Ready;
         },
         [&](std::string_view why) {
           return Error(
@@ -138,7 +172,8 @@ WarmStatus check_warm_image(const fs::path& directory) {
 }
 
 void write_warm_manifest(const fs::path& directory, const std::string& fingerprint,
-                         const nlohmann::json& backend_facts, double save_seconds) {
+                         const nlohmann::json& backend_facts, double save_seconds,
+                         const nlohmann::json& layer) {
   // Every file the backend saved: all of them are the image, and none may change.
   nlohmann::json files = nlohmann::json::object();
   std::error_code error;
@@ -157,6 +192,7 @@ void write_warm_manifest(const fs::path& directory, const std::string& fingerpri
                              {"backend", backend_facts},
                              {"save_seconds", save_seconds},
                              {"files", files}};
+  if (!layer.is_null()) manifest["layer"] = layer;
   write_text_atomically(directory / kManifest, manifest.dump(2));
 }
 

@@ -27,8 +27,8 @@ enum class WarmStatus { Missing, Ready, Unsupported };
 // saved state, and the memory file clones map) must be the very files that were saved together
 // (QEMU would happily resume memory over the wrong disk). File identity (size, mtime,
 // inode) is compared first; on any difference the sha256 of both is recomputed and compared.
-// A tampered or incomplete image is Missing (and is rebuilt); Unsupported when the model has no
-// guest agent to give clones their own identity.
+// A tampered or incomplete image is Missing (and is rebuilt), and so is a layer whose parent is;
+// Unsupported when the model has no guest agent to give clones their own identity.
 WarmStatus check_warm_image(const std::filesystem::path& directory);
 
 // Where a build of the image `directory` stages its files (renamed into place when complete),
@@ -42,9 +42,15 @@ void remove_stale_warm_builds(const std::filesystem::path& directory);
 // died (their lock is free).
 void remove_interrupted_warm_builds(const std::filesystem::path& models_folder);
 
-// Writes the manifest of a freshly saved image in `directory`: every file the backend saved there.
+// Writes the manifest of a freshly saved image in `directory`: every file the backend saved there,
+// and for a provisioned layer what layer_manifest() says of it.
 void write_warm_manifest(const std::filesystem::path& directory, const std::string& fingerprint,
-                         const nlohmann::json& backend_facts, double save_seconds);
+                         const nlohmann::json& backend_facts, double save_seconds,
+                         const nlohmann::json& layer = nullptr);
+// The hash of a saved image's manifest: a layer records its parent's.
+std::string warm_manifest_sha256(const std::filesystem::path& directory);
+// Records that an instance was cloned from the image now (for `vmfest images` and pruning).
+void mark_warm_image_used(const std::filesystem::path& directory);
 // Records that this model cannot have warm clones, and why, so no process tries again.
 void write_unsupported_manifest(const std::filesystem::path& directory,
                                 const std::string& fingerprint, const std::string& reason);

@@ -61,6 +61,7 @@ WarmPlan plan_warm_image(const Home& home, const Model& model, const Profile& pr
 
 void Instance::Impl::use_warm_image(const fs::path& image) {
   record.warm_image = image.string();
+  detail::mark_warm_image_used(image);
   renew_machine();
   machine->create_disk();
   save_record();
@@ -129,7 +130,8 @@ std::string Instance::Impl::prepare_agent() {
   return {};
 }
 
-void Instance::Impl::save_warm_image(const fs::path& image, const std::string& fingerprint) {
+void Instance::Impl::save_warm_image(const fs::path& image, const std::string& fingerprint,
+                                     const nlohmann::json& layer) {
   // A state that holds the memory is smaller and resumes faster without the guest's page cache.
   const bool copies_memory = machine->warm_image_copies_memory();
   if (const std::string quiet = machine->agent_exchange(
@@ -148,10 +150,11 @@ void Instance::Impl::save_warm_image(const fs::path& image, const std::string& f
     const auto begin = Clock::now();
     nlohmann::json facts = machine->save_warm_image(staging);
     const double took = std::chrono::duration<double>(Clock::now() - begin).count();
-    detail::write_warm_manifest(staging, fingerprint, facts, took);
+    detail::write_warm_manifest(staging, fingerprint, facts, took, layer);
     fs::remove_all(image);  // an image that failed its check
     fs::rename(staging, image);
-    spdlog::info("vmfest: warm image of model '{}' saved in {:.2f} s: {}", model.name, took,
+    spdlog::info("vmfest: {} of model '{}' saved in {:.2f} s: {}",
+                 layer.is_null() ? "warm image" : "provisioned layer", model.name, took,
                  image.string());
   } catch (...) {
     std::error_code ignored;
@@ -251,11 +254,16 @@ void Instance::Impl::fall_back_to_cold_boot(const std::string& why) {
   session.reset();
   machine->kill();
   record.warm_image.clear();
+  record.layer_build.clear();  // a layer is built on a warm image, not on this boot
+  layer_build_lock.reset();
+  steps_inherited = 0;
   machine = backend->machine(detail::machine_config(home, record, model), nlohmann::json());
   machine->create_disk();
   machine->launch(&slot.value());
   save_record();
   wait_until_ready(true);
+  // The model's own disk: every step the warm image held runs again.
+  run_provision_steps(0);
 }
 
 }  // namespace vmfest

@@ -55,15 +55,16 @@ std::vector<std::string> qemu_arguments(const MachineConfig& config, const Launc
       "-m", std::to_string(config.profile.memory_mib), "-smp", std::to_string(config.profile.cpus),
       "-nodefaults", "-no-user-config", "-display", "none"};
   if (launch.memory_in_file) {
-    // The build maps its file shared, so the guest's memory is in it at the save; a clone
+    // A boot that becomes a warm image maps its own file shared, so the guest's memory is in it at
+    // the save (a layer build: a copy of the image it resumes); a clone maps the image's file
     // privately, so its writes stay its own and the pages it leaves alone are shared.
-    args.insert(
-        args.end(),
-        {"-object", fmt::format("memory-backend-file,id={},size={}M,mem-path={},share={}",
-                                kMemoryBackend, config.profile.memory_mib,
-                                launch.resuming ? option_value(config.warm_image / kMemoryFile)
-                                                : std::string(kMemoryFile),
-                                launch.resuming ? "off" : "on")});
+    const bool own_file = config.saves_warm_image || !launch.resuming;
+    args.insert(args.end(),
+                {"-object", fmt::format("memory-backend-file,id={},size={}M,mem-path={},share={}",
+                                        kMemoryBackend, config.profile.memory_mib,
+                                        own_file ? std::string(kMemoryFile)
+                                                 : option_value(config.warm_image / kMemoryFile),
+                                        own_file ? "on" : "off")});
   }
   if (model.boot.kind == BootSpec::Kind::Kernel) {
     args.insert(args.end(), {"-kernel", model.boot.kernel.string()});

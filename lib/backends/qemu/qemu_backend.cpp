@@ -333,8 +333,12 @@ class QemuMachine final : public Machine {
   // Starts qemu; true once its QMP socket answers, false when the SSH port was taken meanwhile.
   bool spawn() {
     fs::remove(path(kQmpSocket));
-    // A boot that becomes a warm image starts on fresh memory, not an earlier attempt's.
-    if (!resuming_) fs::remove(path(kMemoryFile));
+    // A boot that becomes a warm image starts on fresh memory, not an earlier attempt's; a layer
+    // build (it resumes a warm image and saves another) on a copy of the image's memory.
+    fs::remove(path(kMemoryFile));
+    if (resuming_ && config_.saves_warm_image && memory_in_file()) {
+      copy_sparse_file(config_.warm_image / kMemoryFile, path(kMemoryFile), 0600);
+    }
     // QEMU binds the private card's port socket and leaves it behind when it exits.
     if (config_.private_nic) fs::remove(config_.private_nic->port_socket);
     FILE* log = std::fopen(path(kQemuLog).c_str(), "w");

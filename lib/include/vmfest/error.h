@@ -93,4 +93,20 @@ class CommandFailedError : public SshError {
   int exit_status_;
 };
 
+// A provisioning step that failed (see provision.h): which one, and the tail of what it printed.
+// Nothing of the failed provisioning is kept.
+class ProvisionError : public Error {
+ public:
+  ProvisionError(const std::string& message, int step_number, int exit_status)
+      : Error(message), step_number_(step_number), exit_status_(exit_status) {}
+  // 1-based, in the request's list.
+  [[nodiscard]] int step_number() const noexcept { return step_number_; }
+  // The command's exit status; -1 for a step that is not a command or died of a signal.
+  [[nodiscard]] int exit_status() const noexcept { return exit_status_; }
+
+ private:
+  int step_number_;
+  int exit_status_;
+};
+
 }  // namespace vmfest

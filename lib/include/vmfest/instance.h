@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "vmfest/home.h"
+#include "vmfest/provision.h"
 #include "vmfest/ssh/session.h"
 
 namespace vmfest {
@@ -69,12 +70,19 @@ struct InstanceRequest {
   // model cannot. VMFEST_WARM=0 turns it off everywhere.
   bool warm = true;
   std::optional<PrivateNic> private_nic;  // none: only the NIC that carries SSH
-  StartProgressCallback on_progress;      // none: start() reports nothing while it waits
+  // Run in the guest, in order, before start() returns. With warm images (above), the first
+  // instance of this model, profile and steps saves the provisioned guest as a layer that later
+  // instances resume; a list that starts with another list's steps builds on that list's layer.
+  // Without them, every instance runs the steps after its boot. A failing step fails start() with
+  // a ProvisionError and caches nothing.
+  ProvisionSteps provision{};
+  StartProgressCallback on_progress;  // none: start() reports nothing while it waits
 };
 
 // One step of the last start() and its seconds: where boot time goes ("slot", "launch",
 // "identity" for a warm clone, "console" waiting for the ready marker, "ssh", "warm image" saving
-// the warm image a first start builds).
+// the warm image a first start builds, "provision" running the request's steps, "layer" saving
+// them as a layer).
 struct StartPhase {
   std::string name;
   double seconds = 0;

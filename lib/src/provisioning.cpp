@@ -1,0 +1,211 @@
+// Instance::Impl's provisioning: planning which layer a new instance resumes or builds, running
+// the request's steps over SSH, and saving the provisioned guest as a layer (see layers.h).
+#include <atomic>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "instance_impl.h"
+#include "layers.h"
+#include "warm.h"
+
+namespace vmfest {
+namespace fs = std::filesystem;
+using detail::Clock;
+
+namespace {
+
+constexpr std::size_t kOutputTailLines = 20;
+
+std::string last_lines(const std::string& text, std::size_t count) {
+  std::size_t start = text.size();
+  if (start > 0 && text[start - 1] == '\n') --start;
+  for (std::size_t lines = 0; start > 0; --start) {
+    if (text[start - 1] == '\n' && ++lines == count) break;
+  }
+  return text.substr(start);
+}
+
+std::string output_tails(const ssh::CommandResult& result) {
+  auto section = [](const char* name, const std::string& text) {
+    if (text.empty()) return fmt::format("\n--- {}: (empty) ---", name);
+    return fmt::format("\n--- last lines of {} ---\n{}", name, last_lines(text, kOutputTailLines));
+  };
+  return section("stdout", result.stdout_text) + section("stderr", result.stderr_text);
+}
+
+}  // namespace
+
+void Instance::Impl::plan_provisioning(const ProvisionSteps& request_steps, bool warm) {
+  steps = request_steps;
+  if (steps.empty()) return;
+  const fs::path base = !record.warm_image.empty() ? record.warm_image : record.warm_build;
+  if (!warm || base.empty()) {
+    for (std::size_t i = 0; i < steps.size(); ++i) detail::provision_step_key(steps[i], i + 1);
+    steps_pending_after_boot = true;
+    static std::atomic<bool> told{false};
+    if (!told.exchange(true)) {
+      spdlog::info(
+          "vmfest: instance '{}' runs its {} provisioning steps after its boot: no warm image can "
+          "keep them (warm clones are off for it, or model '{}' on backend '{}' cannot have "
+          "them); every such instance provisions itself",
+          record.name, steps.size(), model.name, backend->name());
+    }
+    return;
+  }
+  layer_base = base;
+  const detail::LayerPlan plan = detail::plan_layers(base, steps);
+  if (plan.ready) {
+    record.warm_image = plan.layer.string();
+    record.warm_build.clear();
+    steps_inherited = steps.size();
+    return;
+  }
+  record.layer_build = plan.layer.string();
+  steps_inherited = plan.steps_done;
+  if (plan.steps_done > 0) {
+    record.warm_image = plan.parent.string();
+    record.warm_build.clear();
+  }
+}
+
+void Instance::Impl::prepare_layer_start() {
+  if (record.layer_build.empty()) return;
+  const fs::path layer = record.layer_build;
+  // True when the layer is ready (and now used).
+  auto resumed_ready_layer = [&] {
+    if (detail::check_warm_image(layer) != detail::WarmStatus::Ready) return false;
+    record.layer_build.clear();
+    record.warm_build.clear();
+    steps_inherited = steps.size();
+    use_warm_image(layer);
+    return true;
+  };
+  if (resumed_ready_layer()) return;
+  fs::create_directories(layer.parent_path());
+  // Like a warm image's build lock: taken after the VM slot, so whoever holds it can run.
+  layer_build_lock.emplace(detail::warm_build_lock(layer), detail::FileLock::Mode::TryOnce);
+  if (!layer_build_lock->held()) {
+    spdlog::info(
+        "vmfest: instance '{}': another process is provisioning layer {} of model '{}'; waiting "
+        "for it",
+        record.name, layer.filename().string(), model.name);
+    report_progress("provisioning");
+    layer_build_lock.reset();
+    layer_build_lock.emplace(detail::warm_build_lock(layer));
+  }
+  if (resumed_ready_layer()) {
+    layer_build_lock.reset();
+    return;
+  }
+  detail::remove_stale_warm_builds(layer);
+  spdlog::info(
+      "vmfest: instance '{}' runs {} of its {} provisioning steps on model '{}' and saves the "
+      "result as layer {}, which every later instance with these steps resumes",
+      record.name, steps.size() - steps_inherited, steps.size(), model.name,
+      layer.filename().string());
+}
+
+void Instance::Impl::run_provision_steps(std::size_t first) {
+  if (first >= steps.size()) return;
+  if (!session) session.emplace(ssh::Session::connect(endpoint(), credentials));
+  for (std::size_t i = first; i < steps.size(); ++i) {
+    const ProvisionStep& step = steps[i];
+    const std::string which = fmt::format("provisioning step {} of {} ({}) of instance '{}'", i + 1,
+                                          steps.size(), step.describe(), record.name);
+    spdlog::info("vmfest: {}", which);
+    report_progress("provisioning");
+    try {
+      switch (step.kind) {
+        case ProvisionStep::Kind::Run: {
+          ssh::RunOptions options;
+          auto log_line = [&](std::string_view line) {
+            spdlog::debug("vmfest: {} step {}: {}", record.name, i + 1, line);
+          };
+          options.on_stdout_line = log_line;
+          options.on_stderr_line = log_line;
+          const ssh::CommandResult result = session->run(step.command, options);
+          if (!result.ok()) {
+            throw ProvisionError(
+                fmt::format("{} failed: {}; nothing of this provisioning was kept: fix the step "
+                            "and run again{}",
+                            which,
+                            result.signal ? "killed by signal " + *result.signal
+                                          : fmt::format("exit status {}", result.exit_status),
+                            output_tails(result)),
+                static_cast<int>(i + 1), result.exit_status);
+          }
+          break;
+        }
+        case ProvisionStep::Kind::Upload:
+          session->upload(step.local, step.remote);
+          break;
+        case ProvisionStep::Kind::Reboot:
+          session->reboot(effective_ready_timeout());
+          break;
+      }
+    } catch (const ProvisionError&) {
+      throw;
+    } catch (const Error& error) {
+      throw ProvisionError(
+          fmt::format("{} failed: {}; nothing of this provisioning was kept", which, error.what()),
+          static_cast<int>(i + 1), -1);
+    }
+  }
+  phase_done("provision");
+}
+
+void Instance::Impl::finish_layer_build() {
+  const fs::path layer = record.layer_build;
+  record.layer_build.clear();
+  save_record();
+  struct Release {
+    std::optional<detail::FileLock>& lock;
+    ~Release() { lock.reset(); }
+  } release{layer_build_lock};
+  const auto begin = Clock::now();
+  run_provision_steps(steps_inherited);
+  const double provision_seconds = std::chrono::duration<double>(Clock::now() - begin).count();
+  auto keep_unsaved = [&](const std::string& why) {
+    spdlog::warn(
+        "vmfest: instance '{}' is provisioned, but its state is not saved as layer {} of model "
+        "'{}': {}; the next instance with these steps provisions again",
+        record.name, layer.filename().string(), model.name, why);
+  };
+  if (!resumed_warm) {
+    keep_unsaved("it booted cold instead of resuming the image the layer builds on");
+    return;
+  }
+  const std::string fingerprint =
+      backend->warm_fingerprint(detail::machine_config(home, record, model));
+  if (fingerprint.empty() ||
+      detail::warm_image_directory(model, record.profile, fingerprint) != layer_base) {
+    keep_unsaved("the hypervisor setup changed while it ran (accelerator now " +
+                 machine->accelerator() + ")");
+    return;
+  }
+  if (const std::string missing = prepare_agent(); !missing.empty()) {
+    keep_unsaved("after the steps, " + missing);
+    return;
+  }
+  const fs::path parent = record.warm_image;
+  try {
+    save_warm_image(layer, fingerprint,
+                    detail::layer_manifest(parent, steps, steps_inherited, provision_seconds));
+  } catch (const Error& error) {
+    keep_unsaved(error.what());
+    if (machine->state() == InstanceState::Running) return;
+    fall_back_to_cold_boot(std::string("saving its layer stopped it: ") + error.what());
+    return;
+  }
+  phase_done("layer");
+  steps_inherited = steps.size();
+  resumed_warm = false;
+  use_warm_image(layer);
+  machine->launch(&slot.value());
+  phase_done("launch");
+  save_record();
+  complete_warm_resume();
+}
+
+}  // namespace vmfest
