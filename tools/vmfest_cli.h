@@ -25,6 +25,8 @@ struct Command {
 void add_model_commands(CLI::App& app, Command& command);
 // create, start, pause, resume, power-down, destroy, reap.
 void add_instance_commands(CLI::App& app, Command& command);
+// images, prune.
+void add_image_commands(CLI::App& app, Command& command);
 // ls.
 void add_list_command(CLI::App& app, Command& command);
 // ssh; `remote_command` is what followed `--` on the command line.
