@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs a built vmfest tree into a prefix, then configures, builds and runs samples/basic against
-# that installed package, as a consumer project would (find_package(vmfest CONFIG)).
+# Installs a built vmfest tree into a prefix, then configures, builds and runs samples/basic and
+# samples/provisioned-service against that installed package, as a consumer project would
+# (find_package(vmfest CONFIG)).
 # Usage: samples/test-installed-package.sh VMFEST_BUILD_DIR [WORK_DIR]
 #   WORK_DIR (default VMFEST_BUILD_DIR/sample-consumer) receives prefix/ and build/.
 # Extra ctest arguments may follow after `--`.
@@ -20,12 +21,18 @@ cmake --install "$build" --prefix "$work/prefix" >/dev/null
 # The sample uses only QEMU, so it must configure and link with gSOAP out of sight: pkg-config
 # looks in an empty folder instead of the system's (where gsoap++.pc lives).
 mkdir -p "$work/no-pkg-config"
-PKG_CONFIG_LIBDIR="$work/no-pkg-config" PKG_CONFIG_PATH="" \
-  cmake -S "$samples/basic" -B "$work/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
-if grep -qi gsoap "$work/build/CMakeCache.txt" "$work/build/build.ninja" 2>/dev/null; then
-  echo "test-installed-package: FAIL: a QEMU-only consumer of vmfest was handed gSOAP" >&2
-  exit 1
-fi
-cmake --build "$work/build"
-ctest --test-dir "$work/build" --output-on-failure "$@"
+for sample in basic provisioned-service; do
+  PKG_CONFIG_LIBDIR="$work/no-pkg-config" PKG_CONFIG_PATH="" \
+    cmake -S "$samples/$sample" -B "$work/$sample" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
+  if grep -qi gsoap "$work/$sample/CMakeCache.txt" "$work/$sample/build.ninja" 2>/dev/null; then
+    echo "test-installed-package: FAIL: a QEMU-only consumer of vmfest was handed gSOAP" >&2
+    exit 1
+  fi
+  cmake --build "$work/$sample"
+done
+status=0
+for sample in basic provisioned-service; do
+  ctest --test-dir "$work/$sample" --output-on-failure "$@" || status=1
+done
+exit "$status"
