@@ -206,9 +206,30 @@ void add_reap_command(CLI::App& app, Command& command) {
   });
 }
 
+void add_commit_command(CLI::App& app, Command& command) {
+  auto instance_name = std::make_shared<std::string>();
+  auto model_name = std::make_shared<std::string>();
+  CLI::App* sub = app.add_subcommand(
+      "commit",
+      "Register an instance's disk as it is now as a new model (a running guest is synced and "
+      "paused for the copy)");
+  sub->add_option("instance", *instance_name, "the instance")->required();
+  sub->add_option("model", *model_name, "the new model's name")->required();
+  sub->callback([&command, instance_name, model_name] {
+    command.run = [instance_name, model_name] {
+      Instance instance = Instance::open(*instance_name);
+      const Model model = instance.save_as_model(*model_name);
+      fmt::print("instance '{}' is saved as model '{}': {}\n", *instance_name, model.name,
+                 model.directory.string());
+      return 0;
+    };
+  });
+}
+
 }  // namespace
 
 void add_instance_commands(CLI::App& app, Command& command) {
+  add_commit_command(app, command);
   add_create_command(app, command);
   add_instance_action(app, command, "start", "Boot an instance and wait until SSH works",
                       [](Instance& instance, const std::string& name) {

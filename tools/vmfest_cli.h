@@ -23,7 +23,7 @@ struct Command {
 
 // setup-model, models, rm-model.
 void add_model_commands(CLI::App& app, Command& command);
-// create, start, pause, resume, power-down, destroy, reap.
+// create, start, pause, resume, power-down, destroy, reap, commit.
 void add_instance_commands(CLI::App& app, Command& command);
 // images, prune.
 void add_image_commands(CLI::App& app, Command& command);

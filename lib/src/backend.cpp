@@ -10,6 +10,11 @@ nlohmann::json Machine::save_warm_image(const std::filesystem::path& /*image_dir
   throw BackendError("this backend cannot save warm images; use cold instances (VMFEST_WARM=0)");
 }
 
+void Machine::export_disk(const std::filesystem::path& /*destination*/) {
+  throw BackendError(
+      "this backend cannot export an instance's disk; save_as_model needs the QEMU backend");
+}
+
 std::string Machine::agent_exchange(const std::string& /*request*/,
                                     std::chrono::milliseconds /*timeout*/) {
   throw BackendError("this backend has no channel to a guest agent");

@@ -80,6 +80,10 @@ class Machine {
   // Lets go of the VM without stopping it (its owner handle goes away, the VM keeps running).
   virtual void detach() noexcept = 0;
 
+  // Writes the VM's disk as it is now to `destination` as one standalone qcow2 (no backing file),
+  // for a new model (Instance::save_as_model). The VM is stopped or paused; the default says no.
+  virtual void export_disk(const std::filesystem::path& destination);
+
   // Warm clones, for backends that can save and resume a running guest (the defaults say no).
   //
   // Stops the running VM and saves it into `image_directory` as a warm image: the memory and

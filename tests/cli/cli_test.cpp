@@ -246,8 +246,9 @@ TEST(Cli, BadInputIsRefusedAndChangesNothing) {
 }
 
 TEST(Cli, HelpForEveryCommand) {
-  for (const char* command : {"setup-model", "models", "rm-model", "create", "start", "pause",
-                              "resume", "power-down", "destroy", "ls", "ssh", "reap"}) {
+  for (const char* command :
+       {"setup-model", "models", "rm-model", "create", "start", "pause", "resume", "power-down",
+        "destroy", "ls", "ssh", "reap", "commit", "images", "prune"}) {
     CliResult help = run_cli({command, "--help"});
     EXPECT_EQ(help.exit_code, 0) << command << ": " << help.describe();
     EXPECT_TRUE(contains(help.out, std::string("Usage: vmfest ") + command)) << help.describe();
@@ -412,6 +413,31 @@ TEST_F(CliOwnHome, WrongShapedJsonIsNamedSkippedAndRemovedByForce) {
   CliResult forced = cli_ok({"reap", "--force"});
   EXPECT_TRUE(contains(forced.out, "reaped instance 'broken-again'")) << forced.describe();
   EXPECT_TRUE(fs::is_empty(home_ / "instances"));
+}
+
+// A started instance builds its model's warm image: `images` lists it with the instance on it,
+// `prune` keeps it while the instance exists and removes it once unused; `commit` makes a model.
+TEST_F(CliOwnHome, ImagesArePrunedOnlyWhenUnusedAndCommitRegistersAModel) {
+  cli_ok({"create", "box", "--model", "tiny"});
+  cli_ok({"start", "box"});
+  const std::string listed = cli_ok({"images"}).out;
+  EXPECT_TRUE(contains(listed, "tiny ")) << listed;
+  EXPECT_TRUE(contains(listed, "ready")) << listed;
+  EXPECT_TRUE(contains(cli_ok({"prune", "--older-than", "0s"}).out, "0 images removed"));
+
+  cli_ok({"ssh", "box", "--", "echo committed > /root/mark"});
+  EXPECT_TRUE(contains(cli_ok({"commit", "box", "saved"}).out, "is saved as model 'saved'"));
+  EXPECT_TRUE(contains(cli_ok({"models"}).out, "saved"));
+  EXPECT_EQ(run_cli({"commit", "box", "saved"}).exit_code, kExitFailure);  // the name is taken
+  EXPECT_EQ(state_of("box"), "running");
+
+  cli_ok({"destroy", "box"});
+  EXPECT_TRUE(contains(cli_ok({"prune", "--older-than", "0s"}).out, "1 images removed"));
+  EXPECT_FALSE(contains(cli_ok({"images"}).out, "tiny "));
+  CliResult bad_age = run_cli({"prune", "--older-than", "1x"});
+  EXPECT_EQ(bad_age.exit_code, kExitUsage) << bad_age.describe();
+  EXPECT_TRUE(contains(bad_age.err, "--older-than 1x")) << bad_age.describe();
+  cli_ok({"rm-model", "saved"});
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "vmfest/error.h"
 #include "vmfest/gtest/environment.h"
 #include "vmfest/instance.h"
+#include "vmfest/model.h"
 #include "warm.h"
 
 namespace {
@@ -242,6 +243,37 @@ TEST(Provision, FourProcessesBuildOneLayerOnce) {
   }
   EXPECT_EQ(built, 1) << "4 processes x 3 instances built the layer " << built << " times";
   if (!HasFailure()) fs::remove_all(folder);
+}
+
+// `docker commit` for a VM: what the instance's disk holds at the save is the new model's, later
+// writes are not, and the new model clones like any other.
+TEST(SaveAsModel, ARunningInstanceBecomesAModelThatClonesLikeAnyOther) {
+  const std::string token = fresh_token();
+  const std::string model_name = "saved-" + token;
+  {
+    vmfest::InstanceRequest request;
+    request.model = vmfest::testing::test_model();
+    Instance source = Instance::create(request);
+    source.start();
+    source.ssh().check("echo " + token + " > /root/committed");
+    const vmfest::Model model = source.save_as_model(model_name);
+    EXPECT_EQ(model.name, model_name);
+    EXPECT_EQ(source.state(), vmfest::InstanceState::Running);
+    EXPECT_EQ(source.ssh().check("cat /root/committed").stdout_text, token + "\n");
+    source.ssh().check("echo later > /root/after-the-save");
+    EXPECT_THROW(source.save_as_model(model_name), vmfest::ModelError);
+    EXPECT_FALSE(fs::exists(source.directory() / "model-bundle"));
+  }
+  {
+    vmfest::InstanceRequest request;
+    request.model = model_name;
+    Instance clone = Instance::create(request);
+    clone.start();
+    EXPECT_EQ(clone.ssh().check("cat /root/committed").stdout_text, token + "\n");
+    EXPECT_NE(clone.ssh().run("test -e /root/after-the-save").exit_status, 0);
+    EXPECT_EQ(clone.ssh().check("hostname").stdout_text, clone.name() + "\n");
+  }
+  vmfest::ModelRegistry().remove(model_name);
 }
 
 }  // namespace

@@ -199,6 +199,14 @@ class QemuMachine final : public Machine {
 
   void remove() override {}
 
+  void export_disk(const fs::path& destination) override {
+    // -U: a paused QEMU still holds the image's write lock; the guest writes nothing meanwhile.
+    run_tool_checked(
+        qemu_img(),
+        {"convert", "-U", "-f", "qcow2", "-O", "qcow2", path(kDisk).string(), destination.string()},
+        fmt::format("copying the disk of instance '{}'", config_.instance_name));
+  }
+
   nlohmann::json save_warm_image(const fs::path& image_directory) override {
     const bool mapped = memory_in_file();
     QmpClient client = qmp();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "vmfest/home.h"
+#include "vmfest/model.h"
 #include "vmfest/provision.h"
 #include "vmfest/ssh/session.h"
 
@@ -132,6 +133,13 @@ class Instance {
 
   // The SSH handle into the running guest (connected on first use after start()).
   ssh::Session& ssh();
+
+  // Registers the instance's disk as it is now as a new model `model_name` that can be cloned
+  // like any other (like `docker commit`): the disk flattened into a standalone copy, with the
+  // model's boot files, login and agent. A running guest is synced and paused for the copy, then
+  // resumed; its memory is not carried over (the new model's first clone builds its own warm
+  // image). InvalidArgument for a bad name, ModelError when the name is taken.
+  Model save_as_model(const std::string& model_name);
 
   // Called while start() waits (see StartProgress); replaces the request's on_progress.
   void on_progress(StartProgressCallback callback);
