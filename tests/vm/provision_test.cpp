@@ -151,7 +151,7 @@ TEST(Provision, AChangedStepRebuildsAnUnchangedOneDoesNot) {
 TEST(Provision, AFailingStepFailsWithItsOutputAndLeavesNoLayer) {
   const std::string token = fresh_token();
   const ProvisionSteps steps = {
-      ProvisionStep::run("echo " + token + " > /etc/ok"),
+      ProvisionStep::run("echo " + token + " > ok"),
       ProvisionStep::run("echo out-" + token + "; echo err-" + token + " >&2; exit 3")};
   vmfest::InstanceRequest request;
   request.model = vmfest::testing::test_model();
@@ -187,19 +187,19 @@ TEST(Provision, ARebootIsAStep) {
   const std::string token = fresh_token();
   const ProvisionSteps steps = {
       ProvisionStep::run("echo " + token +
-                         " > /root/before && sync && "
-                         "cat /proc/sys/kernel/random/boot_id > /root/first-boot"),
+                         " > before && sync && "
+                         "cat /proc/sys/kernel/random/boot_id > first-boot"),
       ProvisionStep::reboot(),
-      ProvisionStep::run("cat /proc/sys/kernel/random/boot_id > /root/second-boot")};
+      ProvisionStep::run("cat /proc/sys/kernel/random/boot_id > second-boot")};
   {
     Instance builder = start_provisioned(steps);
     EXPECT_TRUE(had_phase(builder, "layer"));
   }
   Instance clone = start_provisioned(steps);
   EXPECT_FALSE(had_phase(clone, "provision"));
-  EXPECT_EQ(clone.ssh().check("cat /root/before").stdout_text, token + "\n");
-  EXPECT_NE(clone.ssh().check("cat /root/first-boot").stdout_text,
-            clone.ssh().check("cat /root/second-boot").stdout_text);
+  EXPECT_EQ(clone.ssh().check("cat before").stdout_text, token + "\n");
+  EXPECT_NE(clone.ssh().check("cat first-boot").stdout_text,
+            clone.ssh().check("cat second-boot").stdout_text);
   EXPECT_EQ(clone.ssh().check("hostname").stdout_text, clone.name() + "\n");
 }
 

@@ -157,8 +157,8 @@ class Session {
   // Drops the connection and makes a new one (same pinned host key and client key), retrying
   // until `timeout`. Commands still running on the old connection fail with SshError.
   void reconnect(std::chrono::milliseconds timeout = std::chrono::seconds(30));
-  // Reboots the guest and returns once it is back (a new boot id) and connected again;
-  // SshTimeoutError after `timeout`.
+  // Reboots the guest (through `sudo -n` for a login other than root) and returns once it is
+  // back (a new boot id) and connected again; SshTimeoutError after `timeout`.
   void reboot(std::chrono::milliseconds timeout = std::chrono::seconds(120));
 
   // The bound on every wait for the guest (opening channels, each SFTP request, killing a
