@@ -1,13 +1,17 @@
 // Layer keys and plans, without a VM: what makes a new layer, and which saved layer a new
 // instance builds on.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 
 #include "layers.h"
 #include "vmfest/error.h"
+#include "vmfest/images.h"
 #include "warm.h"
 
 namespace {
@@ -112,6 +116,47 @@ TEST_F(Layers, ALayerOnARebuiltParentIsStale) {
   EXPECT_FALSE(plan_layers(base_, steps).ready);
   fs::remove_all(base_);
   EXPECT_EQ(vmfest::detail::check_warm_image(layer), vmfest::detail::WarmStatus::Missing);
+}
+
+// Pruning by last use: a layer still in use keeps the image it builds on; unused ones go, leaves
+// first, and so does their parent once nothing builds on it.
+TEST_F(Layers, PruneRemovesUnusedImagesLeavesFirstAndKeepsWhatOthersBuildOn) {
+  const vmfest::Home home(root_ / "home");
+  const fs::path warm = home.models() / "tiny" / "warm";
+  const fs::path base = warm / "0123456789abcdef";
+  save_image(base);
+  const ProvisionSteps old_steps = {ProvisionStep::run("old")};
+  const ProvisionSteps new_steps = {ProvisionStep::run("new")};
+  const fs::path old_layer = plan_layers(base, old_steps).layer;
+  const fs::path new_layer = plan_layers(base, new_steps).layer;
+  save_image(old_layer, vmfest::detail::layer_manifest(base, old_steps, 0, 1.0));
+  save_image(new_layer, vmfest::detail::layer_manifest(base, new_steps, 0, 1.0));
+  // Last used ten days ago, except the new layer, used now.
+  const auto ten_days_ago = std::chrono::system_clock::now() - std::chrono::hours(240);
+  for (const fs::path& image : {base, old_layer}) {
+    std::ofstream(image / "last-used").flush();
+    const timespec when{std::chrono::system_clock::to_time_t(ten_days_ago), 0};
+    const timespec times[2] = {when, when};
+    ASSERT_EQ(::utimensat(AT_FDCWD, (image / "last-used").c_str(), times, 0), 0);
+    ASSERT_EQ(::utimensat(AT_FDCWD, (image / "manifest.json").c_str(), times, 0), 0);
+  }
+  vmfest::detail::mark_warm_image_used(new_layer);
+
+  const auto listed = vmfest::list_warm_images(home);
+  ASSERT_EQ(listed.size(), 3u);
+  EXPECT_EQ(listed.front().status, "ready");
+
+  auto removed = vmfest::prune_warm_images(std::chrono::hours(24 * 7), home);
+  ASSERT_EQ(removed.size(), 1u);
+  EXPECT_EQ(removed.front().directory, old_layer);
+  EXPECT_TRUE(fs::exists(base)) << "the base of a layer in use was removed";
+  EXPECT_TRUE(fs::exists(new_layer));
+
+  removed = vmfest::prune_warm_images(std::chrono::seconds(0), home);
+  ASSERT_EQ(removed.size(), 2u);
+  EXPECT_EQ(removed[0].directory, new_layer);  // the leaf first, then what it built on
+  EXPECT_EQ(removed[1].directory, base);
+  EXPECT_TRUE(vmfest::list_warm_images(home).empty());
 }
 
 }  // namespace
