@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "base_plan.h"
 #include "instance_impl.h"
 #include "json_file.h"
 #include "registry_store.h"
@@ -305,16 +306,18 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
   impl->record.owner_pid = static_cast<int>(::getpid());
   impl->backend = detail::make_backend(impl->record.backend);
   impl->owned = true;
-  const bool warm =
-      request.warm && !request.permanent && !request.private_nic && detail::warm_enabled();
-  if (warm) {
-    const detail::WarmPlan plan =
-        detail::plan_warm_image(home, impl->model, request.profile, *impl->backend);
-    impl->record.warm_image = plan.ready.string();
-    impl->record.warm_build = plan.build.string();
-  }
-  impl->plan_provisioning(request.provision, warm);
-  if (!impl->record.warm_image.empty()) detail::mark_warm_image_used(impl->record.warm_image);
+  // What it starts from, as the image store plans it (the first start builds what is missing).
+  const detail::BasePlan plan = detail::plan_base(
+      home, impl->model, request.profile, *impl->backend, request.provision,
+      request.warm && !request.permanent && !request.private_nic && detail::warm_enabled());
+  impl->record.warm_image = plan.resume.string();
+  impl->record.warm_build = plan.build_warm.string();
+  impl->record.layer_build = plan.build_layer.string();
+  impl->steps = request.provision;
+  impl->steps_inherited = plan.steps_inherited;
+  impl->layer_base = plan.layer_base;
+  impl->steps_pending_after_boot = plan.steps_after_boot;
+  if (!plan.resume.empty()) detail::mark_warm_image_used(plan.resume);
   impl->ready_timeout = request.ready_timeout;
   impl->on_progress = request.on_progress;
 

@@ -1,7 +1,8 @@
 // Instance::Impl and what the parts of the instance implementation share (private to the library):
 // instance.cpp (creation and lifecycle), readiness.cpp (waiting until a guest answers),
-// warm_clone.cpp (warm images: building, resuming, identity) and instances.cpp (the registry-wide
-// operations: listing, reaping).
+// warm_clone.cpp (warm images: building, resuming, identity), provisioning.cpp (running steps,
+// saving layers), save_as_model.cpp and instances.cpp (the registry-wide operations: listing,
+// reaping). What an instance starts from is the image store's plan (base_plan.h).
 #pragma once
 
 #include <chrono>
@@ -50,15 +51,6 @@ RecordedMachine recorded_machine(const Home& home, const InstanceRecord& record,
                                  const std::filesystem::path& directory);
 
 StateError no_such_instance(const Home& home, const std::string& name);
-
-// What a new instance of `model` and `profile` starts from: its warm image when one is ready,
-// a warm image for its first start to build when none exists yet, or neither.
-struct WarmPlan {
-  std::filesystem::path ready;  // resume this image
-  std::filesystem::path build;  // build this image at the first start (it does not exist yet)
-};
-WarmPlan plan_warm_image(const Home& home, const Model& model, const Profile& profile,
-                         Backend& backend);
 
 }  // namespace detail
 
@@ -130,9 +122,6 @@ struct Instance::Impl {
   void complete_warm_resume();
 
   // ---- provisioning.cpp ----
-  // At create(): what the request's steps start from (a ready layer, the closest ancestor to build
-  // the layer on, or every start running them).
-  void plan_provisioning(const ProvisionSteps& request_steps, bool warm);
   // Before a launch: resumes the layer that has meanwhile become ready, or takes the lock to build
   // it in this start.
   void prepare_layer_start();

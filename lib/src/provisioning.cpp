@@ -1,6 +1,5 @@
 // Instance::Impl's provisioning: planning which layer a new instance resumes or builds, running
 // the request's steps over SSH, and saving the provisioned guest as a layer (see layers.h).
-#include <atomic>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -35,39 +34,6 @@ std::string output_tails(const ssh::CommandResult& result) {
 }
 
 }  // namespace
-
-void Instance::Impl::plan_provisioning(const ProvisionSteps& request_steps, bool warm) {
-  steps = request_steps;
-  if (steps.empty()) return;
-  const fs::path base = !record.warm_image.empty() ? record.warm_image : record.warm_build;
-  if (!warm || base.empty()) {
-    for (std::size_t i = 0; i < steps.size(); ++i) detail::provision_step_key(steps[i], i + 1);
-    steps_pending_after_boot = true;
-    static std::atomic<bool> told{false};
-    if (!told.exchange(true)) {
-      spdlog::info(
-          "vmfest: instance '{}' runs its {} provisioning steps after its boot: no warm image can "
-          "keep them (warm clones are off for it, or model '{}' on backend '{}' cannot have "
-          "them); every such instance provisions itself",
-          record.name, steps.size(), model.name, backend->name());
-    }
-    return;
-  }
-  layer_base = base;
-  const detail::LayerPlan plan = detail::plan_layers(base, steps);
-  if (plan.ready) {
-    record.warm_image = plan.layer.string();
-    record.warm_build.clear();
-    steps_inherited = steps.size();
-    return;
-  }
-  record.layer_build = plan.layer.string();
-  steps_inherited = plan.steps_done;
-  if (plan.steps_done > 0) {
-    record.warm_image = plan.parent.string();
-    record.warm_build.clear();
-  }
-}
 
 void Instance::Impl::prepare_layer_start() {
   if (record.layer_build.empty()) return;

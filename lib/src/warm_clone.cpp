@@ -1,6 +1,6 @@
-// Instance::Impl's warm images: planning at create(), building one from the first instance's own
-// boot (so a model that cannot be made warm costs no extra boot), resuming it with the clone's own
-// identity, and falling back to a cold boot whenever that fails.
+// Instance::Impl's warm images: building one from the first instance's own boot (so a model that
+// cannot be made warm costs no extra boot), resuming it with the clone's own identity, and falling
+// back to a cold boot whenever that fails.
 #include <time.h>
 
 #include <fmt/format.h>
@@ -19,19 +19,6 @@ using std::chrono::seconds;
 namespace detail {
 namespace {
 
-// What the backend's fingerprint is computed from: the model and profile as any instance has them.
-MachineConfig fingerprint_config(const Home& home, const Model& model, const Profile& profile) {
-  MachineConfig probe;
-  probe.instance_name = "warm-fingerprint";
-  probe.directory = home.cache();
-  probe.model = model;
-  probe.profile = profile;
-  probe.seed_image = home.cache() / "seed.iso";
-  probe.cache_directory = home.cache();
-  probe.registered_kernel = registered_kernel(home);
-  return probe;
-}
-
 // Up to 10 s for the agent to run: a cloud image starts it from its seed's runcmd, late in the
 // boot and without waiting for it. Exit 1 when it never does.
 constexpr const char* kAwaitAgent =
@@ -39,24 +26,6 @@ constexpr const char* kAwaitAgent =
     "i=$((i+1)); done; exit 1";
 
 }  // namespace
-
-WarmPlan plan_warm_image(const Home& home, const Model& model, const Profile& profile,
-                         Backend& backend) {
-  const std::string fingerprint =
-      backend.warm_fingerprint(fingerprint_config(home, model, profile));
-  if (fingerprint.empty()) return {};
-  const fs::path image = warm_image_directory(model, profile, fingerprint);
-  switch (check_warm_image(image)) {
-    case WarmStatus::Ready:
-      return {image, {}};
-    case WarmStatus::Missing:
-      return {{}, image};
-    case WarmStatus::Unsupported:
-      break;
-  }
-  return {};
-}
-
 }  // namespace detail
 
 void Instance::Impl::use_warm_image(const fs::path& image) {
