@@ -15,6 +15,11 @@ void Machine::export_disk(const std::filesystem::path& /*destination*/) {
       "this backend cannot export an instance's disk; save_as_model needs the QEMU backend");
 }
 
+nlohmann::json Machine::save_warm_image_of(const Model& /*model*/,
+                                           const std::filesystem::path& /*image_directory*/) {
+  throw BackendError("this backend cannot save a running guest's memory");
+}
+
 std::string Machine::agent_exchange(const std::string& /*request*/,
                                     std::chrono::milliseconds /*timeout*/) {
   throw BackendError("this backend has no channel to a guest agent");

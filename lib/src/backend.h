@@ -94,6 +94,12 @@ class Machine {
   // drop its page cache first: a smaller image, a faster resume); false when clones map it, where
   // the guest's page cache costs nothing and spares each clone reading the same files again.
   [[nodiscard]] virtual bool warm_image_copies_memory() const { return true; }
+  // Saves the paused VM's memory and device state into `image_directory` as a warm image of
+  // `model`, a new model whose disk is this VM's disk exported (export_disk) at this very pause:
+  // the image's base is an empty overlay on that disk. The VM stays paused, ready to resume.
+  // Returns backend facts for the manifest. The default says no.
+  virtual nlohmann::json save_warm_image_of(const Model& model,
+                                            const std::filesystem::path& image_directory);
   // Sends one request line (plus payload) to the guest agent and returns its reply line.
   virtual std::string agent_exchange(const std::string& request, std::chrono::milliseconds timeout);
   // True when the last launch resumed a warm image rather than booting.

@@ -26,13 +26,23 @@ MachineConfig fingerprint_config(const Home& home, const Model& model, const Pro
   return probe;
 }
 
+}  // namespace
+
+WarmLocation warm_image_location(const Home& home, const Model& model, const Profile& profile,
+                                 Backend& backend) {
+  const std::string fingerprint =
+      backend.warm_fingerprint(fingerprint_config(home, model, profile));
+  if (fingerprint.empty()) return {};
+  return {warm_image_directory(model, profile, fingerprint), fingerprint};
+}
+
+namespace {
+
 // The model's warm image in `plan` (ready to resume, or to build); nothing when it cannot have one.
 void plan_warm_image(const Home& home, const Model& model, const Profile& profile, Backend& backend,
                      BasePlan& plan) {
-  const std::string fingerprint =
-      backend.warm_fingerprint(fingerprint_config(home, model, profile));
-  if (fingerprint.empty()) return;
-  const fs::path image = warm_image_directory(model, profile, fingerprint);
+  const fs::path image = warm_image_location(home, model, profile, backend).directory;
+  if (image.empty()) return;
   switch (check_warm_image(image)) {
     case WarmStatus::Ready:
       plan.resume = image;

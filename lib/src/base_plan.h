@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <string>
 
 #include "backend.h"
 #include "vmfest/home.h"
@@ -26,5 +27,14 @@ struct BasePlan {
 // InvalidArgument for a step that cannot be keyed (an upload of a missing file, a link).
 BasePlan plan_base(const Home& home, const Model& model, const Profile& profile, Backend& backend,
                    const ProvisionSteps& steps, bool warm);
+
+// Where the warm image of `model` and `profile` lives, and the fingerprint it is keyed by; both
+// empty when the backend cannot make one.
+struct WarmLocation {
+  std::filesystem::path directory;
+  std::string fingerprint;
+};
+WarmLocation warm_image_location(const Home& home, const Model& model, const Profile& profile,
+                                 Backend& backend);
 
 }  // namespace vmfest::detail

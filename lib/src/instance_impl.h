@@ -121,6 +121,9 @@ struct Instance::Impl {
   // After a launch that resumed a warm image: identity, then ready; a cold boot if that fails.
   void complete_warm_resume();
 
+  // ---- save_as_model.cpp ----
+  Model save_as_model(const std::string& model_name);
+
   // ---- provisioning.cpp ----
   // Before a launch: resumes the layer that has meanwhile become ready, or takes the lock to build
   // it in this start.
@@ -140,6 +143,8 @@ struct Instance::Impl {
   void deliver_identity();
   void fall_back_to_cold_boot(const std::string& why);
   std::string prepare_agent();
+  std::string quiesce_for_memory_save();
+  void save_memory_as_warm_image(const Model& saved);
   void save_warm_image(const std::filesystem::path& image, const std::string& fingerprint,
                        const nlohmann::json& layer = nullptr);
 };

@@ -1,12 +1,16 @@
-// Instance::save_as_model: an instance's disk registered as a model of its own (`vmfest commit`).
+// Instance::save_as_model: an instance registered as a model of its own (`vmfest commit`): its
+// disk, and for a running guest its memory too, as the new model's warm image.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "base_plan.h"
 #include "files.h"
 #include "instance_impl.h"
+#include "warm.h"
 
 namespace vmfest {
 namespace fs = std::filesystem;
+using detail::Clock;
 
 namespace {
 
@@ -28,60 +32,124 @@ nlohmann::json bundle_description(const Model& model, const std::string& name) {
   return description;
 }
 
+struct RemoveFolder {
+  fs::path path;
+  ~RemoveFolder() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+};
+
 }  // namespace
 
 Model Instance::save_as_model(const std::string& model_name) {
+  return impl_->save_as_model(model_name);
+}
+
+// Empty when the guest is quiet for a save of its memory; otherwise why its memory stays out.
+std::string Instance::Impl::quiesce_for_memory_save() {
+  if (std::string missing = prepare_agent(); !missing.empty()) return missing;
+  const std::string reply = machine->agent_exchange(
+      machine->warm_image_copies_memory() ? "quiesce\n" : "quiesce keep-cache\n",
+      std::chrono::seconds(30));
+  if (reply != "ok") return "its guest agent could not quiesce it (" + reply + ")";
+  return {};
+}
+
+void Instance::Impl::save_memory_as_warm_image(const Model& saved) {
+  const detail::WarmLocation location =
+      detail::warm_image_location(home, saved, record.profile, *backend);
+  if (location.directory.empty()) {
+    throw BackendError("backend '" + backend->name() + "' cannot make warm images");
+  }
+  fs::create_directories(location.directory.parent_path());
+  // The new model is registered already: an instance of it may be building this very image.
+  detail::FileLock lock(detail::warm_build_lock(location.directory));
+  if (detail::check_warm_image(location.directory) == detail::WarmStatus::Ready) return;
+  const fs::path staging = detail::warm_build_folder(location.directory);
+  fs::remove_all(staging);
+  fs::create_directories(staging);
+  RemoveFolder remove_staging{staging};
+  const auto begin = Clock::now();
+  const nlohmann::json facts = machine->save_warm_image_of(saved, staging);
+  detail::write_warm_manifest(staging, location.fingerprint, facts,
+                              std::chrono::duration<double>(Clock::now() - begin).count());
+  fs::remove_all(location.directory);
+  fs::rename(staging, location.directory);
+}
+
+Model Instance::Impl::save_as_model(const std::string& model_name) {
   validate_name(model_name, "model");
-  impl_->require_alive_handle("save as a model");
-  if (ModelRegistry(impl_->home).find(model_name)) {
+  require_alive_handle("save as a model");
+  if (ModelRegistry(home).find(model_name)) {
     throw ModelError(fmt::format(
         "cannot save instance '{}' as model '{}': a model of that name exists; choose another "
         "name, or `vmfest rm-model {}` first",
-        impl_->record.name, model_name, model_name));
+        record.name, model_name, model_name));
   }
   // Inside the instance's folder: removed with it whatever happens to this process.
-  const fs::path bundle = impl_->directory() / kBundleFolder;
+  const fs::path bundle = directory() / kBundleFolder;
   fs::remove_all(bundle);
   fs::create_directories(bundle);
-  struct RemoveBundle {
-    fs::path path;
-    ~RemoveBundle() {
-      std::error_code ignored;
-      fs::remove_all(path, ignored);
-    }
-  } remove_bundle{bundle};
+  RemoveFolder remove_bundle{bundle};
 
-  const bool running = impl_->current_state() == InstanceState::Running;
+  const bool running = current_state() == InstanceState::Running;
+  std::string memory_left_out = running ? "" : "the guest is not running";
   if (running) {
-    ssh().check("sync");  // what the guest has written reaches the disk before the copy
-    impl_->machine->pause();
+    if (!session) session.emplace(ssh::Session::connect(endpoint(), credentials));
+    session->check("sync");  // what the guest has written reaches the disk before the copy
+    memory_left_out = quiesce_for_memory_save();
+    session.reset();
+    machine->pause();
   }
+  // The guest runs on as it was, with its own identity again (a quiesced guest stopped its SSH
+  // server for the save).
+  auto run_on = [&] {
+    if (!running) return;
+    machine->resume();
+    if (memory_left_out.empty()) {
+      deliver_identity();
+      wait_until_ready(false);
+    }
+  };
+  Model saved;
   try {
-    impl_->machine->export_disk(bundle / "disk.qcow2");
-  } catch (...) {
-    if (running) impl_->machine->resume();
-    throw;
-  }
-  if (running) impl_->machine->resume();
-
-  const Model& model = impl_->model;
-  try {
+    machine->export_disk(bundle / "disk.qcow2");
     if (model.boot.kind == BootSpec::Kind::Kernel) {
       fs::copy_file(model.boot.kernel, bundle / "vmlinuz");
       if (!model.boot.initrd.empty()) fs::copy_file(model.boot.initrd, bundle / "initrd.img");
     }
+    detail::write_text_atomically(bundle / "vmfest-model.json",
+                                  bundle_description(model, model_name).dump(2));
+    SetupOptions options;
+    options.name = model_name;
+    options.on_progress = [](const Progress&) {};  // a local copy: no progress bar
+    saved = setup_model(bundle.string(), options, home);
+    if (memory_left_out.empty()) {
+      try {
+        save_memory_as_warm_image(saved);
+      } catch (const Error& error) {
+        memory_left_out = error.what();
+      }
+    }
   } catch (const fs::filesystem_error& error) {
-    throw ModelError(fmt::format("cannot copy the boot files of model '{}' for model '{}': {}",
-                                 model.name, model_name, error.what()));
+    run_on();
+    throw ModelError(fmt::format("cannot save instance '{}' as model '{}': {}", record.name,
+                                 model_name, error.what()));
+  } catch (...) {
+    run_on();
+    throw;
   }
-  detail::write_text_atomically(bundle / "vmfest-model.json",
-                                bundle_description(model, model_name).dump(2));
-  SetupOptions options;
-  options.name = model_name;
-  options.on_progress = [](const Progress&) {};  // a local copy: no progress bar
-  Model saved = setup_model(bundle.string(), options, impl_->home);
-  spdlog::info("vmfest: instance '{}' is saved as model '{}' ({})", impl_->record.name, model_name,
-               saved.directory.string());
+  run_on();
+  if (memory_left_out.empty()) {
+    spdlog::info(
+        "vmfest: instance '{}' is saved as model '{}', its running guest as the model's "
+        "warm image ({})",
+        record.name, model_name, saved.directory.string());
+  } else {
+    spdlog::info("vmfest: instance '{}' is saved as model '{}' ({}); its memory is not: {}",
+                 record.name, model_name, saved.directory.string(), memory_left_out);
+  }
   return saved;
 }
 

@@ -416,7 +416,8 @@ TEST_F(CliOwnHome, WrongShapedJsonIsNamedSkippedAndRemovedByForce) {
 }
 
 // A started instance builds its model's warm image: `images` lists it with the instance on it,
-// `prune` keeps it while the instance exists and removes it once unused; `commit` makes a model.
+// `prune` keeps it while the instance exists and removes it once unused; `commit` makes a model,
+// with the running guest as its warm image.
 TEST_F(CliOwnHome, ImagesArePrunedOnlyWhenUnusedAndCommitRegistersAModel) {
   cli_ok({"create", "box", "--model", "tiny"});
   cli_ok({"start", "box"});
@@ -428,11 +429,13 @@ TEST_F(CliOwnHome, ImagesArePrunedOnlyWhenUnusedAndCommitRegistersAModel) {
   cli_ok({"ssh", "box", "--", "echo committed > /root/mark"});
   EXPECT_TRUE(contains(cli_ok({"commit", "box", "saved"}).out, "is saved as model 'saved'"));
   EXPECT_TRUE(contains(cli_ok({"models"}).out, "saved"));
+  // The running guest's memory is the new model's warm image.
+  EXPECT_TRUE(contains(cli_ok({"images"}).out, "saved ")) << cli_ok({"images"}).out;
   EXPECT_EQ(run_cli({"commit", "box", "saved"}).exit_code, kExitFailure);  // the name is taken
   EXPECT_EQ(state_of("box"), "running");
 
   cli_ok({"destroy", "box"});
-  EXPECT_TRUE(contains(cli_ok({"prune", "--older-than", "0s"}).out, "1 images removed"));
+  EXPECT_TRUE(contains(cli_ok({"prune", "--older-than", "0s"}).out, "2 images removed"));
   EXPECT_FALSE(contains(cli_ok({"images"}).out, "tiny "));
   CliResult bad_age = run_cli({"prune", "--older-than", "1x"});
   EXPECT_EQ(bad_age.exit_code, kExitUsage) << bad_age.describe();

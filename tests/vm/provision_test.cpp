@@ -245,8 +245,8 @@ TEST(Provision, FourProcessesBuildOneLayerOnce) {
   if (!HasFailure()) fs::remove_all(folder);
 }
 
-// `docker commit` for a VM: what the instance's disk holds at the save is the new model's, later
-// writes are not, and the new model clones like any other.
+// `docker commit` for a VM: what the instance holds at the save, on disk and in memory, is the new
+// model's (its clones resume the saved guest), later writes are not, and the instance runs on.
 TEST(SaveAsModel, ARunningInstanceBecomesAModelThatClonesLikeAnyOther) {
   const std::string token = fresh_token();
   const std::string model_name = "saved-" + token;
@@ -255,12 +255,14 @@ TEST(SaveAsModel, ARunningInstanceBecomesAModelThatClonesLikeAnyOther) {
     request.model = vmfest::testing::test_model();
     Instance source = Instance::create(request);
     source.start();
-    source.ssh().check("echo " + token + " > /root/committed");
+    source.ssh().check("echo " + token + " > saved-on-disk && echo " + token +
+                       " > /proc/sys/kernel/domainname");
     const vmfest::Model model = source.save_as_model(model_name);
     EXPECT_EQ(model.name, model_name);
     EXPECT_EQ(source.state(), vmfest::InstanceState::Running);
-    EXPECT_EQ(source.ssh().check("cat /root/committed").stdout_text, token + "\n");
-    source.ssh().check("echo later > /root/after-the-save");
+    EXPECT_EQ(source.ssh().check("cat saved-on-disk").stdout_text, token + "\n");
+    EXPECT_EQ(source.ssh().check("hostname").stdout_text, source.name() + "\n");
+    source.ssh().check("echo later > after-the-save");
     EXPECT_THROW(source.save_as_model(model_name), vmfest::ModelError);
     EXPECT_FALSE(fs::exists(source.directory() / "model-bundle"));
   }
@@ -269,8 +271,11 @@ TEST(SaveAsModel, ARunningInstanceBecomesAModelThatClonesLikeAnyOther) {
     request.model = model_name;
     Instance clone = Instance::create(request);
     clone.start();
-    EXPECT_EQ(clone.ssh().check("cat /root/committed").stdout_text, token + "\n");
-    EXPECT_NE(clone.ssh().run("test -e /root/after-the-save").exit_status, 0);
+    EXPECT_TRUE(clone.resumed_warm()) << "the saved guest's memory was not its warm image";
+    EXPECT_FALSE(had_phase(clone, "warm image")) << "the new model's warm image was rebuilt";
+    EXPECT_EQ(clone.ssh().check("cat /proc/sys/kernel/domainname").stdout_text, token + "\n");
+    EXPECT_EQ(clone.ssh().check("cat saved-on-disk").stdout_text, token + "\n");
+    EXPECT_NE(clone.ssh().run("test -e after-the-save").exit_status, 0);
     EXPECT_EQ(clone.ssh().check("hostname").stdout_text, clone.name() + "\n");
   }
   vmfest::ModelRegistry().remove(model_name);

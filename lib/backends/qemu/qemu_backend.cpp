@@ -67,6 +67,7 @@ class QemuMachine final : public Machine {
       pid_ = saved.value("pid", 0);
       accelerator_ = saved.value("accelerator", "");
       warm_restored_ = saved.value("warm_restored", false);
+      resuming_ = saved.value("resumed_launch", false);
     }
     if (pid_ == 0) {
       // Killed between spawn and the record update: QEMU's own pidfile still says who it is.
@@ -241,6 +242,44 @@ class QemuMachine final : public Machine {
             {"memory", to_string(mapped ? WarmMemory::Mapped : WarmMemory::Streamed)}};
   }
 
+  nlohmann::json save_warm_image_of(const Model& model, const fs::path& image_directory) override {
+    const bool mapped = warm_memory() == WarmMemory::Mapped;
+    // The clones' RAM must be the same block as this VM's: a mapped image's clones map a file.
+    if (mapped != memory_in_file()) {
+      throw BackendError(fmt::format(
+          "instance '{}' was booted, not resumed from a warm image, and so keeps its memory "
+          "apart from where clones of model '{}' would look for it",
+          config_.instance_name, model.name));
+    }
+    QmpClient client = qmp();
+    client.execute("migrate-set-parameters", {{"max-bandwidth", 107374182400LL}});
+    // Both sides of a mapped image set it; this VM's memory is private, so the state holds it
+    // all the same, and the image's memory file is left empty (holes).
+    if (mapped) set_ignore_shared(client);
+    const fs::path state = image_directory / kWarmState;
+    client.execute("migrate", {{"uri", "exec:cat > " + ssh::shell_quote(state.string())}});
+    wait_for_migration(client, "saving the guest's memory");
+    const fs::path base = image_directory / kWarmBase;
+    run_tool_checked(qemu_img(),
+                     {"create", "-q", "-f", "qcow2", "-b", model.disk.string(), "-F", model.format,
+                      base.string()},
+                     fmt::format("making the warm image of model '{}'", model.name));
+    const auto read_only = fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read;
+    keep_in_image(base, base, read_only);
+    keep_in_image(state, state, read_only);
+    if (mapped) {
+      const fs::path memory = image_directory / kMemoryFile;
+      write_text_atomically(memory, "", 0600);
+      fs::resize_file(memory, static_cast<std::uintmax_t>(config_.profile.memory_mib) << 20);
+      keep_in_image(memory, memory, fs::perms::owner_read | fs::perms::owner_write);
+    }
+    return {{"qemu_version", qemu_version()},
+            {"machine_type", machine_type()},
+            {"accelerator", accelerator_},
+            {"memory", to_string(mapped ? WarmMemory::Mapped : WarmMemory::Streamed)},
+            {"memory_in_state", true}};
+  }
+
   [[nodiscard]] bool warm_image_copies_memory() const override { return !memory_in_file(); }
 
   std::string agent_exchange(const std::string& request, milliseconds timeout) override {
@@ -304,7 +343,9 @@ class QemuMachine final : public Machine {
     return {{"port", port_},
             {"pid", pid_},
             {"accelerator", accelerator_},
-            {"warm_restored", warm_restored_}};
+            {"warm_restored", warm_restored_},
+            // How the running VM holds its memory, for a handle opened by another process.
+            {"resumed_launch", resuming_}};
   }
 
   void detach() noexcept override {

@@ -134,11 +134,12 @@ class Instance {
   // The SSH handle into the running guest (connected on first use after start()).
   ssh::Session& ssh();
 
-  // Registers the instance's disk as it is now as a new model `model_name` that can be cloned
-  // like any other (like `docker commit`): the disk flattened into a standalone copy, with the
-  // model's boot files, login and agent. A running guest is synced and paused for the copy, then
-  // resumed; its memory is not carried over (the new model's first clone builds its own warm
-  // image). InvalidArgument for a bad name, ModelError when the name is taken.
+  // Registers the instance as it is now as a new model `model_name` that can be cloned like any
+  // other (like `docker commit`): its disk flattened into a standalone copy, with the model's boot
+  // files, login and agent. A running guest is paused for the copy and its memory becomes the new
+  // model's warm image (when the backend can save it and the guest agent answers; otherwise the
+  // new model's first clone builds one, and a log line says why), then it runs on with its own
+  // identity. InvalidArgument for a bad name, ModelError when the name is taken.
   Model save_as_model(const std::string& model_name);
 
   // Called while start() waits (see StartProgress); replaces the request's on_progress.
