@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -143,6 +144,12 @@ struct Instance::Impl {
   void deliver_identity();
   void fall_back_to_cold_boot(const std::string& why);
   std::string prepare_agent();
+  // Takes `lock`, the build lock of `image`, waiting while another process is `building` it (a
+  // log line, progress `phase`). False (and the lock let go) when `decided` then says no build is
+  // needed any more; true when this start builds the image.
+  bool lock_image_build(std::optional<detail::FileLock>& lock, const std::filesystem::path& image,
+                        const std::function<bool()>& decided, const std::string& building,
+                        const char* phase);
   std::string quiesce_for_memory_save();
   void save_memory_as_warm_image(const Model& saved);
   void save_warm_image(const std::filesystem::path& image, const std::string& fingerprint,

@@ -48,23 +48,12 @@ void Instance::Impl::prepare_layer_start() {
     return true;
   };
   if (resumed_ready_layer()) return;
-  fs::create_directories(layer.parent_path());
-  // Like a warm image's build lock: taken after the VM slot, so whoever holds it can run.
-  layer_build_lock.emplace(detail::warm_build_lock(layer), detail::FileLock::Mode::TryOnce);
-  if (!layer_build_lock->held()) {
-    spdlog::info(
-        "vmfest: instance '{}': another process is provisioning layer {} of model '{}'; waiting "
-        "for it",
-        record.name, layer.filename().string(), model.name);
-    report_progress("provisioning");
-    layer_build_lock.reset();
-    layer_build_lock.emplace(detail::warm_build_lock(layer));
-  }
-  if (resumed_ready_layer()) {
-    layer_build_lock.reset();
+  if (!lock_image_build(
+          layer_build_lock, layer, resumed_ready_layer,
+          "provisioning layer " + layer.filename().string() + " of model '" + model.name + "'",
+          "provisioning")) {
     return;
   }
-  detail::remove_stale_warm_builds(layer);
   spdlog::info(
       "vmfest: instance '{}' runs {} of its {} provisioning steps on model '{}' and saves the "
       "result as layer {}, which every later instance with these steps resumes",

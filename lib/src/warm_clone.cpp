@@ -60,28 +60,36 @@ void Instance::Impl::prepare_warm_start() {
     return false;
   };
   if (decided()) return;
-  fs::create_directories(image.parent_path());
-  // Taken after the VM slot, as every builder and waiter does: whoever holds it can always run.
-  warm_build_lock.emplace(detail::warm_build_lock(image), detail::FileLock::Mode::TryOnce);
-  if (!warm_build_lock->held()) {
-    spdlog::info(
-        "vmfest: instance '{}': another process is building the warm image of model "
-        "'{}'; waiting for it",
-        record.name, model.name);
-    report_progress("warm image");
-    warm_build_lock.reset();
-    warm_build_lock.emplace(detail::warm_build_lock(image));
-  }
-  if (decided()) {
-    warm_build_lock.reset();
+  if (!lock_image_build(warm_build_lock, image, decided,
+                        "building the warm image of model '" + model.name + "'", "warm image")) {
     return;
   }
-  detail::remove_stale_warm_builds(image);
   record.warm_build = image.string();  // what finish_warm_build() saves
   spdlog::info(
       "vmfest: instance '{}' boots model '{}' ({} MiB, {} CPUs) cold and then saves it as the "
       "warm image every later clone resumes",
       record.name, model.name, record.profile.memory_mib, record.profile.cpus);
+}
+
+bool Instance::Impl::lock_image_build(std::optional<detail::FileLock>& lock, const fs::path& image,
+                                      const std::function<bool()>& decided,
+                                      const std::string& building, const char* phase) {
+  fs::create_directories(image.parent_path());
+  // Taken after the VM slot, as every builder and waiter does: whoever holds it can always run.
+  lock.emplace(detail::warm_build_lock(image), detail::FileLock::Mode::TryOnce);
+  if (!lock->held()) {
+    spdlog::info("vmfest: instance '{}': another process is {}; waiting for it", record.name,
+                 building);
+    report_progress(phase);
+    lock.reset();
+    lock.emplace(detail::warm_build_lock(image));
+  }
+  if (decided()) {
+    lock.reset();
+    return false;
+  }
+  detail::remove_stale_warm_builds(image);
+  return true;
 }
 
 // Empty when the guest agent answers; otherwise why not.
