@@ -150,6 +150,11 @@ struct Instance::Impl {
   bool lock_image_build(std::optional<detail::FileLock>& lock, const std::filesystem::path& image,
                         const std::function<bool()>& decided, const std::string& building,
                         const char* phase);
+  // This VM's warm fingerprint when the model's warm image it was keyed by is still
+  // `model_warm_image` (a boot can change the setup: a KVM that cannot run the guest falls back
+  // to TCG); empty when it is not, or when the backend cannot make warm images.
+  [[nodiscard]] std::string fingerprint_still_of(
+      const std::filesystem::path& model_warm_image) const;
   std::string quiesce_for_memory_save();
   void save_memory_as_warm_image(const Model& saved);
   void save_warm_image(const std::filesystem::path& image, const std::string& fingerprint,

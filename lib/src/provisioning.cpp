@@ -131,10 +131,8 @@ void Instance::Impl::finish_layer_build() {
     keep_unsaved("it booted cold instead of resuming the image the layer builds on");
     return;
   }
-  const std::string fingerprint =
-      backend->warm_fingerprint(detail::machine_config(home, record, model));
-  if (fingerprint.empty() ||
-      detail::warm_image_directory(model, record.profile, fingerprint) != layer_base) {
+  const std::string fingerprint = fingerprint_still_of(layer_base);
+  if (fingerprint.empty()) {
     keep_unsaved("the hypervisor setup changed while it ran (accelerator now " +
                  machine->accelerator() + ")");
     return;

@@ -92,6 +92,16 @@ bool Instance::Impl::lock_image_build(std::optional<detail::FileLock>& lock, con
   return true;
 }
 
+std::string Instance::Impl::fingerprint_still_of(const fs::path& model_warm_image) const {
+  const std::string fingerprint =
+      backend->warm_fingerprint(detail::machine_config(home, record, model));
+  if (fingerprint.empty() ||
+      detail::warm_image_directory(model, record.profile, fingerprint) != model_warm_image) {
+    return {};
+  }
+  return fingerprint;
+}
+
 // Empty when the guest agent answers; otherwise why not.
 std::string Instance::Impl::prepare_agent() {
   try {
@@ -150,10 +160,8 @@ void Instance::Impl::finish_warm_build() {
   report_progress("warm image");
   // This boot can change what the image depends on (the QEMU backend falls back from a KVM that
   // cannot run the guest to TCG): then its state is not the image's.
-  const std::string fingerprint =
-      backend->warm_fingerprint(detail::machine_config(home, record, model));
-  if (fingerprint.empty() ||
-      detail::warm_image_directory(model, record.profile, fingerprint) != image) {
+  const std::string fingerprint = fingerprint_still_of(image);
+  if (fingerprint.empty()) {
     spdlog::warn(
         "vmfest: the hypervisor setup changed while instance '{}' booted (accelerator now {}); "
         "it runs on cold, and the next instance builds the warm image of model '{}'",

@@ -211,14 +211,9 @@ class QemuMachine final : public Machine {
   nlohmann::json save_warm_image(const fs::path& image_directory) override {
     const bool mapped = memory_in_file();
     QmpClient client = qmp();
-    // Unthrottled: the state goes to a local file, and the guest is stopped meanwhile anyway.
-    client.execute("migrate-set-parameters", {{"max-bandwidth", 107374182400LL}});
-    // The memory is in its file already: the state is left with the devices' (hundreds of KiB).
-    if (mapped) set_ignore_shared(client);
     client.execute("stop");
-    const fs::path state = image_directory / kWarmState;
-    client.execute("migrate", {{"uri", "exec:cat > " + ssh::shell_quote(state.string())}});
-    wait_for_migration(client, "saving the warm image");
+    // The memory is in its file already: the state is left with the devices' (hundreds of KiB).
+    const fs::path state = save_state(client, image_directory, mapped, "saving the warm image");
     client.execute("quit");
     if (!wait_for_exit(milliseconds(10000))) kill();
     // The disk as it was at the stop is the base every clone's overlay sits on, and the memory
@@ -236,10 +231,7 @@ class QemuMachine final : public Machine {
       spdlog::debug("instance {}: {} MiB of zero pages left out of the memory file on disk",
                     config_.instance_name, freed >> 20);
     }
-    return {{"qemu_version", qemu_version()},
-            {"machine_type", machine_type()},
-            {"accelerator", accelerator_},
-            {"memory", to_string(mapped ? WarmMemory::Mapped : WarmMemory::Streamed)}};
+    return warm_image_facts(mapped);
   }
 
   nlohmann::json save_warm_image_of(const Model& model, const fs::path& image_directory) override {
@@ -252,13 +244,9 @@ class QemuMachine final : public Machine {
           config_.instance_name, model.name));
     }
     QmpClient client = qmp();
-    client.execute("migrate-set-parameters", {{"max-bandwidth", 107374182400LL}});
-    // Both sides of a mapped image set it; this VM's memory is private, so the state holds it
-    // all the same, and the image's memory file is left empty (holes).
-    if (mapped) set_ignore_shared(client);
-    const fs::path state = image_directory / kWarmState;
-    client.execute("migrate", {{"uri", "exec:cat > " + ssh::shell_quote(state.string())}});
-    wait_for_migration(client, "saving the guest's memory");
+    // This VM's memory is private, so the state holds it all the same (x-ignore-shared skips only
+    // shared memory), and the image's memory file is left empty (holes).
+    const fs::path state = save_state(client, image_directory, mapped, "saving the guest's memory");
     const fs::path base = image_directory / kWarmBase;
     run_tool_checked(qemu_img(),
                      {"create", "-q", "-f", "qcow2", "-b", model.disk.string(), "-F", model.format,
@@ -273,11 +261,9 @@ class QemuMachine final : public Machine {
       fs::resize_file(memory, static_cast<std::uintmax_t>(config_.profile.memory_mib) << 20);
       keep_in_image(memory, memory, fs::perms::owner_read | fs::perms::owner_write);
     }
-    return {{"qemu_version", qemu_version()},
-            {"machine_type", machine_type()},
-            {"accelerator", accelerator_},
-            {"memory", to_string(mapped ? WarmMemory::Mapped : WarmMemory::Streamed)},
-            {"memory_in_state", true}};
+    nlohmann::json facts = warm_image_facts(mapped);
+    facts["memory_in_state"] = true;
+    return facts;
   }
 
   [[nodiscard]] bool warm_image_copies_memory() const override { return !memory_in_file(); }
@@ -537,6 +523,26 @@ class QemuMachine final : public Machine {
     client.execute("migrate-set-capabilities",
                    {{"capabilities", nlohmann::json::array(
                                          {{{"capability", "x-ignore-shared"}, {"state", true}}})}});
+  }
+
+  // Migrates the stopped VM's state into `image_directory`'s state file and returns its path.
+  // `mapped`: a mapped image, whose both sides set x-ignore-shared.
+  fs::path save_state(QmpClient& client, const fs::path& image_directory, bool mapped,
+                      const char* what) {
+    // Unthrottled: the state goes to a local file, and the guest is stopped meanwhile anyway.
+    client.execute("migrate-set-parameters", {{"max-bandwidth", 107374182400LL}});
+    if (mapped) set_ignore_shared(client);
+    const fs::path state = image_directory / kWarmState;
+    client.execute("migrate", {{"uri", "exec:cat > " + ssh::shell_quote(state.string())}});
+    wait_for_migration(client, what);
+    return state;
+  }
+
+  [[nodiscard]] nlohmann::json warm_image_facts(bool mapped) const {
+    return {{"qemu_version", qemu_version()},
+            {"machine_type", machine_type()},
+            {"accelerator", accelerator_},
+            {"memory", to_string(mapped ? WarmMemory::Mapped : WarmMemory::Streamed)}};
   }
 
   // Moves `from` (a file of this instance) to `to` in a warm image with `mode`, and makes it
