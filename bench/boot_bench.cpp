@@ -145,7 +145,7 @@ double raw_boot(const vmfest::Model& model, const fs::path& work) {
                    args, bp::process_stdio{nullptr, nullptr, nullptr},
                    bp::process_start_dir{work.string()}, vmfest::detail::CloseInheritedFds{});
   const auto ready =
-      wait_for_ssh({"127.0.0.1", port, "root"}, {client.private_openssh, host.public_openssh});
+      wait_for_ssh({"127.0.0.1", port, "root", ""}, {client.private_openssh, host.public_openssh});
   const double seconds = Seconds(ready - begin).count();
   vmfest::detail::kill_and_reap(qemu);
   fs::remove_all(work);

@@ -15,6 +15,10 @@ if(TARGET vmfest_virtualbox)
   list(APPEND VMFEST_COMPONENTS virtualbox)
   install(EXPORT vmfestVirtualboxTargets NAMESPACE vmfest:: DESTINATION "${VMFEST_CMAKE_INSTALL_DIR}")
 endif()
+if(TARGET vmfest_libvirt)
+  list(APPEND VMFEST_COMPONENTS libvirt)
+  install(EXPORT vmfestLibvirtTargets NAMESPACE vmfest:: DESTINATION "${VMFEST_CMAKE_INSTALL_DIR}")
+endif()
 
 install(EXPORT vmfestTargets NAMESPACE vmfest:: DESTINATION "${VMFEST_CMAKE_INSTALL_DIR}")
 configure_package_config_file(

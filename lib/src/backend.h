@@ -44,6 +44,9 @@ struct MachineConfig {
   // memory in a file of its own must give the guest that memory from the start.
   bool saves_warm_image = false;
   StorageBus storage_bus = StorageBus::Virtio;
+  // The VM must outlive the process that starts it (a detached or permanent instance); a backend
+  // may tie an owned instance's VM to its owner process, so a killed test leaks no VM.
+  bool outlives_owner = false;
 };
 
 // One VM of a backend. Calls come from one thread at a time (the Instance serialises them).

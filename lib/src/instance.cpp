@@ -91,6 +91,7 @@ MachineConfig machine_config(const Home& home, const InstanceRecord& record, con
   config.registered_kernel = registered_kernel(home);
   config.warm_image = record.warm_image;
   config.saves_warm_image = !record.warm_build.empty() || !record.layer_build.empty();
+  config.outlives_owner = record.detached || record.permanent;
   return config;
 }
 

@@ -47,6 +47,9 @@ SessionPtr new_session(const Endpoint& endpoint, milliseconds timeout) {
   ssh_options_set(s, SSH_OPTIONS_HOST, endpoint.host.c_str());
   ssh_options_set(s, SSH_OPTIONS_PORT, &port);
   ssh_options_set(s, SSH_OPTIONS_USER, endpoint.user.c_str());
+  if (!endpoint.proxy_command.empty()) {
+    ssh_options_set(s, SSH_OPTIONS_PROXYCOMMAND, endpoint.proxy_command.c_str());
+  }
   ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, "/dev/null");
   ssh_options_set(s, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null");
   ssh_options_set(s, SSH_OPTIONS_HOSTKEYS, "ssh-ed25519");

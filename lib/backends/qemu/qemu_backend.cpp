@@ -321,7 +321,7 @@ class QemuMachine final : public Machine {
   }
 
   [[nodiscard]] ssh::Endpoint ssh_endpoint() const override {
-    return ssh::Endpoint{"127.0.0.1", port_, config_.model.ssh_user};
+    return ssh::Endpoint{"127.0.0.1", port_, config_.model.ssh_user, ""};
   }
   [[nodiscard]] fs::path console_log() const override { return path(kSerialLog); }
   [[nodiscard]] std::string accelerator() const override { return accelerator_; }

@@ -266,7 +266,7 @@ class VirtualBoxMachine final : public Machine {
   }
 
   [[nodiscard]] ssh::Endpoint ssh_endpoint() const override {
-    return ssh::Endpoint{"127.0.0.1", port_, config_.model.ssh_user};
+    return ssh::Endpoint{"127.0.0.1", port_, config_.model.ssh_user, ""};
   }
   [[nodiscard]] fs::path console_log() const override { return config_.directory / kConsoleLog; }
   [[nodiscard]] std::string accelerator() const override { return "virtualbox"; }

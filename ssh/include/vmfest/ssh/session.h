@@ -24,6 +24,9 @@ struct Endpoint {
   std::string host = "127.0.0.1";
   int port = 22;
   std::string user = "root";
+  // A command whose standard input and output reach host:port (e.g. `ssh -W host:port jump`), for
+  // a guest that is reachable only through another machine; empty: connect over TCP.
+  std::string proxy_command;
 };
 
 struct Credentials {

@@ -1,0 +1,34 @@
+// The libvirt domain an instance runs as: the same virtual hardware as the QEMU backend's VMs
+// (virtio disk and seed, a user-mode network card with the SSH forward, a serial console).
+#pragma once
+
+#include <string>
+
+namespace vmfest::detail::libvirt {
+
+struct DomainSpec {
+  std::string name;
+  std::string domain_type = "qemu";  // "qemu" (TCG) or "kvm"
+  int memory_mib = 256;
+  int cpus = 1;
+  std::string pool;
+  std::string disk_volume;  // qcow2
+  std::string seed_volume;  // raw NoCloud ISO, read-only
+  // Kernel boot (paths on the libvirt host, of volumes in the pool); empty kernel: boot the disk.
+  std::string kernel;
+  std::string initrd;
+  std::string cmdline;
+  int ssh_forward_port = 0;  // on the libvirt host's 127.0.0.1
+  int guest_ssh_port = 22;
+  // Tags for `vmfest reap` and people reading `virsh dumpxml`.
+  std::string vmfest_home;
+  std::string instance_name;
+  std::string owner;  // "<host>:<pid>" of the process that made it
+};
+
+std::string domain_xml(const DomainSpec& spec);
+
+// The namespace of vmfest's <metadata> element.
+inline constexpr const char* kMetadataNamespace = "https://vmfest.dev/libvirt/instance/1";
+
+}  // namespace vmfest::detail::libvirt

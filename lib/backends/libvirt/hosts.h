@@ -1,0 +1,37 @@
+// The libvirt hosts of VMFEST_LIBVIRT_URI and how to reach a guest on each.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace vmfest::detail::libvirt {
+
+// A libvirt connection URI, as far as vmfest needs to read it.
+struct HostUri {
+  std::string uri;
+  std::string transport;    // "ssh", "libssh", "tcp", "tls", "unix" or "" (local)
+  std::string user;         // of the SSH account, "" for the SSH default
+  std::string host;         // "" for a local URI
+  int port = 0;             // 0: the transport's default
+  std::string keyfile;      // ?keyfile=
+  std::string known_hosts;  // ?known_hosts=
+  bool no_verify = false;   // ?no_verify=1
+  std::string command;      // ?command=: the ssh program libvirt runs (default ssh)
+
+  // True when the hypervisor is this machine, reached without a network transport: its VMs'
+  // forwarded ports are on our own 127.0.0.1.
+  [[nodiscard]] bool local() const;
+  // The command that carries an SSH connection to 127.0.0.1:`port` on the host (OpenSSH's
+  // `ssh -W` over the URI's own SSH account, through the URI's ssh command if it names one),
+  // quoted for /bin/sh. InvalidArgument for a remote
+  // transport without SSH (tcp, tls): vmfest would have no way to the guest.
+  [[nodiscard]] std::string jump_command(int port) const;
+};
+
+// Reads one URI; InvalidArgument when it is not of the form driver[+transport]://[user@]host/path.
+HostUri parse_host_uri(const std::string& uri);
+
+// $VMFEST_LIBVIRT_URI split at commas (default "qemu:///system"), each parsed.
+std::vector<HostUri> configured_hosts();
+
+}  // namespace vmfest::detail::libvirt

@@ -1,0 +1,106 @@
+#include "libvirt_api.h"
+
+#include <mutex>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "vmfest/error.h"
+
+namespace vmfest::detail::libvirt {
+
+namespace {
+
+// libvirt prints every error to stderr unless told otherwise; ours reach the user as exceptions.
+void ignore_error(void* /*data*/, virErrorPtr /*error*/) {}
+
+// One thread runs libvirt's default event loop for the whole process, as virsh does: the console
+// stream is read from its callbacks. It blocks in poll(2) and holds nothing when the process exits.
+void start_event_loop() {
+  static std::once_flag started;
+  std::call_once(started, [] {
+    virSetErrorFunc(nullptr, ignore_error);
+    if (virEventRegisterDefaultImpl() < 0) {
+      throw BackendError("libvirt: could not set up its event loop: " + last_error());
+    }
+    std::thread([] {
+      while (virEventRunDefaultImpl() == 0) {
+      }
+      spdlog::error("vmfest: libvirt's event loop stopped: {}", last_error());
+    }).detach();
+  });
+}
+
+}  // namespace
+
+std::string last_error() {
+  const char* message = virGetLastErrorMessage();
+  return message == nullptr ? "" : message;
+}
+
+int last_error_code() {
+  virErrorPtr error = virGetLastError();
+  return error == nullptr ? VIR_ERR_OK : error->code;
+}
+
+void fail(const std::string& what, const std::string& uri, const std::string& hint) {
+  throw BackendError(
+      fmt::format("{} on {}: {}{}", what, uri, last_error(), hint.empty() ? "" : "; " + hint));
+}
+
+Connection connect(const std::string& uri) {
+  start_event_loop();
+  Connection connection(virConnectOpen(uri.c_str()));
+  if (!connection) {
+    fail("libvirt: could not connect", uri,
+         "check that libvirtd (and virtlogd) run there, that the URI is right "
+         "(VMFEST_LIBVIRT_URI), and that its user may use libvirt (group libvirt)");
+  }
+  return connection;
+}
+
+std::optional<Domain> find_domain(virConnectPtr connection, const std::string& name,
+                                  const std::string& uri) {
+  Domain domain(virDomainLookupByName(connection, name.c_str()));
+  if (domain) return domain;
+  if (last_error_code() == VIR_ERR_NO_DOMAIN) return std::nullopt;
+  fail(fmt::format("libvirt: could not look up domain '{}'", name), uri);
+}
+
+std::optional<Volume> find_volume(virStoragePoolPtr pool, const std::string& name,
+                                  const std::string& uri) {
+  Volume volume(virStorageVolLookupByName(pool, name.c_str()));
+  if (volume) return volume;
+  if (last_error_code() == VIR_ERR_NO_STORAGE_VOL) return std::nullopt;
+  fail(fmt::format("libvirt: could not look up volume '{}'", name), uri);
+}
+
+std::string xml_escape(const std::string& text) {
+  std::string escaped;
+  escaped.reserve(text.size());
+  for (char c : text) {
+    switch (c) {
+      case '&':
+        escaped += "&amp;";
+        break;
+      case '<':
+        escaped += "&lt;";
+        break;
+      case '>':
+        escaped += "&gt;";
+        break;
+      case '"':
+        escaped += "&quot;";
+        break;
+      case '\'':
+        escaped += "&apos;";
+        break;
+      default:
+        escaped += c;
+    }
+  }
+  return escaped;
+}
+
+}  // namespace vmfest::detail::libvirt

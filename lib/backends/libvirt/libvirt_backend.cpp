@@ -1,0 +1,374 @@
+// The libvirt backend: VMs on the hypervisor hosts of VMFEST_LIBVIRT_URI (this machine's libvirtd
+// or remote ones). Everything goes through libvirt's API, so a remote host needs no shared file
+// system: models, disks and seeds are volumes of a storage pool there, the console is a libvirt
+// stream, and SSH reaches the guest through a forward on the host's 127.0.0.1 (through the host's
+// own SSH account when it is remote). A domain of an owned instance dies with its connection
+// (VIR_DOMAIN_START_AUTODESTROY): a test process killed at any moment leaks no VM, only volumes,
+// which `vmfest reap` deletes through the instance's record.
+
+#include <unistd.h>
+
+#include <random>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include "../../src/backend.h"
+#include "../../src/sha256.h"
+#include "console_log.h"
+#include "domain_xml.h"
+#include "hosts.h"
+#include "libvirt_api.h"
+#include "storage.h"
+#include "vmfest/error.h"
+
+namespace vmfest::detail::libvirt {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr const char* kConsoleLog = "serial.log";
+constexpr int kLaunchAttempts = 5;  // each with another forward port, should one be taken
+constexpr milliseconds kStatePoll{100};
+
+// A port nobody listens on at 127.0.0.1 right now, for a local host's forward.
+int free_local_port() {
+  boost::asio::io_context context;
+  boost::asio::ip::tcp::acceptor probe(
+      context, boost::asio::ip::tcp::endpoint(boost::asio::ip::address_v4::loopback(), 0));
+  return probe.local_endpoint().port();
+}
+
+// A remote host's ports cannot be probed from here: a random one, retried if QEMU finds it taken.
+int random_remote_port() {
+  static std::mt19937 random{std::random_device{}()};
+  return std::uniform_int_distribution<int>(20000, 60999)(random);
+}
+
+// TCG unless asked for KVM: libvirt offers KVM wherever /dev/kvm exists, also on hosts whose KVM
+// hangs Linux guests, and a remote host cannot be probed with a test boot cheaply.
+std::string domain_type() {
+  const char* forced = std::getenv("VMFEST_ACCEL");
+  const std::string accel = forced != nullptr ? forced : "";
+  if (accel.empty() || accel == "tcg") return "qemu";
+  if (accel == "kvm") return "kvm";
+  throw InvalidArgument(fmt::format("VMFEST_ACCEL={} is not valid: use kvm or tcg", accel));
+}
+
+// How many vmfest domains a host runs and how many it takes (its CPUs, or VMFEST_LIBVIRT_MAX_VMS).
+double load_of(const HostUri& host) {
+  Connection connection = connect(host.uri);
+  virDomainPtr* domains = nullptr;
+  const int count =
+      virConnectListAllDomains(connection.get(), &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+  if (count < 0) fail("libvirt: could not list domains", host.uri);
+  int ours = 0;
+  for (int i = 0; i < count; ++i) {
+    if (std::string_view(virDomainGetName(domains[i])).starts_with("vmfest-")) ++ours;
+    virDomainFree(domains[i]);
+  }
+  std::free(domains);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+  int cap = 0;
+  if (const char* limit = std::getenv("VMFEST_LIBVIRT_MAX_VMS"); limit != nullptr) {
+    cap = std::atoi(limit);
+  }
+  if (cap <= 0) {
+    virNodeInfo info{};
+    cap = virNodeGetInfo(connection.get(), &info) == 0 ? static_cast<int>(info.cpus) : 1;
+  }
+  return static_cast<double>(ours) / std::max(cap, 1);
+}
+
+// The host a new instance goes to: the least loaded, the first of equals.
+HostUri choose_host() {
+  std::vector<HostUri> hosts = configured_hosts();
+  if (hosts.size() == 1) return hosts.front();
+  std::size_t best = 0;
+  double best_load = 0;
+  for (std::size_t i = 0; i < hosts.size(); ++i) {
+    const double load = load_of(hosts[i]);
+    if (i == 0 || load < best_load) {
+      best = i;
+      best_load = load;
+    }
+  }
+  return hosts[best];
+}
+
+InstanceState to_instance_state(int state) {
+  switch (state) {
+    case VIR_DOMAIN_PAUSED:
+    case VIR_DOMAIN_PMSUSPENDED:
+      return InstanceState::Paused;
+    case VIR_DOMAIN_SHUTOFF:
+    case VIR_DOMAIN_CRASHED:
+      return InstanceState::Stopped;
+    default:
+      return InstanceState::Running;
+  }
+}
+
+class LibvirtMachine final : public Machine {
+ public:
+  LibvirtMachine(MachineConfig config, const nlohmann::json& saved) : config_(std::move(config)) {
+    // Names carry the home's hash: homes (and CI runners) sharing a host never collide.
+    const fs::path home = config_.directory.parent_path().parent_path();
+    domain_ =
+        fmt::format("vmfest-{}-{}", sha256_text(home.string()).substr(0, 8), config_.instance_name);
+    if (saved.is_object() && saved.contains("uri")) {
+      host_ = parse_host_uri(saved.value("uri", ""));
+      port_ = saved.value("port", 0);
+      domain_type_ = saved.value("domain_type", domain_type_);
+      outlives_owner_ = saved.value("outlives_owner", false);
+    }
+  }
+
+  void create_disk() override {
+    if (config_.private_nic) {
+      throw BackendError(fmt::format(
+          "instance '{}': the libvirt backend cannot join a private segment (its hub is a unix "
+          "datagram socket on this machine); run this test on the QEMU backend",
+          config_.instance_name));
+    }
+    host_ = choose_host();
+    domain_type_ = domain_type();
+    outlives_owner_ = config_.outlives_owner;
+    const StoragePool& pool = storage();
+    const Model& model = config_.model;
+    const fs::path locks = config_.cache_directory / "libvirt";
+    const std::string base = model_volume_name(model, "disk." + model.format);
+    pool.upload_cached(base, model.disk, locks);
+    if (model.boot.kind == BootSpec::Kind::Kernel) {
+      pool.upload_cached(model_volume_name(model, "kernel"), model.boot.kernel, locks);
+      if (!model.boot.initrd.empty()) {
+        pool.upload_cached(model_volume_name(model, "initrd"), model.boot.initrd, locks);
+      }
+    }
+    if (config_.full_copy) {
+      pool.create_copy(disk_volume(), base);
+    } else {
+      pool.create_overlay(disk_volume(), base, model.format);
+    }
+    pool.remove(seed_volume());  // left by an earlier create of the same name that died
+    pool.upload(seed_volume(), config_.seed_image);
+  }
+
+  // The VM runs on the libvirt host, not as our child: it cannot hold a slot of this machine.
+  void launch(const VmSlot* /*slot*/) override {
+    const StoragePool& pool = storage();
+    DomainSpec spec;
+    spec.name = domain_;
+    spec.domain_type = domain_type_;
+    spec.memory_mib = config_.profile.memory_mib;
+    spec.cpus = config_.profile.cpus;
+    spec.pool = pool.name();
+    spec.disk_volume = disk_volume();
+    spec.seed_volume = seed_volume();
+    const Model& model = config_.model;
+    if (model.boot.kind == BootSpec::Kind::Kernel) {
+      spec.kernel = pool.path_of(model_volume_name(model, "kernel"));
+      if (!model.boot.initrd.empty())
+        spec.initrd = pool.path_of(model_volume_name(model, "initrd"));
+      spec.cmdline = model.boot.cmdline;
+    }
+    spec.guest_ssh_port = model.ssh_port;
+    spec.vmfest_home = config_.directory.parent_path().parent_path().string();
+    spec.instance_name = config_.instance_name;
+    spec.owner = fmt::format("{}:{}", host_name(), ::getpid());
+    // Owned instances die with this process's connection; detached and permanent ones live on.
+    const unsigned flags =
+        VIR_DOMAIN_START_PAUSED | (outlives_owner_ ? 0U : unsigned{VIR_DOMAIN_START_AUTODESTROY});
+    Domain domain;
+    for (int attempt = 1; !domain; ++attempt) {
+      port_ = config_.ssh_host_port != 0 ? config_.ssh_host_port
+              : host_.local()            ? free_local_port()
+                                         : random_remote_port();
+      spec.ssh_forward_port = port_;
+      domain.reset(virDomainCreateXML(connection(), domain_xml(spec).c_str(), flags));
+      if (domain) break;
+      const std::string why = last_error();
+      const bool port_taken = why.find("host forwarding") != std::string::npos;
+      if (!port_taken || attempt == kLaunchAttempts || config_.ssh_host_port != 0) {
+        fail(fmt::format("libvirt: could not start domain '{}' of instance '{}'", domain_,
+                         config_.instance_name),
+             host_.uri);
+      }
+      spdlog::debug("vmfest: instance '{}': port {} is taken on {}; trying another",
+                    config_.instance_name, port_, host_.uri);
+    }
+    // The readiness check reads this log: a previous boot's lines must not satisfy it.
+    console_.reset();
+    console_ = std::make_unique<ConsoleLog>(connection(), domain.get(), console_log(), host_.uri);
+    if (virDomainResume(domain.get()) < 0) {
+      const std::string why = last_error();
+      virDomainDestroy(domain.get());
+      throw BackendError(
+          fmt::format("libvirt: could not run domain '{}' on {}: {}", domain_, host_.uri, why));
+    }
+    spdlog::info("vmfest: instance '{}' runs as libvirt domain '{}' on {} ({})",
+                 config_.instance_name, domain_, host_.uri, accelerator());
+  }
+
+  void pause() override { act("pause", virDomainSuspend); }
+  void resume() override { act("resume", virDomainResume); }
+
+  void power_down(milliseconds grace) override {
+    auto domain = find();
+    if (!domain || state_of(domain->get()) == InstanceState::Stopped) return;
+    // A paused guest cannot see the power button.
+    if (state_of(domain->get()) == InstanceState::Paused) virDomainResume(domain->get());
+    if (virDomainShutdown(domain->get()) == 0) {
+      const auto deadline = Clock::now() + grace;
+      while (Clock::now() < deadline) {
+        if (state() == InstanceState::Stopped) return;
+        std::this_thread::sleep_for(kStatePoll);
+      }
+      spdlog::warn(
+          "instance {}: guest did not power off within {} ms after the ACPI button; "
+          "stopping it hard",
+          config_.instance_name, grace.count());
+    }
+    kill();
+  }
+
+  void kill() noexcept override {
+    try {
+      if (auto domain = find()) virDomainDestroy(domain->get());
+    } catch (const std::exception& error) {
+      spdlog::warn("vmfest: could not stop libvirt domain '{}' of instance '{}': {}", domain_,
+                   config_.instance_name, error.what());
+    }
+    console_.reset();
+  }
+
+  InstanceState state() override {
+    auto domain = find();
+    return domain ? state_of(domain->get()) : InstanceState::Stopped;
+  }
+
+  void remove() override {
+    if (host_.uri.empty()) return;  // never created
+    kill();
+    const StoragePool& pool = storage();
+    pool.remove(disk_volume());
+    pool.remove(seed_volume());
+  }
+
+  [[nodiscard]] ssh::Endpoint ssh_endpoint() const override {
+    if (host_.local()) return ssh::Endpoint{"127.0.0.1", port_, config_.model.ssh_user, ""};
+    return ssh::Endpoint{host_.host, port_, config_.model.ssh_user, host_.jump_command(port_)};
+  }
+  [[nodiscard]] fs::path console_log() const override { return config_.directory / kConsoleLog; }
+  [[nodiscard]] std::string accelerator() const override {
+    return domain_type_ == "kvm" ? "kvm" : "tcg";
+  }
+  [[nodiscard]] nlohmann::json saved_state() const override {
+    return {{"uri", host_.uri},
+            {"domain", domain_},
+            {"port", port_},
+            {"domain_type", domain_type_},
+            {"outlives_owner", outlives_owner_}};
+  }
+
+  void detach() noexcept override {
+    console_.reset();
+    if (connection_ && !outlives_owner_ && find_or_null()) {
+      // The domain dies with the connection that started it: keep that open for as long as this
+      // process lives, so the VM outlives its handle as detach promises, though not the process.
+      spdlog::warn(
+          "vmfest: instance '{}' (libvirt) lives only as long as this process: libvirt "
+          "stops a test's VMs when it exits; create it detached to keep it",
+          config_.instance_name);
+      static_cast<void>(connection_.release());
+    }
+  }
+
+ private:
+  [[nodiscard]] std::string disk_volume() const { return domain_ + ".qcow2"; }
+  [[nodiscard]] std::string seed_volume() const { return domain_ + "-seed.iso"; }
+
+  static std::string host_name() {
+    std::array<char, 256> name{};
+    return ::gethostname(name.data(), name.size() - 1) == 0 ? name.data() : "?";
+  }
+
+  virConnectPtr connection() {
+    if (host_.uri.empty()) {
+      throw StateError(
+          fmt::format("instance '{}' has no libvirt host recorded (its disk was "
+                      "never created); `vmfest destroy {}` removes it",
+                      config_.instance_name, config_.instance_name));
+    }
+    if (!connection_) connection_ = connect(host_.uri);
+    return connection_.get();
+  }
+
+  const StoragePool& storage() {
+    if (!pool_) pool_.emplace(connection(), host_.uri);
+    return *pool_;
+  }
+
+  std::optional<Domain> find() { return find_domain(connection(), domain_, host_.uri); }
+
+  bool find_or_null() noexcept {
+    try {
+      return find().has_value();
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+
+  InstanceState state_of(virDomainPtr domain) {
+    int state = 0;
+    int reason = 0;
+    if (virDomainGetState(domain, &state, &reason, 0) < 0) {
+      if (last_error_code() == VIR_ERR_NO_DOMAIN) return InstanceState::Stopped;
+      fail(fmt::format("libvirt: could not read the state of domain '{}'", domain_), host_.uri);
+    }
+    return to_instance_state(state);
+  }
+
+  void act(const char* what, int (*call)(virDomainPtr)) {
+    auto domain = find();
+    if (!domain) {
+      throw StateError(
+          fmt::format("instance '{}': cannot {} it, libvirt domain '{}' on {} is not "
+                      "running",
+                      config_.instance_name, what, domain_, host_.uri));
+    }
+    if (call(domain->get()) < 0) {
+      fail(fmt::format("libvirt: could not {} domain '{}'", what, domain_), host_.uri);
+    }
+  }
+
+  MachineConfig config_;
+  HostUri host_;
+  std::string domain_;
+  std::string domain_type_ = "qemu";
+  bool outlives_owner_ = false;
+  int port_ = 0;
+  Connection connection_;
+  std::optional<StoragePool> pool_;  // after connection_: it uses it
+  std::unique_ptr<ConsoleLog> console_;
+};
+
+class LibvirtBackend final : public Backend {
+ public:
+  [[nodiscard]] std::string name() const override { return "libvirt"; }
+  std::unique_ptr<Machine> machine(const MachineConfig& config,
+                                   const nlohmann::json& saved) override {
+    return std::make_unique<LibvirtMachine>(config, saved);
+  }
+};
+
+std::unique_ptr<Backend> make_libvirt_backend() { return std::make_unique<LibvirtBackend>(); }
+
+}  // namespace
+}  // namespace vmfest::detail::libvirt
+
+VMFEST_REGISTER_BACKEND(libvirt, &vmfest::detail::libvirt::make_libvirt_backend);

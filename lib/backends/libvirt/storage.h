@@ -1,0 +1,55 @@
+// The backend's storage on a libvirt host: one storage pool (a folder on that host, reached only
+// through libvirt's API, so a remote host needs no shared file system), the models uploaded into
+// it once, and each instance's volumes.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "libvirt_api.h"
+#include "vmfest/model.h"
+
+namespace vmfest::detail::libvirt {
+
+class StoragePool {
+ public:
+  // The pool $VMFEST_LIBVIRT_POOL (default "vmfest") of the host behind `connection`; defined as a
+  // folder pool at $VMFEST_LIBVIRT_POOL_PATH (default /var/lib/vmfest-pool) and started when it
+  // does not exist or is inactive.
+  StoragePool(virConnectPtr connection, std::string uri);
+
+  // The path of volume `name` on the host, for the domain XML (never opened here).
+  [[nodiscard]] std::string path_of(const std::string& name) const;
+  [[nodiscard]] bool contains(const std::string& name) const;
+  // Uploads a local file as a new volume `name` (virStorageVolUpload): what a remote host needs
+  // instead of a path to a file it cannot see.
+  void upload(const std::string& name, const std::filesystem::path& file) const;
+  // Uploads a local file once per host: `name` should carry the content's hash. One process per
+  // local cache folder uploads while the others wait; an upload that was cut short (killed) lacks
+  // its completion marker and is replaced.
+  void upload_cached(const std::string& name, const std::filesystem::path& file,
+                     const std::filesystem::path& lock_directory) const;
+  // A qcow2 volume `name` backed by volume `backing` (in `backing_format`): kilobytes.
+  void create_overlay(const std::string& name, const std::string& backing,
+                      const std::string& backing_format) const;
+  // A standalone qcow2 copy of volume `source`, for a permanent VM.
+  void create_copy(const std::string& name, const std::string& source) const;
+  // Deletes volume `name` if it exists.
+  void remove(const std::string& name) const;
+
+  [[nodiscard]] const std::string& name() const noexcept { return name_; }
+
+ private:
+  void create_volume(const std::string& xml, const std::string& name) const;
+
+  virConnectPtr connection_;
+  std::string uri_;
+  std::string name_;
+  Pool pool_;
+};
+
+// Volume names of what each instance or model has in the pool: prefixed by the vmfest home's hash,
+// so homes (and CI machines) sharing a host never collide.
+std::string model_volume_name(const Model& model, const std::string& part);
+
+}  // namespace vmfest::detail::libvirt
