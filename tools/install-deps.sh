@@ -13,6 +13,8 @@ packages=(
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   # hypervisor
   qemu-system-x86 qemu-utils
+  # the libvirt backend, and the libvirtd and sshd its tests start (tools/libvirt-services.sh)
+  libvirt-dev libvirt-daemon-system libvirt-clients openssh-server
   # default model ingredients (the kernel package is downloaded, not installed)
   busybox-static dropbear-bin cpio e2fsprogs openssh-sftp-server genisoimage
   # ... and its BIOS boot: SYSLINUX on a FAT partition, written without mounting anything

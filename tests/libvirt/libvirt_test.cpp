@@ -1,0 +1,179 @@
+// The libvirt backend's own tests, beside the conformance suite that runs the QEMU backend's VM
+// tests through it: URIs, what a killed test process leaves, that nothing of the pool is read
+// through a path, and instances spread over two hosts. Run with VMFEST_BACKEND=libvirt and
+// VMFEST_LIBVIRT_URI set by tests/libvirt/CMakeLists.txt.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "backends/libvirt/hosts.h"
+#include "backends/libvirt/libvirt_api.h"
+#include "child_process.h"
+#include "files.h"
+#include "vmfest/error.h"
+#include "vmfest/gtest/fixture.h"
+#include "vmfest/instance.h"
+
+namespace {
+namespace fs = std::filesystem;
+namespace lv = vmfest::detail::libvirt;
+using namespace std::chrono_literals;
+using vmfest::Instance;
+
+std::string first_uri() { return lv::configured_hosts().front().uri; }
+
+// The volumes of the pool "vmfest" on `uri` whose names hold `part`, with their paths there.
+std::map<std::string, std::string> volumes_with(const std::string& uri, const std::string& part) {
+  lv::Connection connection = lv::connect(uri);
+  lv::Pool pool(virStoragePoolLookupByName(connection.get(), "vmfest"));
+  if (!pool) return {};
+  virStoragePoolRefresh(pool.get(), 0);
+  virStorageVolPtr* volumes = nullptr;
+  const int count = virStoragePoolListAllVolumes(pool.get(), &volumes, 0);
+  std::map<std::string, std::string> found;
+  for (int i = 0; i < count; ++i) {
+    lv::Volume volume(volumes[i]);
+    const std::string name = virStorageVolGetName(volume.get());
+    if (name.find(part) == std::string::npos) continue;
+    char* path = virStorageVolGetPath(volume.get());
+    found[name] = path;
+    std::free(path);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+  }
+  std::free(volumes);  // NOLINT(cppcoreguidelines-no-malloc)
+  return found;
+}
+
+bool domain_exists(const std::string& uri, const std::string& part) {
+  lv::Connection connection = lv::connect(uri);
+  virDomainPtr* domains = nullptr;
+  const int count = virConnectListAllDomains(connection.get(), &domains, 0);
+  bool found = false;
+  for (int i = 0; i < count; ++i) {
+    lv::Domain domain(domains[i]);
+    if (std::string(virDomainGetName(domain.get())).find(part) != std::string::npos) found = true;
+  }
+  std::free(domains);  // NOLINT(cppcoreguidelines-no-malloc)
+  return found;
+}
+
+// What the backend recorded for an instance: its host's URI among it.
+nlohmann::json machine_state(const Instance& instance) {
+  return nlohmann::json::parse(vmfest::detail::read_text(instance.directory() / "instance.json"))
+      .at("machine");
+}
+
+Instance start_instance() {
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::test_model();
+  Instance instance = Instance::create(request);
+  instance.start();
+  return instance;
+}
+
+TEST(LibvirtHosts, AUriNamesItsHostAndTheWayToItsGuests) {
+  const lv::HostUri local = lv::parse_host_uri("qemu:///system");
+  EXPECT_TRUE(local.local());
+  const lv::HostUri remote = lv::parse_host_uri(
+      "qemu+ssh://ci@hv1:2222/system?keyfile=/keys/my%20key&no_verify=1&command=/bin/my-ssh");
+  EXPECT_FALSE(remote.local());
+  EXPECT_EQ(remote.user, "ci");
+  EXPECT_EQ(remote.host, "hv1");
+  EXPECT_EQ(remote.port, 2222);
+  EXPECT_EQ(remote.keyfile, "/keys/my key");
+  EXPECT_EQ(remote.jump_command(40022),
+            "'/bin/my-ssh' -W 127.0.0.1:40022 -o BatchMode=yes -T -p 2222 -l 'ci' -i "
+            "'/keys/my key' -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+            "-o LogLevel=ERROR 'hv1'");
+  EXPECT_THROW(lv::parse_host_uri("qemu+tcp://hv1/system").jump_command(1),
+               vmfest::InvalidArgument);
+  EXPECT_THROW(lv::parse_host_uri("hv1"), vmfest::InvalidArgument);
+  EXPECT_THROW(lv::parse_host_uri("qemu+ssh:///system"), vmfest::InvalidArgument);
+}
+
+// The services script (tools/libvirt-services.sh) runs libvirtd with the pool folder on a tmpfs
+// only it sees: an instance that boots and answers proves its disk, seed, kernel and console
+// reached the host through libvirt alone.
+TEST(Libvirt, NothingOfThePoolIsReadThroughAPath) {
+  Instance instance = start_instance();
+  EXPECT_EQ(instance.ssh().check("echo up").stdout_text, "up\n");
+  const auto volumes = volumes_with(first_uri(), instance.name());
+  ASSERT_EQ(volumes.size(), 2U) << "the instance's disk and seed";
+  for (const auto& [name, path] : volumes) {
+    EXPECT_FALSE(fs::exists(path)) << "volume " << name << " is visible here at " << path
+                                   << ": the pool is shared with the test's file system";
+  }
+  EXPECT_NE(vmfest::detail::read_text(instance.console_log()).find("VMFEST-READY"),
+            std::string::npos)
+      << "the console, read through libvirt, shows the boot";
+}
+
+// Run as a child by the next test: starts an instance, says its name, and waits to be killed.
+TEST(LibvirtChild, StartAndWaitToBeKilled) {
+  if (std::getenv("VMFEST_LIBVIRT_CHILD") == nullptr) GTEST_SKIP() << "run by Libvirt.AKilled*";
+  Instance instance = start_instance();
+  std::printf("\ninstance %s\n", instance.name().c_str());
+  std::fflush(stdout);
+  std::this_thread::sleep_for(600s);
+}
+
+TEST(Libvirt, AKilledTestProcessLeavesNoDomainAndReapLeavesNoVolume) {
+  const fs::path output = fs::temp_directory_path() / fmt::format("vmfest-libvirt-{}", ::getpid());
+  vmfest::testing::ChildProcess child(
+      {"/usr/bin/env", "-u", "GTEST_SHARD_INDEX", "-u", "GTEST_TOTAL_SHARDS",
+       "VMFEST_LIBVIRT_CHILD=1", fs::read_symlink("/proc/self/exe").string(),
+       "--gtest_filter=LibvirtChild.StartAndWaitToBeKilled"},
+      output);
+  std::string name;
+  for (auto deadline = std::chrono::steady_clock::now() + 300s; name.empty();) {
+    const std::string text = child.output();
+    if (const auto at = text.find("\ninstance ");
+        at != std::string::npos && text.find('\n', at + 1) != std::string::npos) {
+      name = text.substr(at + 10, text.find('\n', at + 1) - at - 10);
+    }
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << text;
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(domain_exists(first_uri(), "-" + name));
+  child.kill();
+  EXPECT_EQ(child.wait(), 128 + SIGKILL);
+  fs::remove(output);
+
+  // libvirt itself destroys the domain of the connection that died.
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (domain_exists(first_uri(), "-" + name) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_FALSE(domain_exists(first_uri(), "-" + name)) << "the killed process's VM runs on";
+  EXPECT_EQ(volumes_with(first_uri(), "-" + name).size(), 2U) << "its disk and seed wait for reap";
+
+  const auto reaped = vmfest::reap_leaked_instances();
+  EXPECT_NE(std::find(reaped.begin(), reaped.end(), name), reaped.end());
+  EXPECT_TRUE(volumes_with(first_uri(), "-" + name).empty());
+  EXPECT_FALSE(fs::exists(vmfest::Home::from_environment().instances() / name));
+}
+
+// Both URIs of VMFEST_LIBVIRT_URI (the registration gives two) take instances, least loaded first.
+TEST(Libvirt, TwoHostsShareSixInstances) {
+  const auto hosts = lv::configured_hosts();
+  ASSERT_EQ(hosts.size(), 2U) << "VMFEST_LIBVIRT_URI should name two hosts for this test";
+  std::vector<Instance> instances;
+  std::map<std::string, int> per_host;
+  for (int i = 0; i < 6; ++i) {
+    instances.push_back(start_instance());
+    ++per_host[machine_state(instances.back()).at("uri").get<std::string>()];
+  }
+  for (auto& instance : instances) {
+    EXPECT_EQ(instance.ssh().check("echo up").stdout_text, "up\n") << instance.name();
+  }
+  EXPECT_EQ(per_host[hosts[0].uri], 3);
+  EXPECT_EQ(per_host[hosts[1].uri], 3);
+}
+
+}  // namespace
