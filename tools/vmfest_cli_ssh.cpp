@@ -151,26 +151,31 @@ int open_shell(Instance& instance) {
     }
     std::ofstream(known_hosts) << fmt::format("[{}]:{} {}\n", info.ssh.host, info.ssh.port, key);
   }
-  return run_and_wait({"ssh",
-                       "-F",
-                       "/dev/null",
-                       "-i",
-                       (info.directory / detail::kClientKey).string(),
-                       "-o",
-                       "IdentitiesOnly=yes",
-                       "-o",
-                       "StrictHostKeyChecking=yes",
-                       "-o",
-                       "UserKnownHostsFile=" + known_hosts.string(),
-                       "-o",
-                       "GlobalKnownHostsFile=/dev/null",
-                       "-o",
-                       "BatchMode=yes",
-                       "-o",
-                       "LogLevel=ERROR",
-                       "-p",
-                       std::to_string(info.ssh.port),
-                       fmt::format("{}@{}", info.ssh.user, info.ssh.host)});
+  std::vector<std::string> arguments = {"ssh",
+                                        "-F",
+                                        "/dev/null",
+                                        "-i",
+                                        (info.directory / detail::kClientKey).string(),
+                                        "-o",
+                                        "IdentitiesOnly=yes",
+                                        "-o",
+                                        "StrictHostKeyChecking=yes",
+                                        "-o",
+                                        "UserKnownHostsFile=" + known_hosts.string(),
+                                        "-o",
+                                        "GlobalKnownHostsFile=/dev/null",
+                                        "-o",
+                                        "BatchMode=yes",
+                                        "-o",
+                                        "LogLevel=ERROR",
+                                        "-p",
+                                        std::to_string(info.ssh.port)};
+  // A guest reachable only through its hypervisor host (a remote libvirt URI).
+  if (!info.ssh.proxy_command.empty()) {
+    arguments.insert(arguments.end(), {"-o", "ProxyCommand=" + info.ssh.proxy_command});
+  }
+  arguments.push_back(fmt::format("{}@{}", info.ssh.user, info.ssh.host));
+  return run_and_wait(arguments);
 }
 
 }  // namespace

@@ -39,7 +39,8 @@ std::string domain_xml(const DomainSpec& spec) {
       "<domain type='{type}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
       "<name>{name}</name>"
       "<metadata><vmfest:instance xmlns:vmfest='{ns}'><home>{home}</home>"
-      "<name>{instance}</name><owner>{owner}</owner></vmfest:instance></metadata>"
+      "<name>{instance}</name><owner>{owner}</owner><uri>{uri}</uri></vmfest:instance>"
+      "</metadata>"
       "<memory unit='MiB'>{memory}</memory><vcpu>{cpus}</vcpu>{os}"
       "<features><acpi/></features><clock offset='utc'/>"
       "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>"
@@ -55,11 +56,19 @@ std::string domain_xml(const DomainSpec& spec) {
       fmt::arg("type", spec.domain_type), fmt::arg("name", xml_escape(spec.name)),
       fmt::arg("ns", kMetadataNamespace), fmt::arg("home", xml_escape(spec.vmfest_home)),
       fmt::arg("instance", xml_escape(spec.instance_name)),
-      fmt::arg("owner", xml_escape(spec.owner)), fmt::arg("memory", spec.memory_mib),
-      fmt::arg("cpus", spec.cpus), fmt::arg("os", os_xml(spec)),
+      fmt::arg("owner", xml_escape(spec.owner)), fmt::arg("uri", xml_escape(spec.uri)),
+      fmt::arg("memory", spec.memory_mib), fmt::arg("cpus", spec.cpus),
+      fmt::arg("os", os_xml(spec)),
       fmt::arg("disk", volume_disk(spec.pool, spec.disk_volume, "qcow2", "vda", false)),
       fmt::arg("seed", volume_disk(spec.pool, spec.seed_volume, "raw", "vdb", true)),
       fmt::arg("netdev", xml_escape(netdev)));
+}
+
+std::string uri_in_metadata(const std::string& metadata_xml) {
+  const auto begin = metadata_xml.find("<uri>");
+  const auto end = metadata_xml.find("</uri>");
+  if (begin == std::string::npos || end == std::string::npos || end < begin) return "";
+  return xml_unescape(metadata_xml.substr(begin + 5, end - begin - 5));
 }
 
 }  // namespace vmfest::detail::libvirt

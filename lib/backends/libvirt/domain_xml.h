@@ -24,9 +24,13 @@ struct DomainSpec {
   std::string vmfest_home;
   std::string instance_name;
   std::string owner;  // "<host>:<pid>" of the process that made it
+  std::string uri;    // the VMFEST_LIBVIRT_URI entry it was made through (a host's load)
 };
 
 std::string domain_xml(const DomainSpec& spec);
+
+// The <uri> of vmfest's metadata in the XML of a domain's metadata element ("" if none).
+std::string uri_in_metadata(const std::string& metadata_xml);
 
 // The namespace of vmfest's <metadata> element.
 inline constexpr const char* kMetadataNamespace = "https://vmfest.dev/libvirt/instance/1";

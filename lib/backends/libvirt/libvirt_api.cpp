@@ -1,7 +1,10 @@
 #include "libvirt_api.h"
 
+#include <array>
 #include <mutex>
+#include <string_view>
 #include <thread>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -101,6 +104,25 @@ std::string xml_escape(const std::string& text) {
     }
   }
   return escaped;
+}
+
+std::string xml_unescape(const std::string& text) {
+  static constexpr std::array<std::pair<std::string_view, char>, 5> kEntities = {
+      {{"&amp;", '&'}, {"&lt;", '<'}, {"&gt;", '>'}, {"&quot;", '"'}, {"&apos;", '\''}}};
+  std::string plain;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    bool replaced = false;
+    for (const auto& [entity, character] : kEntities) {
+      if (text.compare(i, entity.size(), entity) == 0) {
+        plain += character;
+        i += entity.size() - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) plain += text[i];
+  }
+  return plain;
 }
 
 }  // namespace vmfest::detail::libvirt

@@ -53,5 +53,7 @@ std::optional<Volume> find_volume(virStoragePoolPtr pool, const std::string& nam
 
 // XML text escaped for an element's content or an attribute value.
 std::string xml_escape(const std::string& text);
+// The reverse of xml_escape (the five entities libvirt writes).
+std::string xml_unescape(const std::string& text);
 
 }  // namespace vmfest::detail::libvirt
