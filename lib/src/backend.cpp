@@ -27,4 +27,6 @@ std::string Machine::agent_exchange(const std::string& /*request*/,
 
 std::string Backend::warm_fingerprint(const MachineConfig& /*config*/) { return ""; }
 
+std::vector<std::string> Backend::remove_orphans(const Home& /*home*/) { return {}; }
+
 }  // namespace vmfest::detail

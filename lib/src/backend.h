@@ -120,6 +120,11 @@ class Backend {
   // accelerator, the exact hardware); a different fingerprint needs a new image. Empty when the
   // backend cannot make warm images.
   virtual std::string warm_fingerprint(const MachineConfig& config);
+  // Removes what the backend keeps outside instance folders for instances of `home` whose folders
+  // are gone (a process killed before it recorded its VM, a home emptied by hand), on the
+  // hypervisors it is configured for, and returns one line per thing removed. Called by the
+  // reaper; the default keeps nothing outside the folders.
+  virtual std::vector<std::string> remove_orphans(const Home& home);
 };
 
 // The driver table. Each backend folder registers its factory with VMFEST_REGISTER_BACKEND; the

@@ -180,6 +180,17 @@ std::vector<std::string> reap_leaked_instances(const Home& home, const ReapOptio
       spdlog::warn("vmfest: could not reap {}: {}", directory.string(), error.what());
     }
   }
+  // What backends keep outside the folders, of instances whose folders are gone.
+  for (const std::string& name : detail::backend_names()) {
+    try {
+      for (const std::string& removed : detail::make_backend(name)->remove_orphans(home)) {
+        spdlog::info("vmfest: reaped {}", removed);
+      }
+    } catch (const std::exception& error) {
+      spdlog::warn("vmfest: could not look for leftovers of the {} backend: {}", name,
+                   error.what());
+    }
+  }
   // What killed processes left beside the models: setups' staging and warm builds' folders.
   try {
     detail::remove_interrupted_setups(home);

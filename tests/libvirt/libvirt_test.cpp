@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -15,6 +16,7 @@
 
 #include "backends/libvirt/hosts.h"
 #include "backends/libvirt/libvirt_api.h"
+#include "backends/libvirt/storage.h"
 #include "child_process.h"
 #include "files.h"
 #include "vmfest/error.h"
@@ -29,38 +31,22 @@ using vmfest::Instance;
 
 std::string first_uri() { return lv::configured_hosts().front().uri; }
 
-// The volumes of the pool "vmfest" on `uri` whose names hold `part`, with their paths there.
+// The volumes of the pool on `uri` whose names hold `part`, with their paths there.
 std::map<std::string, std::string> volumes_with(const std::string& uri, const std::string& part) {
   lv::Connection connection = lv::connect(uri);
-  lv::Pool pool(virStoragePoolLookupByName(connection.get(), "vmfest"));
-  if (!pool) return {};
-  virStoragePoolRefresh(pool.get(), 0);
-  virStorageVolPtr* volumes = nullptr;
-  const int count = virStoragePoolListAllVolumes(pool.get(), &volumes, 0);
+  const lv::StoragePool pool(connection.get(), uri);
   std::map<std::string, std::string> found;
-  for (int i = 0; i < count; ++i) {
-    lv::Volume volume(volumes[i]);
-    const std::string name = virStorageVolGetName(volume.get());
-    if (name.find(part) == std::string::npos) continue;
-    char* path = virStorageVolGetPath(volume.get());
-    found[name] = path;
-    std::free(path);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+  for (const std::string& name : pool.volume_names()) {
+    if (name.find(part) != std::string::npos) found[name] = pool.path_of(name);
   }
-  std::free(volumes);  // NOLINT(cppcoreguidelines-no-malloc)
   return found;
 }
 
 bool domain_exists(const std::string& uri, const std::string& part) {
   lv::Connection connection = lv::connect(uri);
-  virDomainPtr* domains = nullptr;
-  const int count = virConnectListAllDomains(connection.get(), &domains, 0);
-  bool found = false;
-  for (int i = 0; i < count; ++i) {
-    lv::Domain domain(domains[i]);
-    if (std::string(virDomainGetName(domain.get())).find(part) != std::string::npos) found = true;
-  }
-  std::free(domains);  // NOLINT(cppcoreguidelines-no-malloc)
-  return found;
+  const auto names = lv::domain_names(connection.get(), uri);
+  return std::any_of(names.begin(), names.end(),
+                     [&](const std::string& name) { return name.find(part) != std::string::npos; });
 }
 
 // What the backend recorded for an instance: its host's URI among it.
@@ -157,6 +143,23 @@ TEST(Libvirt, AKilledTestProcessLeavesNoDomainAndReapLeavesNoVolume) {
   EXPECT_NE(std::find(reaped.begin(), reaped.end(), name), reaped.end());
   EXPECT_TRUE(volumes_with(first_uri(), "-" + name).empty());
   EXPECT_FALSE(fs::exists(vmfest::Home::from_environment().instances() / name));
+}
+
+// A VM and volumes whose instance folder is gone (a home emptied by hand; a process killed between
+// creating the disk and recording it) are found by their names' home prefix and removed.
+TEST(Libvirt, ReapRemovesWhatAnInstanceWithoutAFolderLeftOnTheHost) {
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::test_model();
+  request.detached = true;  // no AUTODESTROY: the domain would run on
+  Instance instance = Instance::create(request);
+  instance.start();
+  const std::string name = instance.name();
+  ASSERT_TRUE(domain_exists(first_uri(), "-" + name));
+  fs::remove_all(instance.directory());
+
+  vmfest::reap_leaked_instances();
+  EXPECT_FALSE(domain_exists(first_uri(), "-" + name));
+  EXPECT_TRUE(volumes_with(first_uri(), "-" + name).empty());
 }
 
 // Both URIs of VMFEST_LIBVIRT_URI (the registration gives two) take instances, least loaded first.

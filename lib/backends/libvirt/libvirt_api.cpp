@@ -1,6 +1,7 @@
 #include "libvirt_api.h"
 
 #include <array>
+#include <cstdlib>
 #include <mutex>
 #include <string_view>
 #include <thread>
@@ -77,6 +78,19 @@ std::optional<Volume> find_volume(virStoragePoolPtr pool, const std::string& nam
   if (volume) return volume;
   if (last_error_code() == VIR_ERR_NO_STORAGE_VOL) return std::nullopt;
   fail(fmt::format("libvirt: could not look up volume '{}'", name), uri);
+}
+
+std::vector<std::string> domain_names(virConnectPtr connection, const std::string& uri) {
+  virDomainPtr* domains = nullptr;
+  const int count = virConnectListAllDomains(connection, &domains, 0);
+  if (count < 0) fail("libvirt: could not list domains", uri);
+  std::vector<std::string> names;
+  for (int i = 0; i < count; ++i) {
+    Domain domain(domains[i]);
+    names.emplace_back(virDomainGetName(domain.get()));
+  }
+  std::free(domains);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+  return names;
 }
 
 std::string xml_escape(const std::string& text) {

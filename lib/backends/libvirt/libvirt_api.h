@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace vmfest::detail::libvirt {
 
@@ -50,6 +51,9 @@ std::optional<Domain> find_domain(virConnectPtr connection, const std::string& n
                                   const std::string& uri);
 std::optional<Volume> find_volume(virStoragePoolPtr pool, const std::string& name,
                                   const std::string& uri);
+
+// The names of every domain of the host, running or not.
+std::vector<std::string> domain_names(virConnectPtr connection, const std::string& uri);
 
 // XML text escaped for an element's content or an attribute value.
 std::string xml_escape(const std::string& text);

@@ -37,6 +37,15 @@ constexpr const char* kConsoleLog = "serial.log";
 constexpr int kLaunchAttempts = 5;  // each with another forward port, should one be taken
 constexpr milliseconds kStatePoll{100};
 
+constexpr const char* kDiskSuffix = ".qcow2";
+constexpr const char* kSeedSuffix = "-seed.iso";
+
+// What names of a home's domains and volumes start with: its hash, so homes (and CI runners)
+// sharing a host never collide.
+std::string home_prefix(const fs::path& home_root) {
+  return fmt::format("vmfest-{}-", sha256_text(home_root.string()).substr(0, 8));
+}
+
 // A port nobody listens on at 127.0.0.1 right now, for a local host's forward.
 int free_local_port() {
   boost::asio::io_context context;
@@ -297,8 +306,8 @@ class LibvirtMachine final : public Machine {
   }
 
  private:
-  [[nodiscard]] std::string disk_volume() const { return domain_ + ".qcow2"; }
-  [[nodiscard]] std::string seed_volume() const { return domain_ + "-seed.iso"; }
+  [[nodiscard]] std::string disk_volume() const { return domain_ + kDiskSuffix; }
+  [[nodiscard]] std::string seed_volume() const { return domain_ + kSeedSuffix; }
 
   static std::string host_name() {
     std::array<char, 256> name{};
@@ -382,6 +391,38 @@ class LibvirtBackend final : public Backend {
       spdlog::info("vmfest: the libvirt backend makes no warm images yet: its instances boot cold");
     });
     return "";
+  }
+
+  // Only where the libvirt backend is in use: a reap must not knock on a libvirtd nobody asked for.
+  std::vector<std::string> remove_orphans(const Home& home) override {
+    const char* backend = std::getenv("VMFEST_BACKEND");
+    const char* uri = std::getenv("VMFEST_LIBVIRT_URI");
+    if ((backend == nullptr || std::string_view(backend) != "libvirt") && uri == nullptr) return {};
+    std::vector<std::string> removed;
+    const std::string prefix = home_prefix(home.instances().parent_path());
+    // The instance a domain or volume name belongs to, if its folder is gone.
+    auto orphan = [&](std::string name, std::string_view suffix) {
+      if (!name.starts_with(prefix) || !name.ends_with(suffix)) return false;
+      name = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+      return !name.empty() && !fs::exists(home.instances() / name);
+    };
+    for (const HostUri& host : configured_hosts()) {
+      Connection connection = connect(host.uri);
+      for (const std::string& name : domain_names(connection.get(), host.uri)) {
+        if (!orphan(name, "")) continue;
+        if (auto domain = find_domain(connection.get(), name, host.uri)) {
+          virDomainDestroy(domain->get());
+          removed.push_back(fmt::format("libvirt domain '{}' on {}", name, host.uri));
+        }
+      }
+      StoragePool pool(connection.get(), host.uri);
+      for (const std::string& name : pool.volume_names()) {
+        if (!orphan(name, kDiskSuffix) && !orphan(name, kSeedSuffix)) continue;
+        pool.remove(name);
+        removed.push_back(fmt::format("libvirt volume '{}' on {}", name, host.uri));
+      }
+    }
+    return removed;
   }
 };
 

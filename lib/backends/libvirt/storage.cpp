@@ -161,6 +161,20 @@ void StoragePool::create_copy(const std::string& name, const std::string& source
   if (!copy) fail(fmt::format("libvirt: could not copy volume '{}' to '{}'", source, name), uri_);
 }
 
+std::vector<std::string> StoragePool::volume_names() const {
+  virStoragePoolRefresh(pool_.get(), 0);  // volumes made outside libvirt's view (none of ours)
+  virStorageVolPtr* volumes = nullptr;
+  const int count = virStoragePoolListAllVolumes(pool_.get(), &volumes, 0);
+  if (count < 0) fail(fmt::format("libvirt: could not list the volumes of pool '{}'", name_), uri_);
+  std::vector<std::string> names;
+  for (int i = 0; i < count; ++i) {
+    Volume volume(volumes[i]);
+    names.emplace_back(virStorageVolGetName(volume.get()));
+  }
+  std::free(volumes);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+  return names;
+}
+
 void StoragePool::remove(const std::string& name) const {
   auto volume = find_volume(pool_.get(), name, uri_);
   if (volume && virStorageVolDelete(volume->get(), 0) < 0 &&

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "libvirt_api.h"
 #include "vmfest/model.h"
@@ -34,6 +35,8 @@ class StoragePool {
                       const std::string& backing_format) const;
   // A standalone qcow2 copy of volume `source`, for a permanent VM.
   void create_copy(const std::string& name, const std::string& source) const;
+  // The names of the pool's volumes.
+  [[nodiscard]] std::vector<std::string> volume_names() const;
   // Deletes volume `name` if it exists.
   void remove(const std::string& name) const;
 
@@ -48,8 +51,8 @@ class StoragePool {
   Pool pool_;
 };
 
-// Volume names of what each instance or model has in the pool: prefixed by the vmfest home's hash,
-// so homes (and CI machines) sharing a host never collide.
+// The volume name of a part ("disk.qcow2", "kernel", "initrd") of a model: by the model's content,
+// so every home and runner on a host shares one upload.
 std::string model_volume_name(const Model& model, const std::string& part);
 
 }  // namespace vmfest::detail::libvirt
