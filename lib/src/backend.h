@@ -139,7 +139,8 @@ struct BackendRegistration {
 std::unique_ptr<Backend> make_backend(const std::string& name);
 // The registered backends' names, sorted.
 std::vector<std::string> backend_names();
-// $VMFEST_BACKEND, default "qemu".
+// $VMFEST_BACKEND, or else the build's default (CMake's VMFEST_DEFAULT_BACKEND, "qemu" unless
+// set otherwise).
 std::string default_backend_name();
 
 }  // namespace vmfest::detail

@@ -1,3 +1,4 @@
+#include <cctype>
 #include <cstdlib>
 #include <map>
 
@@ -30,16 +31,18 @@ std::vector<std::string> backend_names() {
 
 std::unique_ptr<Backend> make_backend(const std::string& name) {
   if (auto driver = drivers().find(name); driver != drivers().end()) return driver->second();
+  std::string option = name;
+  for (char& c : option) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   throw InvalidArgument(fmt::format(
-      "backend '{}' (VMFEST_BACKEND) is not in this program, which has: {}. Each backend is a "
-      "component of vmfest's CMake package: link vmfest::{} (find_package(vmfest COMPONENTS {})), "
-      "available when vmfest was built with its VMFEST_WITH_ option on",
-      name, fmt::join(backend_names(), ", "), name, name));
+      "backend '{}' (VMFEST_BACKEND) is not in this program, which has: {}. It needs a vmfest "
+      "built with VMFEST_WITH_{}=ON, and an optional backend is a component a program links: "
+      "find_package(vmfest COMPONENTS {}) and vmfest::{}",
+      name, fmt::join(backend_names(), ", "), option, name, name));
 }
 
 std::string default_backend_name() {
   const char* name = std::getenv("VMFEST_BACKEND");
-  return name != nullptr && *name != '\0' ? std::string(name) : std::string("qemu");
+  return name != nullptr && *name != '\0' ? std::string(name) : std::string(VMFEST_DEFAULT_BACKEND);
 }
 
 }  // namespace vmfest::detail

@@ -381,14 +381,17 @@ class LibvirtBackend final : public Backend {
                                    const nlohmann::json& saved) override {
     return std::make_unique<LibvirtMachine>(config, saved);
   }
-  // No warm images yet: a clone would restore a save file that lives on the host
-  // (virDomainRestoreFlags with an XML pointing at its own overlay) and get its identity through
-  // the agent's channel (virDomainOpenChannel); until that is built every instance boots cold, and
-  // the user hears so once.
+  // No warm images: a warm image is a save file restored per clone (virDomainSaveFlags,
+  // virDomainRestoreFlags with an XML pointing at the clone's own overlay), and libvirt's QEMU
+  // driver neither saves a domain started with AUTODESTROY nor restores one with it (restore takes
+  // no such flag). Warm clones would outlive a killed test; vmfest keeps that guarantee, boots
+  // cold, and says so once.
   std::string warm_fingerprint(const MachineConfig& /*config*/) override {
     static std::once_flag said;
     std::call_once(said, [] {
-      spdlog::info("vmfest: the libvirt backend makes no warm images yet: its instances boot cold");
+      spdlog::info(
+          "vmfest: the libvirt backend makes no warm images (libvirt cannot restore a saved "
+          "domain that dies with its test process): its instances boot cold");
     });
     return "";
   }
