@@ -33,20 +33,6 @@ using std::chrono::milliseconds;
 
 namespace detail {
 
-// $VMFEST_SLOT_WAIT seconds, else 10 minutes. vmfest_add_tests() sets it below the test's timeout,
-// so a test starved of slots fails with the holders named instead of being killed by ctest.
-milliseconds slot_timeout() {
-  const char* configured = std::getenv("VMFEST_SLOT_WAIT");
-  if (configured == nullptr || *configured == '\0') return std::chrono::minutes(10);
-  char* end = nullptr;
-  const long seconds = std::strtol(configured, &end, 10);
-  if (*end != '\0' || seconds < 1) {
-    throw InvalidArgument(fmt::format(
-        "VMFEST_SLOT_WAIT={} is not valid: use a whole number of seconds, at least 1", configured));
-  }
-  return std::chrono::seconds(seconds);
-}
-
 std::string random_suffix() {
   thread_local std::mt19937_64 generator{std::random_device{}()};
   return fmt::format("{:08x}", static_cast<std::uint32_t>(generator()));

@@ -26,8 +26,6 @@ namespace detail {
 
 using Clock = std::chrono::steady_clock;
 
-// How long start() waits for a free VM slot ($VMFEST_SLOT_WAIT seconds, else 10 minutes).
-std::chrono::milliseconds slot_timeout();
 std::string random_suffix();
 // The folder a new instance `name` is built in before it is renamed into place. It names the
 // creating process: the folder has no owner lock for a moment after its birth, and the reaper

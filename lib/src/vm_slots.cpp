@@ -157,4 +157,18 @@ VmSlot acquire_vm_slot(const std::string& instance_name, std::chrono::millisecon
   return std::move(acquire_vm_slots({instance_name}, timeout).front());
 }
 
+// $VMFEST_SLOT_WAIT seconds, else 10 minutes. vmfest_add_tests() sets it below the test's timeout,
+// so a test starved of slots fails with the holders named instead of being killed by ctest.
+std::chrono::milliseconds slot_timeout() {
+  const char* configured = std::getenv("VMFEST_SLOT_WAIT");
+  if (configured == nullptr || *configured == '\0') return std::chrono::minutes(10);
+  char* end = nullptr;
+  const long seconds = std::strtol(configured, &end, 10);
+  if (*end != '\0' || seconds < 1) {
+    throw InvalidArgument(fmt::format(
+        "VMFEST_SLOT_WAIT={} is not valid: use a whole number of seconds, at least 1", configured));
+  }
+  return std::chrono::seconds(seconds);
+}
+
 }  // namespace vmfest::detail

@@ -162,7 +162,8 @@ TEST(Libvirt, ReapRemovesWhatAnInstanceWithoutAFolderLeftOnTheHost) {
   EXPECT_TRUE(volumes_with(first_uri(), "-" + name).empty());
 }
 
-// Both URIs of VMFEST_LIBVIRT_URI (the registration gives two) take instances, least loaded first.
+// Both URIs of VMFEST_LIBVIRT_URI (the registration gives two) take instances, least loaded first,
+// each up to its cap.
 TEST(Libvirt, TwoHostsShareSixInstances) {
   const auto hosts = lv::configured_hosts();
   ASSERT_EQ(hosts.size(), 2U) << "VMFEST_LIBVIRT_URI should name two hosts for this test";
@@ -177,6 +178,18 @@ TEST(Libvirt, TwoHostsShareSixInstances) {
   }
   EXPECT_EQ(per_host[hosts[0].uri], 3);
   EXPECT_EQ(per_host[hosts[1].uri], 3);
+
+  // Each host takes 3 (VMFEST_LIBVIRT_MAX_VMS): a seventh waits, then says which hosts are full.
+  ::setenv("VMFEST_SLOT_WAIT", "2", 1);
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::test_model();
+  try {
+    Instance seventh = Instance::create(request);
+    FAIL() << "a seventh instance went to a full host";
+  } catch (const vmfest::BackendError& error) {
+    EXPECT_NE(std::string(error.what()).find(hosts[1].uri + " (3 of 3)"), std::string::npos)
+        << error.what();
+  }
 }
 
 }  // namespace

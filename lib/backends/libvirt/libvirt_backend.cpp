@@ -23,6 +23,7 @@
 #include "domain_xml.h"
 #include "hosts.h"
 #include "libvirt_api.h"
+#include "placement.h"
 #include "storage.h"
 #include "vmfest/error.h"
 
@@ -68,52 +69,6 @@ std::string domain_type() {
   if (accel.empty() || accel == "tcg") return "qemu";
   if (accel == "kvm") return "kvm";
   throw InvalidArgument(fmt::format("VMFEST_ACCEL={} is not valid: use kvm or tcg", accel));
-}
-
-// How full a host is: the running vmfest domains made through its URI, against how many it takes
-// (its CPUs, or VMFEST_LIBVIRT_MAX_VMS). Counted by URI, not by host, so two URIs of one libvirtd
-// (a test's) are two hosts too.
-double load_of(const HostUri& host) {
-  Connection connection = connect(host.uri);
-  virDomainPtr* domains = nullptr;
-  const int count =
-      virConnectListAllDomains(connection.get(), &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
-  if (count < 0) fail("libvirt: could not list domains", host.uri);
-  int ours = 0;
-  for (int i = 0; i < count; ++i) {
-    Domain domain(domains[i]);
-    char* metadata =
-        virDomainGetMetadata(domain.get(), VIR_DOMAIN_METADATA_ELEMENT, kMetadataNamespace, 0);
-    if (metadata == nullptr) continue;  // not vmfest's
-    if (uri_in_metadata(metadata) == host.uri) ++ours;
-    std::free(metadata);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
-  }
-  std::free(domains);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
-  int cap = 0;
-  if (const char* limit = std::getenv("VMFEST_LIBVIRT_MAX_VMS"); limit != nullptr) {
-    cap = std::atoi(limit);
-  }
-  if (cap <= 0) {
-    virNodeInfo info{};
-    cap = virNodeGetInfo(connection.get(), &info) == 0 ? static_cast<int>(info.cpus) : 1;
-  }
-  return static_cast<double>(ours) / std::max(cap, 1);
-}
-
-// The host a new instance goes to: the least loaded, the first of equals.
-HostUri choose_host() {
-  std::vector<HostUri> hosts = configured_hosts();
-  if (hosts.size() == 1) return hosts.front();
-  std::size_t best = 0;
-  double best_load = 0;
-  for (std::size_t i = 0; i < hosts.size(); ++i) {
-    const double load = load_of(hosts[i]);
-    if (i == 0 || load < best_load) {
-      best = i;
-      best_load = load;
-    }
-  }
-  return hosts[best];
 }
 
 InstanceState to_instance_state(int state) {

@@ -1,0 +1,94 @@
+#include "placement.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "../../src/vm_slots.h"
+#include "domain_xml.h"
+#include "libvirt_api.h"
+#include "vmfest/error.h"
+
+namespace vmfest::detail::libvirt {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How full a host is: the running vmfest domains made through its URI, against how many it takes
+// (VMFEST_LIBVIRT_MAX_VMS, else its CPUs). Counted by URI, not by host, so two URIs of one
+// libvirtd (a test's) are two hosts too.
+struct HostLoad {
+  int running = 0;
+  int cap = 1;
+  [[nodiscard]] double ratio() const { return static_cast<double>(running) / cap; }
+};
+
+HostLoad load_of(const HostUri& host) {
+  Connection connection = connect(host.uri);
+  virDomainPtr* domains = nullptr;
+  const int count =
+      virConnectListAllDomains(connection.get(), &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+  if (count < 0) fail("libvirt: could not list domains", host.uri);
+  HostLoad load;
+  for (int i = 0; i < count; ++i) {
+    Domain domain(domains[i]);
+    char* metadata =
+        virDomainGetMetadata(domain.get(), VIR_DOMAIN_METADATA_ELEMENT, kMetadataNamespace, 0);
+    if (metadata == nullptr) continue;  // not vmfest's
+    if (uri_in_metadata(metadata) == host.uri) ++load.running;
+    std::free(metadata);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+  }
+  std::free(domains);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+  load.cap = 0;
+  if (const char* limit = std::getenv("VMFEST_LIBVIRT_MAX_VMS"); limit != nullptr) {
+    load.cap = std::atoi(limit);
+  }
+  if (load.cap <= 0) {
+    virNodeInfo info{};
+    load.cap = virNodeGetInfo(connection.get(), &info) == 0 ? static_cast<int>(info.cpus) : 1;
+  }
+  load.cap = std::max(load.cap, 1);
+  return load;
+}
+
+}  // namespace
+
+// The load is read now, so processes creating at the same moment may pick the same host.
+HostUri choose_host() {
+  std::vector<HostUri> hosts = configured_hosts();
+  if (hosts.size() == 1) return hosts.front();
+  const auto deadline = Clock::now() + slot_timeout();
+  bool said = false;
+  while (true) {
+    std::size_t best = 0;
+    std::vector<HostLoad> loads;
+    for (std::size_t i = 0; i < hosts.size(); ++i) {
+      loads.push_back(load_of(hosts[i]));
+      if (loads[i].ratio() < loads[best].ratio()) best = i;
+    }
+    if (loads[best].running < loads[best].cap) return hosts[best];
+    std::string full;
+    for (std::size_t i = 0; i < hosts.size(); ++i) {
+      full += fmt::format("{}{} ({} of {})", i == 0 ? "" : ", ", hosts[i].uri, loads[i].running,
+                          loads[i].cap);
+    }
+    if (Clock::now() >= deadline) {
+      throw BackendError(fmt::format(
+          "every libvirt host is full: {}; none freed up within VMFEST_SLOT_WAIT. Raise "
+          "VMFEST_LIBVIRT_MAX_VMS, add a host to VMFEST_LIBVIRT_URI, or run fewer tests at once",
+          full));
+    }
+    if (!said) spdlog::info("vmfest: every libvirt host is full ({}); waiting", full);
+    said = true;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
+}  // namespace vmfest::detail::libvirt
