@@ -7,22 +7,13 @@
 #include <fmt/format.h>
 
 #include "vmfest/error.h"
+#include "vmfest/ssh/shell_quote.h"
 
 namespace vmfest::detail::libvirt {
 
-namespace {
+using ssh::shell_quote;
 
-std::string shell_quote(const std::string& word) {
-  std::string quoted = "'";
-  for (char c : word) {
-    if (c == '\'') {
-      quoted += "'\\''";
-    } else {
-      quoted += c;
-    }
-  }
-  return quoted + "'";
-}
+namespace {
 
 // %XX escapes of a query value (a key file's path may hold spaces).
 std::string percent_decode(const std::string& text) {

@@ -14,10 +14,9 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
 
 #include "../../src/backend.h"
+#include "../../src/loopback_port.h"
 #include "../../src/sha256.h"
 #include "console_log.h"
 #include "domain_xml.h"
@@ -45,14 +44,6 @@ constexpr const char* kSeedSuffix = "-seed.iso";
 // sharing a host never collide.
 std::string home_prefix(const fs::path& home_root) {
   return fmt::format("vmfest-{}-", sha256_text(home_root.string()).substr(0, 8));
-}
-
-// A port nobody listens on at 127.0.0.1 right now, for a local host's forward.
-int free_local_port() {
-  boost::asio::io_context context;
-  boost::asio::ip::tcp::acceptor probe(
-      context, boost::asio::ip::tcp::endpoint(boost::asio::ip::address_v4::loopback(), 0));
-  return probe.local_endpoint().port();
 }
 
 // A remote host's ports cannot be probed from here: a random one, retried if QEMU finds it taken.
@@ -158,7 +149,7 @@ class LibvirtMachine final : public Machine {
     Domain domain;
     for (int attempt = 1; !domain; ++attempt) {
       port_ = config_.ssh_host_port != 0 ? config_.ssh_host_port
-              : host_.local()            ? free_local_port()
+              : host_.local()            ? free_loopback_port()
                                          : random_remote_port();
       spec.ssh_forward_port = port_;
       domain.reset(virDomainCreateXML(connection(), domain_xml(spec).c_str(), flags));

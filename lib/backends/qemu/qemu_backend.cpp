@@ -18,6 +18,7 @@
 #include <boost/process/v2/stdio.hpp>
 
 #include "../../src/files.h"
+#include "../../src/loopback_port.h"
 #include "../../src/subprocess.h"
 #include "accelerator.h"
 #include "command_line.h"
@@ -129,7 +130,7 @@ class QemuMachine final : public Machine {
                                      config_.instance_name, port_));
     }
     for (int attempt = 1; attempt <= kPortAttempts; ++attempt) {
-      port_ = pick_free_port();
+      port_ = free_loopback_port();  // launch() retries should another process take it
       if (spawn()) return;
       spdlog::debug("instance {}: port {} was taken before QEMU bound it; retrying",
                     config_.instance_name, port_);

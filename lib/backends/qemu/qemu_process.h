@@ -1,15 +1,11 @@
-// QEMU processes seen from outside: a free port for one to bind, and finding and stopping the QEMU
-// of an instance folder that another (perhaps dead) process started.
+// QEMU processes seen from outside: finding and stopping the QEMU of an instance folder that
+// another (perhaps dead) process started.
 #pragma once
 
 #include <filesystem>
 #include <vector>
 
 namespace vmfest::detail::qemu {
-
-// A port the kernel considers free on 127.0.0.1 right now. Another process may take it before
-// QEMU binds it; launch() retries with a new one when QEMU reports that.
-int pick_free_port();
 
 // True while `pid` is a live (non-zombie) process whose working directory is `directory`: the
 // check that keeps us from signalling an unrelated process that reused the pid.

@@ -7,11 +7,10 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
 
 #include "../../src/backend.h"
 #include "../../src/files.h"
+#include "../../src/loopback_port.h"
 #include "../../src/subprocess.h"
 #include "result_codes.h"
 #include "vbox_api.h"
@@ -39,14 +38,6 @@ constexpr milliseconds kStatePoll{100};
 const fs::path& qemu_img() {
   static const fs::path path = find_program("qemu-img", "qemu-utils");
   return path;
-}
-
-// A port nobody listens on at 127.0.0.1 right now, for the SSH forward.
-int free_local_port() {
-  boost::asio::io_context context;
-  boost::asio::ip::tcp::acceptor probe(
-      context, boost::asio::ip::tcp::endpoint(boost::asio::ip::address_v4::loopback(), 0));
-  return probe.local_endpoint().port();
 }
 
 bool is_stopped(vbox__MachineState state) {
@@ -171,7 +162,7 @@ class VirtualBoxMachine final : public Machine {
   void launch(const VmSlot* /*slot*/) override {
     with_api([&](VirtualBoxApi& api) {
       const std::string machine = require_machine(api);
-      port_ = config_.ssh_host_port != 0 ? config_.ssh_host_port : free_local_port();
+      port_ = config_.ssh_host_port != 0 ? config_.ssh_host_port : free_loopback_port();
       {
         MachineLock lock(api, machine, vbox__LockType::Write, config_.instance_name);
         const std::string editable = lock.machine();
