@@ -78,10 +78,7 @@ InstanceState to_instance_state(int state) {
 class LibvirtMachine final : public Machine {
  public:
   LibvirtMachine(MachineConfig config, const nlohmann::json& saved) : config_(std::move(config)) {
-    // Names carry the home's hash: homes (and CI runners) sharing a host never collide.
-    const fs::path home = config_.directory.parent_path().parent_path();
-    domain_ =
-        fmt::format("vmfest-{}-{}", sha256_text(home.string()).substr(0, 8), config_.instance_name);
+    domain_ = home_prefix(config_.directory.parent_path().parent_path()) + config_.instance_name;
     if (saved.is_object() && saved.contains("uri")) {
       host_ = parse_host_uri(saved.value("uri", ""));
       port_ = saved.value("port", 0);
@@ -173,6 +170,7 @@ class LibvirtMachine final : public Machine {
       throw BackendError(
           fmt::format("libvirt: could not run domain '{}' on {}: {}", domain_, host_.uri, why));
     }
+    started_here_ = true;
     spdlog::info("vmfest: instance '{}' runs as libvirt domain '{}' on {} ({})",
                  config_.instance_name, domain_, host_.uri, accelerator());
   }
@@ -240,7 +238,7 @@ class LibvirtMachine final : public Machine {
 
   void detach() noexcept override {
     console_.reset();
-    if (connection_ && !outlives_owner_ && find_or_null()) {
+    if (started_here_ && !outlives_owner_ && find_or_null()) {
       // The domain dies with the connection that started it: keep that open for as long as this
       // process lives, so the VM outlives its handle as detach promises, though not the process.
       spdlog::warn(
@@ -314,6 +312,7 @@ class LibvirtMachine final : public Machine {
   std::string domain_;
   std::string domain_type_ = "qemu";
   bool outlives_owner_ = false;
+  bool started_here_ = false;  // this connection started the domain (and, owned, it dies with it)
   int port_ = 0;
   Connection connection_;
   std::optional<StoragePool> pool_;  // after connection_: it uses it
