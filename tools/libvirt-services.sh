@@ -11,7 +11,8 @@
 #   Installs what is missing, starts what does not run (sshd on 127.0.0.1:PORT, keys and config in
 #   STATE_DIR), checks every service and prints the remote URI. Idempotent.
 # Usage: tools/libvirt-services.sh stop STATE_DIR
-#   Stops STATE_DIR's sshd only: libvirtd stays, other runs may use it.
+#   Stops STATE_DIR's sshd, and libvirtd and virtlogd if STATE_DIR's start started them and no
+#   domain runs (one started by hand, or busy with another run's VMs, stays).
 set -euo pipefail
 pool=/var/lib/vmfest-pool
 user=vmfest-hv
@@ -46,6 +47,17 @@ state=$(cd "$2" && pwd) # absolute: sshd re-executes itself and needs absolute p
 if [ "$1" = stop ]; then
   pid=$(pid_of "$state/sshd.pid" sshd)
   if [ -n "$pid" ]; then stop_pid "$pid" sshd "stop $state"; else say "no sshd runs for $state"; fi
+  pid=$(pid_of /run/libvirtd.pid libvirtd)
+  if [ -n "$pid" ] && [ "$pid" = "$(cat "$state/libvirtd.started" 2>/dev/null)" ]; then
+    if [ -n "$(virsh -c "$sys" list --name 2>/dev/null | tr -d '[:space:]')" ]; then
+      say "libvirtd (pid $pid) stays: it runs domains"
+    else
+      stop_pid "$pid" libvirtd "started by $state's start"
+      vpid=$(pid_of /run/virtlogd.pid virtlogd)
+      [ -z "$vpid" ] || stop_pid "$vpid" virtlogd "started with libvirtd"
+      rm -f "$state/libvirtd.started"
+    fi
+  fi
   exit 0
 fi
 port=$3
@@ -100,6 +112,7 @@ EOF
     die "could not start libvirtd in a private mount namespace"
   timeout 30 sh -c "until virsh -c $sys version >/dev/null 2>&1; do sleep 0.1; done" ||
     die_log "$state/libvirtd.log" "libvirtd did not answer within 30 s"
+  pid_of /run/libvirtd.pid libvirtd >"$state/libvirtd.started" # ours to stop (see stop)
 fi
 pid=$(pid_of /run/libvirtd.pid libvirtd)
 vpid=$(pid_of /run/virtlogd.pid virtlogd)
