@@ -109,7 +109,32 @@ TEST(LibvirtChild, StartAndWaitToBeKilled) {
   std::this_thread::sleep_for(600s);
 }
 
+// A home of the test's own while it lives: every Instance::create of a process sharing a home reaps
+// that home once, so another test could reap the killed child's instance before this one looks.
+class PrivateHome {
+ public:
+  PrivateHome()
+      : previous_(std::getenv("VMFEST_HOME") != nullptr ? std::getenv("VMFEST_HOME") : ""),
+        home_(fs::temp_directory_path() / fmt::format("vmfest-libvirt-home-{}", ::getpid())) {
+    fs::remove_all(home_);
+    ::setenv("VMFEST_HOME", home_.c_str(), 1);
+    vmfest::testing::ensure_default_model();
+  }
+  PrivateHome(const PrivateHome&) = delete;
+  PrivateHome& operator=(const PrivateHome&) = delete;
+  ~PrivateHome() {
+    vmfest::reap_leaked_instances(vmfest::Home::from_environment(), {.force = true});
+    ::setenv("VMFEST_HOME", previous_.c_str(), 1);
+    fs::remove_all(home_);
+  }
+
+ private:
+  std::string previous_;
+  fs::path home_;
+};
+
 TEST(Libvirt, AKilledTestProcessLeavesNoDomainAndReapLeavesNoVolume) {
+  const PrivateHome home;
   const fs::path output = fs::temp_directory_path() / fmt::format("vmfest-libvirt-{}", ::getpid());
   vmfest::testing::ChildProcess child(
       {"/usr/bin/env", "-u", "GTEST_SHARD_INDEX", "-u", "GTEST_TOTAL_SHARDS",

@@ -99,13 +99,12 @@ class LibvirtMachine final : public Machine {
     outlives_owner_ = config_.outlives_owner;
     const StoragePool& pool = storage();
     const Model& model = config_.model;
-    const fs::path locks = config_.cache_directory / "libvirt";
     const std::string base = model_volume_name(model, "disk." + model.format);
-    pool.upload_cached(base, model.disk, locks);
+    pool.upload_cached(base, model.disk);
     if (model.boot.kind == BootSpec::Kind::Kernel) {
-      pool.upload_cached(model_volume_name(model, "kernel"), model.boot.kernel, locks);
+      pool.upload_cached(model_volume_name(model, "kernel"), model.boot.kernel);
       if (!model.boot.initrd.empty()) {
-        pool.upload_cached(model_volume_name(model, "initrd"), model.boot.initrd, locks);
+        pool.upload_cached(model_volume_name(model, "initrd"), model.boot.initrd);
       }
     }
     if (config_.full_copy) {

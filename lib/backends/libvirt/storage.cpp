@@ -3,12 +3,13 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "../../src/files.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail::libvirt {
@@ -17,6 +18,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kDoneSuffix = ".done";
+constexpr std::chrono::seconds kStalledUpload{60};
 
 std::string environment_or(const char* variable, const char* fallback) {
   const char* value = std::getenv(variable);
@@ -83,31 +85,42 @@ bool StoragePool::contains(const std::string& name) const {
 }
 
 void StoragePool::create_volume(const std::string& xml, const std::string& name) const {
-  Volume volume(virStorageVolCreateXML(pool_.get(), xml.c_str(), 0));
-  if (!volume) {
+  if (!try_create_volume(xml)) {
     fail(fmt::format("libvirt: could not create volume '{}' in pool '{}'", name, name_), uri_);
   }
 }
 
+bool StoragePool::try_create_volume(const std::string& xml) const {
+  return Volume(virStorageVolCreateXML(pool_.get(), xml.c_str(), 0)) != nullptr;
+}
+
+std::string StoragePool::raw_volume_xml(const std::string& name, std::uintmax_t size) {
+  return fmt::format(
+      "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><allocation>0</allocation>"
+      "<target><format type='raw'/></target></volume>",
+      xml_escape(name), size);
+}
+
 void StoragePool::upload(const std::string& name, const fs::path& file) const {
+  create_volume(raw_volume_xml(name, fs::file_size(file)), name);
+  fill(name, file);
+}
+
+void StoragePool::fill(const std::string& name, const fs::path& file) const {
   const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
+    remove(name);
     throw BackendError(fmt::format("cannot read {} to upload it to {}", file.string(), uri_));
   }
   struct Closer {
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
-  const auto size = fs::file_size(file);
-  create_volume(fmt::format("<volume><name>{}</name><capacity unit='bytes'>{}</capacity>"
-                            "<allocation>0</allocation><target><format type='raw'/></target>"
-                            "</volume>",
-                            xml_escape(name), size),
-                name);
   auto volume = find_volume(pool_.get(), name, uri_);
   Stream stream(virStreamNew(connection_, 0));
   int fd_copy = fd;
-  if (!volume || !stream || virStorageVolUpload(volume->get(), stream.get(), 0, size, 0) < 0 ||
+  if (!volume || !stream ||
+      virStorageVolUpload(volume->get(), stream.get(), 0, fs::file_size(file), 0) < 0 ||
       virStreamSendAll(stream.get(), read_chunk, &fd_copy) < 0 ||
       virStreamFinish(stream.get()) < 0) {
     const std::string why = last_error();
@@ -118,21 +131,46 @@ void StoragePool::upload(const std::string& name, const fs::path& file) const {
   }
 }
 
-void StoragePool::upload_cached(const std::string& name, const fs::path& file,
-                                const fs::path& lock_directory) const {
+std::uint64_t StoragePool::allocation_of(const std::string& name) const {
+  auto volume = find_volume(pool_.get(), name, uri_);
+  virStorageVolInfo info{};
+  return volume && virStorageVolGetInfo(volume->get(), &info) == 0 ? info.allocation : 0;
+}
+
+// Creating the volume is the lock, on the host itself, so uploaders of every home and runner agree:
+// who creates it uploads and then adds the marker; the others wait for the marker while the
+// volume grows. One that stops growing for kStalledUpload belonged to an uploader that died.
+void StoragePool::upload_cached(const std::string& name, const fs::path& file) const {
   const std::string done = name + kDoneSuffix;
-  if (contains(done)) return;
-  fs::create_directories(lock_directory);
-  FileLock lock(lock_directory / (name + ".lock"));
-  if (contains(done)) return;
-  remove(name);  // an upload that was cut short
-  spdlog::info("vmfest: uploading {} to libvirt pool '{}' on {} (once per content)",
-               file.filename().string(), name_, uri_);
-  upload(name, file);
-  create_volume(fmt::format("<volume><name>{}</name><capacity unit='bytes'>0</capacity>"
-                            "<target><format type='raw'/></target></volume>",
-                            xml_escape(done)),
-                done);
+  while (!contains(done)) {
+    if (try_create_volume(raw_volume_xml(name, fs::file_size(file)))) {
+      spdlog::info("vmfest: uploading {} to libvirt pool '{}' on {} (once per content)",
+                   file.filename().string(), name_, uri_);
+      fill(name, file);
+      if (!try_create_volume(raw_volume_xml(done, 0)) && !contains(done)) {
+        fail(fmt::format("libvirt: could not mark volume '{}' complete", name), uri_);
+      }
+      return;
+    }
+    if (last_error_code() != VIR_ERR_STORAGE_VOL_EXIST) {
+      fail(fmt::format("libvirt: could not create volume '{}' in pool '{}'", name, name_), uri_);
+    }
+    std::uint64_t allocation = allocation_of(name);
+    auto changed = std::chrono::steady_clock::now();
+    while (!contains(done) && contains(name)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      if (const std::uint64_t now = allocation_of(name); now != allocation) {
+        allocation = now;
+        changed = std::chrono::steady_clock::now();
+      } else if (std::chrono::steady_clock::now() - changed > kStalledUpload) {
+        spdlog::warn(
+            "vmfest: volume '{}' on {} stopped growing without being completed (its "
+            "uploader died?); uploading it again",
+            name, uri_);
+        remove(name);
+      }
+    }
+  }
 }
 
 void StoragePool::create_overlay(const std::string& name, const std::string& backing,

@@ -3,6 +3,7 @@
 // it once, and each instance's volumes.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -25,11 +26,10 @@ class StoragePool {
   // Uploads a local file as a new volume `name` (virStorageVolUpload): what a remote host needs
   // instead of a path to a file it cannot see.
   void upload(const std::string& name, const std::filesystem::path& file) const;
-  // Uploads a local file once per host: `name` should carry the content's hash. One process per
-  // local cache folder uploads while the others wait; an upload that was cut short (killed) lacks
-  // its completion marker and is replaced.
-  void upload_cached(const std::string& name, const std::filesystem::path& file,
-                     const std::filesystem::path& lock_directory) const;
+  // Uploads a local file once per host: `name` should carry the content's hash. Concurrent
+  // callers (any home, any runner) wait for the one uploader; an upload that was cut short
+  // (killed) lacks its completion marker, stops growing, and is replaced.
+  void upload_cached(const std::string& name, const std::filesystem::path& file) const;
   // A qcow2 volume `name` backed by volume `backing` (in `backing_format`): kilobytes.
   void create_overlay(const std::string& name, const std::string& backing,
                       const std::string& backing_format) const;
@@ -44,6 +44,12 @@ class StoragePool {
 
  private:
   void create_volume(const std::string& xml, const std::string& name) const;
+  // False when libvirt refuses (last_error_code() says why, e.g. VIR_ERR_STORAGE_VOL_EXIST).
+  [[nodiscard]] bool try_create_volume(const std::string& xml) const;
+  static std::string raw_volume_xml(const std::string& name, std::uintmax_t size);
+  // Streams `file` into the existing volume `name`; deletes the volume when that fails.
+  void fill(const std::string& name, const std::filesystem::path& file) const;
+  [[nodiscard]] std::uint64_t allocation_of(const std::string& name) const;
 
   virConnectPtr connection_;
   std::string uri_;
