@@ -1,10 +1,29 @@
 #include "backend.h"
 
+#include <thread>
+
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "vmfest/error.h"
 
 namespace vmfest::detail {
+
+bool poll_until(std::chrono::milliseconds timeout, std::chrono::milliseconds poll,
+                const std::function<bool()>& done) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(poll);
+  }
+  return true;
+}
+
+void warn_power_button_ignored(const std::string& instance, std::chrono::milliseconds grace) {
+  spdlog::warn(
+      "instance {}: guest did not power off within {} ms after the ACPI button; stopping it hard",
+      instance, grace.count());
+}
 
 nlohmann::json Machine::save_warm_image(const std::filesystem::path& /*image_directory*/) {
   throw BackendError("this backend cannot save warm images; use cold instances (VMFEST_WARM=0)");

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -48,6 +49,12 @@ struct MachineConfig {
   // may tie an owned instance's VM to its owner process, so a killed test leaks no VM.
   bool outlives_owner = false;
 };
+
+// Calls `done` every `poll` until it returns true (then true) or `timeout` has passed (false).
+bool poll_until(std::chrono::milliseconds timeout, std::chrono::milliseconds poll,
+                const std::function<bool()>& done);
+// Says that the guest of `instance` ignored the ACPI button for `grace` and is stopped hard.
+void warn_power_button_ignored(const std::string& instance, std::chrono::milliseconds grace);
 
 // One VM of a backend. Calls come from one thread at a time (the Instance serialises them).
 class Machine {

@@ -155,10 +155,7 @@ class QemuMachine final : public Machine {
                     config_.instance_name, error.what());
     }
     if (wait_for_exit(grace)) return;
-    spdlog::warn(
-        "instance {}: guest did not power off within {} ms after the ACPI button; "
-        "stopping it hard",
-        config_.instance_name, grace.count());
+    warn_power_button_ignored(config_.instance_name, grace);
     kill();
   }
 

@@ -3,8 +3,6 @@
 // instance's disk is the differencing image VirtualBox makes; SSH goes through a NAT port-forward
 // on 127.0.0.1; the serial console is logged to a file in the instance folder.
 
-#include <thread>
-
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -17,7 +15,6 @@
 
 namespace vmfest::detail::virtualbox {
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 namespace {
@@ -213,16 +210,11 @@ class VirtualBoxMachine final : public Machine {
         spdlog::debug("instance {}: ACPI power button not delivered ({}); stopping hard",
                       config_.instance_name, error.what());
       }
-      const auto deadline = Clock::now() + grace;
-      while (pressed && Clock::now() < deadline) {
-        if (is_stopped(api.machine_state(machine))) return;
-        std::this_thread::sleep_for(kStatePoll);
-      }
       if (pressed) {
-        spdlog::warn(
-            "instance {}: guest did not power off within {} ms after the ACPI button; "
-            "stopping it hard",
-            config_.instance_name, grace.count());
+        if (poll_until(grace, kStatePoll, [&] { return is_stopped(api.machine_state(machine)); })) {
+          return;
+        }
+        warn_power_button_ignored(config_.instance_name, grace);
       }
       power_off(api, machine);
     });
