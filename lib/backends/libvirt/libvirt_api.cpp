@@ -1,7 +1,10 @@
 #include "libvirt_api.h"
 
 #include <array>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <string_view>
 #include <thread>
@@ -15,6 +18,11 @@
 namespace vmfest::detail::libvirt {
 
 namespace {
+
+// A remote URI's SSH login is part of the connect: generous.
+constexpr std::chrono::seconds kConnectTimeout{60};
+constexpr int kKeepAliveSeconds = 5;
+constexpr unsigned kKeepAliveMisses = 6;
 
 // libvirt prints every error to stderr unless told otherwise; ours reach the user as exceptions.
 void ignore_error(void* /*data*/, virErrorPtr /*error*/) {}
@@ -53,43 +61,105 @@ void fail(const std::string& what, const std::string& uri, const std::string& hi
       fmt::format("{} on {}: {}{}", what, uri, last_error(), hint.empty() ? "" : "; " + hint));
 }
 
+namespace {
+
+// virConnectOpen has no timeout of its own: a daemon that accepts the socket but never answers
+// (hung, or stopped) would hang the caller for good. The attempt runs on a thread of its own that
+// is left behind when it takes too long, and closes what it opened if that happens later.
+Connection open_within(const std::string& uri, std::chrono::seconds timeout) {
+  struct Attempt {
+    std::mutex mutex;
+    std::condition_variable done_or_abandoned;
+    bool done = false;
+    bool abandoned = false;
+    virConnectPtr connection = nullptr;
+    std::string error;
+  };
+  auto attempt = std::make_shared<Attempt>();
+  std::thread([attempt, uri] {
+    virConnectPtr connection = virConnectOpen(uri.c_str());
+    const std::string error = connection == nullptr ? last_error() : "";
+    std::lock_guard lock(attempt->mutex);
+    if (attempt->abandoned) {
+      if (connection != nullptr) virConnectClose(connection);
+      return;
+    }
+    attempt->connection = connection;
+    attempt->error = error;
+    attempt->done = true;
+    attempt->done_or_abandoned.notify_all();
+  }).detach();
+  std::unique_lock lock(attempt->mutex);
+  if (!attempt->done_or_abandoned.wait_for(lock, timeout, [&] { return attempt->done; })) {
+    attempt->abandoned = true;
+    throw BackendError(fmt::format(
+        "libvirt: {} did not answer within {} s; check that its libvirtd runs and responds "
+        "(`virsh -c '{}' version`)",
+        uri, timeout.count(), uri));
+  }
+  if (attempt->connection == nullptr) {
+    throw BackendError(fmt::format(
+        "libvirt: could not connect on {}: {}; check that libvirtd (and virtlogd) run there, that "
+        "the URI is right (VMFEST_LIBVIRT_URI), and that its user may use libvirt (group libvirt)",
+        uri, attempt->error));
+  }
+  return Connection(attempt->connection);
+}
+
+}  // namespace
+
 Connection connect(const std::string& uri) {
   start_event_loop();
-  Connection connection(virConnectOpen(uri.c_str()));
-  if (!connection) {
-    fail("libvirt: could not connect", uri,
-         "check that libvirtd (and virtlogd) run there, that the URI is right "
-         "(VMFEST_LIBVIRT_URI), and that its user may use libvirt (group libvirt)");
+  Connection connection = open_within(uri, kConnectTimeout);
+  // A daemon that stops answering later (a hung host, a deadlocked libvirtd) fails the call
+  // waiting on it with "connection closed due to keepalive timeout" instead of hanging the test.
+  if (virConnectSetKeepAlive(connection.get(), kKeepAliveSeconds, kKeepAliveMisses) < 0) {
+    spdlog::warn("vmfest: libvirt at {} takes no keepalive: a hung daemon would hang its calls",
+                 uri);
   }
   return connection;
 }
 
+namespace {
+
+// A lookup that may find nothing: nullopt on libvirt's `not_found` error, BackendError on any
+// other.
+template <typename Handle, typename Raw>
+std::optional<Handle> found_or_none(Raw* raw, int not_found, const std::string& what,
+                                    const std::string& uri) {
+  Handle handle(raw);
+  if (handle) return handle;
+  if (last_error_code() == not_found) return std::nullopt;
+  fail(what, uri);
+}
+
+}  // namespace
+
 std::optional<Domain> find_domain(virConnectPtr connection, const std::string& name,
                                   const std::string& uri) {
-  Domain domain(virDomainLookupByName(connection, name.c_str()));
-  if (domain) return domain;
-  if (last_error_code() == VIR_ERR_NO_DOMAIN) return std::nullopt;
-  fail(fmt::format("libvirt: could not look up domain '{}'", name), uri);
+  return found_or_none<Domain>(virDomainLookupByName(connection, name.c_str()), VIR_ERR_NO_DOMAIN,
+                               fmt::format("libvirt: could not look up domain '{}'", name), uri);
 }
 
 std::optional<Volume> find_volume(virStoragePoolPtr pool, const std::string& name,
                                   const std::string& uri) {
-  Volume volume(virStorageVolLookupByName(pool, name.c_str()));
-  if (volume) return volume;
-  if (last_error_code() == VIR_ERR_NO_STORAGE_VOL) return std::nullopt;
-  fail(fmt::format("libvirt: could not look up volume '{}'", name), uri);
+  return found_or_none<Volume>(virStorageVolLookupByName(pool, name.c_str()),
+                               VIR_ERR_NO_STORAGE_VOL,
+                               fmt::format("libvirt: could not look up volume '{}'", name), uri);
+}
+
+std::vector<Domain> list_domains(virConnectPtr connection, const std::string& uri, unsigned flags) {
+  virDomainPtr* domains = nullptr;
+  const int count = virConnectListAllDomains(connection, &domains, flags);
+  if (count < 0) fail("libvirt: could not list domains", uri);
+  return adopt_all<Domain>(domains, count);
 }
 
 std::vector<std::string> domain_names(virConnectPtr connection, const std::string& uri) {
-  virDomainPtr* domains = nullptr;
-  const int count = virConnectListAllDomains(connection, &domains, 0);
-  if (count < 0) fail("libvirt: could not list domains", uri);
   std::vector<std::string> names;
-  for (int i = 0; i < count; ++i) {
-    Domain domain(domains[i]);
+  for (const Domain& domain : list_domains(connection, uri)) {
     names.emplace_back(virDomainGetName(domain.get()));
   }
-  std::free(domains);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
   return names;
 }
 

@@ -6,6 +6,8 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,9 +44,20 @@ int last_error_code();
 [[noreturn]] void fail(const std::string& what, const std::string& uri,
                        const std::string& hint = "");
 
-// Opens `uri` read-write. Starts the event loop first, so streams and keepalives work. Errors name
-// the URI and what to check (libvirtd running, the URI's user in group libvirt).
+// Opens `uri` read-write, with keepalives, within a minute. Starts the event loop first, so streams
+// and keepalives work. Errors name the URI and what to check (libvirtd running and answering, the
+// URI's user in group libvirt).
 Connection connect(const std::string& uri);
+
+// Takes each of the `count` handles of an array libvirt allocated (a listing), and frees the array.
+template <typename Handle, typename Raw>
+std::vector<Handle> adopt_all(Raw** array, int count) {
+  std::vector<Handle> handles;
+  handles.reserve(static_cast<std::size_t>(std::max(count, 0)));
+  for (int i = 0; i < count; ++i) handles.emplace_back(array[i]);
+  std::free(array);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+  return handles;
+}
 
 // Looks a domain or volume up by name; nullopt when it does not exist, BackendError otherwise.
 std::optional<Domain> find_domain(virConnectPtr connection, const std::string& name,
@@ -52,6 +65,9 @@ std::optional<Domain> find_domain(virConnectPtr connection, const std::string& n
 std::optional<Volume> find_volume(virStoragePoolPtr pool, const std::string& name,
                                   const std::string& uri);
 
+// The host's domains (virConnectListAllDomains `flags`: 0 for all, running or not).
+std::vector<Domain> list_domains(virConnectPtr connection, const std::string& uri,
+                                 unsigned flags = 0);
 // The names of every domain of the host, running or not.
 std::vector<std::string> domain_names(virConnectPtr connection, const std::string& uri);
 

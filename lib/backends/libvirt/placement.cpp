@@ -32,20 +32,15 @@ struct HostLoad {
 
 HostLoad load_of(const HostUri& host) {
   Connection connection = connect(host.uri);
-  virDomainPtr* domains = nullptr;
-  const int count =
-      virConnectListAllDomains(connection.get(), &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
-  if (count < 0) fail("libvirt: could not list domains", host.uri);
   HostLoad load;
-  for (int i = 0; i < count; ++i) {
-    Domain domain(domains[i]);
+  for (const Domain& domain :
+       list_domains(connection.get(), host.uri, VIR_CONNECT_LIST_DOMAINS_ACTIVE)) {
     char* metadata =
         virDomainGetMetadata(domain.get(), VIR_DOMAIN_METADATA_ELEMENT, kMetadataNamespace, 0);
     if (metadata == nullptr) continue;  // not vmfest's
     if (uri_in_metadata(metadata) == host.uri) ++load.running;
     std::free(metadata);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
   }
-  std::free(domains);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
   load.cap = 0;
   if (const char* limit = std::getenv("VMFEST_LIBVIRT_MAX_VMS"); limit != nullptr) {
     load.cap = std::atoi(limit);

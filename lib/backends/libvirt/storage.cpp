@@ -205,11 +205,9 @@ std::vector<std::string> StoragePool::volume_names() const {
   const int count = virStoragePoolListAllVolumes(pool_.get(), &volumes, 0);
   if (count < 0) fail(fmt::format("libvirt: could not list the volumes of pool '{}'", name_), uri_);
   std::vector<std::string> names;
-  for (int i = 0; i < count; ++i) {
-    Volume volume(volumes[i]);
+  for (const Volume& volume : adopt_all<Volume>(volumes, count)) {
     names.emplace_back(virStorageVolGetName(volume.get()));
   }
-  std::free(volumes);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
   return names;
 }
 
