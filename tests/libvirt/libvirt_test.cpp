@@ -173,14 +173,17 @@ TEST(Libvirt, AKilledTestProcessLeavesNoDomainAndReapLeavesNoVolume) {
 // A VM and volumes whose instance folder is gone (a home emptied by hand; a process killed between
 // creating the disk and recording it) are found by their names' home prefix and removed.
 TEST(Libvirt, ReapRemovesWhatAnInstanceWithoutAFolderLeftOnTheHost) {
-  vmfest::InstanceRequest request;
-  request.model = vmfest::testing::test_model();
-  request.detached = true;  // no AUTODESTROY: the domain would run on
-  Instance instance = Instance::create(request);
-  instance.start();
-  const std::string name = instance.name();
+  std::string name;
+  {
+    vmfest::InstanceRequest request;
+    request.model = vmfest::testing::test_model();
+    request.detached = true;  // no AUTODESTROY: the domain runs on without its owner
+    Instance instance = Instance::create(request);
+    instance.start();
+    name = instance.name();
+    fs::remove_all(instance.directory());
+  }  // the owner lets go, as a process that died would (its console closes)
   ASSERT_TRUE(domain_exists(first_uri(), "-" + name));
-  fs::remove_all(instance.directory());
 
   vmfest::reap_leaked_instances();
   EXPECT_FALSE(domain_exists(first_uri(), "-" + name));

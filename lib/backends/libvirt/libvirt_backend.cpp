@@ -10,7 +10,6 @@
 
 #include <mutex>
 #include <random>
-#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -28,7 +27,6 @@
 
 namespace vmfest::detail::libvirt {
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 namespace {
@@ -165,6 +163,7 @@ class LibvirtMachine final : public Machine {
     console_ = std::make_unique<ConsoleLog>(connection(), domain.get(), console_log(), host_.uri);
     if (virDomainResume(domain.get()) < 0) {
       const std::string why = last_error();
+      close_console();
       virDomainDestroy(domain.get());
       throw BackendError(
           fmt::format("libvirt: could not run domain '{}' on {}: {}", domain_, host_.uri, why));
@@ -180,30 +179,24 @@ class LibvirtMachine final : public Machine {
   void power_down(milliseconds grace) override {
     auto domain = find();
     if (!domain || state_of(domain->get()) == InstanceState::Stopped) return;
+    close_console();  // the guest ends the domain itself now
     // A paused guest cannot see the power button.
     if (state_of(domain->get()) == InstanceState::Paused) virDomainResume(domain->get());
     if (virDomainShutdown(domain->get()) == 0) {
-      const auto deadline = Clock::now() + grace;
-      while (Clock::now() < deadline) {
-        if (state() == InstanceState::Stopped) return;
-        std::this_thread::sleep_for(kStatePoll);
-      }
-      spdlog::warn(
-          "instance {}: guest did not power off within {} ms after the ACPI button; "
-          "stopping it hard",
-          config_.instance_name, grace.count());
+      if (poll_until(grace, kStatePoll, [&] { return state() == InstanceState::Stopped; })) return;
+      warn_power_button_ignored(config_.instance_name, grace);
     }
     kill();
   }
 
   void kill() noexcept override {
+    close_console();
     try {
       if (auto domain = find()) virDomainDestroy(domain->get());
     } catch (const std::exception& error) {
       spdlog::warn("vmfest: could not stop libvirt domain '{}' of instance '{}': {}", domain_,
                    config_.instance_name, error.what());
     }
-    console_.reset();
   }
 
   InstanceState state() override {
@@ -236,7 +229,7 @@ class LibvirtMachine final : public Machine {
   }
 
   void detach() noexcept override {
-    console_.reset();
+    close_console();
     if (started_here_ && !outlives_owner_ && find_or_null()) {
       // The domain dies with the connection that started it: keep that open for as long as this
       // process lives, so the VM outlives its handle as detach promises, though not the process.
@@ -272,6 +265,12 @@ class LibvirtMachine final : public Machine {
     if (!pool_) pool_.emplace(connection(), host_.uri);
     return *pool_;
   }
+
+  // Before anything that ends the domain. When a domain is freed while a console stream on it
+  // closes, libvirtd 9 takes the domain's console-table lock and the stream's lock in opposite
+  // orders (virChrdevFree against the stream's close callback): a narrow race that can deadlock
+  // its event loop, and so every client. A stream closed first is out of that table.
+  void close_console() noexcept { console_.reset(); }
 
   std::optional<Domain> find() { return find_domain(connection(), domain_, host_.uri); }
 
@@ -355,12 +354,11 @@ class LibvirtBackend final : public Backend {
     };
     for (const HostUri& host : configured_hosts()) {
       Connection connection = connect(host.uri);
-      for (const std::string& name : domain_names(connection.get(), host.uri)) {
+      for (const Domain& domain : list_domains(connection.get(), host.uri)) {
+        const std::string name = virDomainGetName(domain.get());
         if (!orphan(name, "")) continue;
-        if (auto domain = find_domain(connection.get(), name, host.uri)) {
-          virDomainDestroy(domain->get());
-          removed.push_back(fmt::format("libvirt domain '{}' on {}", name, host.uri));
-        }
+        virDomainDestroy(domain.get());
+        removed.push_back(fmt::format("libvirt domain '{}' on {}", name, host.uri));
       }
       StoragePool pool(connection.get(), host.uri);
       for (const std::string& name : pool.volume_names()) {
