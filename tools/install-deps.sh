@@ -2,6 +2,8 @@
 # Installs every Debian package vmfest needs to build, test and build its default model and test images.
 # Idempotent: packages already present are skipped by apt.
 set -euo pipefail
+# shellcheck source=lib/packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/packages.sh"
 packages=(
   # toolchain
   cmake gcc g++ ninja-build pkg-config git clang-format clang-tidy
@@ -15,6 +17,8 @@ packages=(
   qemu-system-x86 qemu-utils
   # the libvirt backend, and the libvirtd and sshd its tests start (tools/libvirt-services.sh)
   libvirt-dev libvirt-daemon-system libvirt-clients openssh-server
+  # ... and the thread stacks that script prints of a libvirtd that stopped answering
+  gdb
   # default model ingredients (the kernel package is downloaded, not installed)
   busybox-static dropbear-bin cpio e2fsprogs openssh-sftp-server genisoimage
   # ... and its BIOS boot: SYSLINUX on a FAT partition, written without mounting anything
@@ -24,12 +28,4 @@ packages=(
   # tests and benchmarks: a real ssh/scp client to compare against, python for the HTTP test server
   openssh-client python3 curl procps libxml2-utils
 )
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+install_missing "${packages[@]}"

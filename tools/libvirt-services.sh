@@ -14,6 +14,8 @@
 #   Stops STATE_DIR's sshd, and libvirtd and virtlogd if STATE_DIR's start started them and no
 #   domain runs (one started by hand, or busy with another run's VMs, stays).
 set -euo pipefail
+# shellcheck source=lib/packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/packages.sh"
 pool=/var/lib/vmfest-pool
 user=vmfest-hv
 sys=qemu:///system
@@ -38,6 +40,34 @@ stop_pid() {
   for _ in $(seq 100); do alive "$1" || return 0; sleep 0.1; done
   die "process $1 ($2) did not stop within 10 s"
 }
+# virsh on the local daemon, bounded: a hung libvirtd must fail this script, not hang it.
+vsh() { timeout 20 virsh -c "$sys" "$@"; }
+# Where the threads of process $1 wait: gdb's stacks, or the kernel's view where ptrace is denied.
+print_threads() {
+  gdb -p "$1" -batch -ex 'thread apply all bt' 2>/dev/null | grep -E '^(Thread|#)' >&2 && return
+  local t
+  for t in /proc/"$1"/task/*; do echo "  ${t##*/} $(cat "$t/comm") waits in $(cat "$t/wchan")" >&2; done
+}
+# libvirtd $1 does not answer: where its and virtlogd's threads wait (for a bug report) and its log
+# go to stderr; then every process of its mount namespace (it, virtlogd, its VMs) is killed, so none
+# outlives the run.
+kill_hung_daemon() {
+  echo "libvirt-services: libvirtd (pid $1) does not answer within 20 s; its threads:" >&2
+  print_threads "$1"
+  local ns p vpid
+  vpid=$(pid_of /run/virtlogd.pid virtlogd)
+  if [ -n "$vpid" ]; then
+    echo "libvirt-services: virtlogd (pid $vpid), which libvirtd writes QEMU's output through:" >&2
+    print_threads "$vpid"
+  fi
+  tail -n 20 "$state/libvirtd.log" >&2
+  ns=$(readlink "/proc/$1/ns/mnt")
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/ns/mnt" 2>/dev/null)" != "$ns" ] || kill -9 "${p#/proc/}" 2>/dev/null || true
+  done
+  rm -f "$state/libvirtd.started"
+  die "killed libvirtd (pid $1) and the processes of its mount namespace"
+}
 # Whether process $1 sees the pool's tmpfs, i.e. runs in the private namespace made below.
 namespaced() { awk -v p="$pool" '$5 == p && / - tmpfs / {f = 1} END {exit !f}' "/proc/$1/mountinfo" 2>/dev/null; }
 
@@ -49,7 +79,8 @@ if [ "$1" = stop ]; then
   if [ -n "$pid" ]; then stop_pid "$pid" sshd "stop $state"; else say "no sshd runs for $state"; fi
   pid=$(pid_of /run/libvirtd.pid libvirtd)
   if [ -n "$pid" ] && [ "$pid" = "$(cat "$state/libvirtd.started" 2>/dev/null)" ]; then
-    if [ -n "$(virsh -c "$sys" list --name 2>/dev/null | tr -d '[:space:]')" ]; then
+    domains=$(vsh list --name 2>/dev/null) || kill_hung_daemon "$pid"
+    if [ -n "$(tr -d '[:space:]' <<<"$domains")" ]; then
       say "libvirtd (pid $pid) stays: it runs domains"
     else
       stop_pid "$pid" libvirtd "started by $state's start"
@@ -63,16 +94,8 @@ fi
 port=$3
 [[ $port =~ ^[0-9]+$ ]] || die "PORT must be a number, not '$port'"
 
-# 1. Packages (apt-get update only when something is missing, as in tools/install-deps.sh).
-missing=()
-for p in libvirt-daemon-system libvirt-clients libvirt-dev openssh-server openssh-client; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+# 1. Packages (gdb: the thread stacks of a libvirtd that stopped answering, see kill_hung_daemon).
+install_missing libvirt-daemon-system libvirt-clients libvirt-dev openssh-server openssh-client gdb
 
 # 2. The user the remote tests log in as. sshd without PAM refuses a locked account (password
 # field '!', which useradd --system gives); '*' has no password either but is not locked.
@@ -85,12 +108,13 @@ install -d -m 0700 "$pool"
 [ -z "$(ls -A "$pool")" ] || die "$pool has files outside libvirtd's namespace; remove them"
 pid=$(pid_of /run/libvirtd.pid libvirtd)
 if [ -n "$pid" ] && namespaced "$pid" && [ "$(stat -c %G "$sock" 2>/dev/null)" = libvirt ] &&
-  virsh -c "$sys" version >/dev/null 2>&1; then
+  vsh version >/dev/null 2>&1; then
   [ -n "$(pid_of /run/virtlogd.pid virtlogd)" ] || nsenter -t "$pid" -m virtlogd -d # QEMU logs through it
 else
   if [ -n "$pid" ]; then
     # Its domains would outlive it, outside the namespace: only an idle daemon is restarted.
-    [ -z "$(virsh -c "$sys" list --name 2>/dev/null | tr -d '[:space:]')" ] ||
+    domains=$(vsh list --name 2>/dev/null) || kill_hung_daemon "$pid"
+    [ -z "$(tr -d '[:space:]' <<<"$domains")" ] ||
       die "libvirtd (pid $pid) must restart in the pool's namespace but runs domains: destroy them first"
     stop_pid "$pid" libvirtd "not in the pool's namespace, or another socket group"
   fi
@@ -123,7 +147,7 @@ nsenter -t "$pid" -m touch "$probe"
 shared=false && [ -e "$probe" ] && shared=true
 nsenter -t "$pid" -m rm -f "$probe"
 [ "$shared" = false ] || die "$pool is shared with libvirtd's namespace"
-runuser -u "$user" -- virsh -c "$sys" list >/dev/null || die "$user cannot use $sock"
+runuser -u "$user" -- timeout 20 virsh -c "$sys" list >/dev/null || die "$user cannot use $sock"
 
 # 4. sshd for the remote tests: its own host key and client key (made once), loopback only.
 install -d -m 0755 /run/sshd # privilege separation directory
@@ -164,13 +188,13 @@ fi
 # known_hosts, not root's (no_verify=1 would add the key to ~/.ssh/known_hosts), and never prompts.
 printf '#!/bin/sh\nexec ssh -F none -o BatchMode=yes -o "UserKnownHostsFile=%s" "$@"\n' "$state/known_hosts" >"$state/ssh"
 chmod 0755 "$state/ssh"
-"$state/ssh" -p "$port" -i "$state/client_ed25519" "$user@127.0.0.1" virsh -c "$sys" version >/dev/null ||
+"$state/ssh" -p "$port" -i "$state/client_ed25519" "$user@127.0.0.1" timeout 20 virsh -c "$sys" version >/dev/null ||
   die "ssh to $user@127.0.0.1:$port cannot run virsh"
 base="$user@127.0.0.1:$port/system?keyfile=$state/client_ed25519"
 uri="qemu+ssh://$base&command=$state/ssh"
 # The same through libvirt's own SSH client, which takes the known_hosts file as a parameter.
 libssh_uri="qemu+libssh://$base&known_hosts=$state/known_hosts&sshauth=privkey"
-for u in "$uri" "$libssh_uri"; do virsh -c "$u" version >/dev/null || die "virsh cannot connect to $u"; done
+for u in "$uri" "$libssh_uri"; do timeout 20 virsh -c "$u" version >/dev/null || die "virsh cannot connect to $u"; done
 
 # 5. What runs.
 say "libvirtd: pid $pid, tmpfs at $pool in its own mount namespace; socket $sock ($(stat -c '%U:%G %a' "$sock"))"
