@@ -1,10 +1,5 @@
 #include "qemu_backend.h"
 
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <optional>
@@ -28,7 +23,7 @@
 #include "qmp_client.h"
 #include "unix_socket.h"
 #include "vmfest/error.h"
-#include "vmfest/ssh/shell_quote.h"
+#include "warm_state.h"
 
 namespace vmfest::detail::qemu {
 namespace fs = std::filesystem;
@@ -41,7 +36,6 @@ namespace {
 constexpr const char* kQemuLog = "qemu.log";
 constexpr const char* kWarmBase = "base.qcow2";
 constexpr const char* kWarmState = "state";
-constexpr milliseconds kMigrationTimeout{120000};
 constexpr int kPortAttempts = 5;
 constexpr milliseconds kLaunchTimeout{15000};
 constexpr milliseconds kProbeTimeout{8000};
@@ -211,7 +205,8 @@ class QemuMachine final : public Machine {
     QmpClient client = qmp();
     client.execute("stop");
     // The memory is in its file already: the state is left with the devices' (hundreds of KiB).
-    const fs::path state = save_state(client, image_directory, mapped, "saving the warm image");
+    const fs::path state = image_directory / kWarmState;
+    save_state(client, state, mapped, step("saving the warm image"));
     client.execute("quit");
     if (!wait_for_exit(milliseconds(10000))) kill();
     // The disk as it was at the stop is the base every clone's overlay sits on, and the memory
@@ -219,11 +214,12 @@ class QemuMachine final : public Machine {
     // even for a private mapping, so that one stays writable by its owner; the manifest's hashes
     // guard both.
     const auto read_only = fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read;
-    keep_in_image(path(kDisk), image_directory / kWarmBase, read_only);
-    keep_in_image(state, state, read_only);
+    keep_durably(path(kDisk), image_directory / kWarmBase, read_only, config_.instance_name);
+    keep_durably(state, state, read_only, config_.instance_name);
     if (mapped) {
       const fs::path memory = image_directory / kMemoryFile;
-      keep_in_image(path(kMemoryFile), memory, fs::perms::owner_read | fs::perms::owner_write);
+      keep_durably(path(kMemoryFile), memory, fs::perms::owner_read | fs::perms::owner_write,
+                   config_.instance_name);
       // Most of it is pages the guest zeroed (init_on_free): holes on disk, zeros to every clone.
       const auto freed = punch_zero_blocks(memory);
       spdlog::debug("instance {}: {} MiB of zero pages left out of the memory file on disk",
@@ -244,20 +240,22 @@ class QemuMachine final : public Machine {
     QmpClient client = qmp();
     // This VM's memory is private, so the state holds it all the same (x-ignore-shared skips only
     // shared memory), and the image's memory file is left empty (holes).
-    const fs::path state = save_state(client, image_directory, mapped, "saving the guest's memory");
+    const fs::path state = image_directory / kWarmState;
+    save_state(client, state, mapped, step("saving the guest's memory"));
     const fs::path base = image_directory / kWarmBase;
     run_tool_checked(qemu_img(),
                      {"create", "-q", "-f", "qcow2", "-b", model.disk.string(), "-F", model.format,
                       base.string()},
                      fmt::format("making the warm image of model '{}'", model.name));
     const auto read_only = fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read;
-    keep_in_image(base, base, read_only);
-    keep_in_image(state, state, read_only);
+    keep_durably(base, base, read_only, config_.instance_name);
+    keep_durably(state, state, read_only, config_.instance_name);
     if (mapped) {
       const fs::path memory = image_directory / kMemoryFile;
       write_text_atomically(memory, "", 0600);
       fs::resize_file(memory, static_cast<std::uintmax_t>(config_.profile.memory_mib) << 20);
-      keep_in_image(memory, memory, fs::perms::owner_read | fs::perms::owner_write);
+      keep_durably(memory, memory, fs::perms::owner_read | fs::perms::owner_write,
+                   config_.instance_name);
     }
     nlohmann::json facts = warm_image_facts(mapped);
     facts["memory_in_state"] = true;
@@ -267,36 +265,14 @@ class QemuMachine final : public Machine {
   [[nodiscard]] bool warm_image_copies_memory() const override { return !memory_in_file(); }
 
   std::string agent_exchange(const std::string& request, milliseconds timeout) override {
-    const auto deadline = Clock::now() + timeout;
-    int fd = connect_unix(path(kAgentSocket));
-    if (fd < 0) {
-      throw BackendError(fmt::format("instance '{}': cannot reach the guest agent socket: {}",
-                                     config_.instance_name, std::strerror(errno)));
+    try {
+      return exchange_line(path(kAgentSocket), request, timeout);
+    } catch (const BackendError& error) {
+      throw BackendError(fmt::format(
+          "instance '{}': the guest agent did not answer ({}); is vmfest-agent running in the "
+          "model?",
+          config_.instance_name, error.what()));
     }
-    std::unique_ptr<int, void (*)(int*)> closer(&fd, [](int* socket) { ::close(*socket); });
-    for (std::size_t sent = 0; sent < request.size();) {
-      ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw BackendError("the guest agent socket closed while sending");
-      sent += static_cast<std::size_t>(n);
-    }
-    std::string reply;
-    while (reply.find('\n') == std::string::npos) {
-      pollfd poller{fd, POLLIN, 0};
-      int ready = ::poll(&poller, 1, remaining_millis(deadline));
-      if (ready < 0 && errno == EINTR) continue;
-      if (ready <= 0) {
-        throw BackendError(fmt::format(
-            "instance '{}': the guest agent did not answer within {} ms (is vmfest-agent running "
-            "in the model?)",
-            config_.instance_name, timeout.count()));
-      }
-      char chunk[256];
-      ssize_t n = ::read(fd, chunk, sizeof(chunk));
-      if (n <= 0) throw BackendError("the guest agent socket closed before the reply");
-      reply.append(chunk, static_cast<std::size_t>(n));
-    }
-    return reply.substr(0, reply.find('\n'));
   }
 
   [[nodiscard]] bool resumed_warm() const override { return resuming_; }
@@ -499,17 +475,11 @@ class QemuMachine final : public Machine {
   // Loads the warm image's memory state into the just-started (incoming) QEMU and runs it.
   void resume_warm_state() {
     QmpClient client = qmp();
-    const fs::path state = config_.warm_image / kWarmState;
-    if (memory_in_file()) set_ignore_shared(client);  // as at the save, or QEMU refuses the state
-    client.execute("migrate-incoming", {{"uri", "exec:cat " + ssh::shell_quote(state.string())}});
-    const auto deadline = Clock::now() + kMigrationTimeout;
-    while (client.execute("query-status").value("status", "") == "inmigrate") {
-      if (Clock::now() >= deadline || !alive()) {
-        throw BackendError(fmt::format("instance '{}': resuming the warm image {} failed: {}",
-                                       config_.instance_name, config_.warm_image.string(),
-                                       tail_lines(path(kQemuLog), 5)));
-      }
-      std::this_thread::sleep_for(milliseconds(5));
+    if (!load_state(client, config_.warm_image / kWarmState, memory_in_file(),
+                    [&] { return alive(); })) {
+      throw BackendError(fmt::format("instance '{}': resuming the warm image {} failed: {}",
+                                     config_.instance_name, config_.warm_image.string(),
+                                     tail_lines(path(kQemuLog), 5)));
     }
     spdlog::debug("instance {}: warm state loaded", config_.instance_name);
     // The image was saved from a stopped VM, so it arrives paused.
@@ -517,23 +487,8 @@ class QemuMachine final : public Machine {
     warm_restored_ = true;
   }
 
-  static void set_ignore_shared(QmpClient& client) {
-    client.execute("migrate-set-capabilities",
-                   {{"capabilities", nlohmann::json::array(
-                                         {{{"capability", "x-ignore-shared"}, {"state", true}}})}});
-  }
-
-  // Migrates the stopped VM's state into `image_directory`'s state file and returns its path.
-  // `mapped`: a mapped image, whose both sides set x-ignore-shared.
-  fs::path save_state(QmpClient& client, const fs::path& image_directory, bool mapped,
-                      const char* what) {
-    // Unthrottled: the state goes to a local file, and the guest is stopped meanwhile anyway.
-    client.execute("migrate-set-parameters", {{"max-bandwidth", 107374182400LL}});
-    if (mapped) set_ignore_shared(client);
-    const fs::path state = image_directory / kWarmState;
-    client.execute("migrate", {{"uri", "exec:cat > " + ssh::shell_quote(state.string())}});
-    wait_for_migration(client, what);
-    return state;
+  [[nodiscard]] std::string step(const char* what) const {
+    return fmt::format("instance '{}': {}", config_.instance_name, what);
   }
 
   [[nodiscard]] nlohmann::json warm_image_facts(bool mapped) const {
@@ -541,37 +496,6 @@ class QemuMachine final : public Machine {
             {"machine_type", machine_type()},
             {"accelerator", accelerator_},
             {"memory", to_string(mapped ? WarmMemory::Mapped : WarmMemory::Streamed)}};
-  }
-
-  // Moves `from` (a file of this instance) to `to` in a warm image with `mode`, and makes it
-  // durable: a clone trusts what the manifest recorded of it.
-  void keep_in_image(const fs::path& from, const fs::path& to, fs::perms mode) {
-    try {
-      if (from != to) fs::rename(from, to);
-      fs::permissions(to, mode);
-      const int fd = ::open(to.c_str(), O_RDONLY | O_CLOEXEC);
-      const bool synced = fd >= 0 && ::fsync(fd) == 0;
-      if (fd >= 0) ::close(fd);
-      if (!synced)
-        throw BackendError(fmt::format("cannot flush {}: {}", to.string(), std::strerror(errno)));
-    } catch (const fs::filesystem_error& error) {
-      throw BackendError(fmt::format("instance '{}': cannot keep {} in the warm image: {}",
-                                     config_.instance_name, from.string(), error.what()));
-    }
-  }
-
-  void wait_for_migration(QmpClient& client, const char* what) {
-    const auto deadline = Clock::now() + kMigrationTimeout;
-    while (true) {
-      auto status = client.execute("query-migrate");
-      std::string state = status.value("status", "");
-      if (state == "completed") return;
-      if (state == "failed" || state == "cancelled" || Clock::now() >= deadline) {
-        throw BackendError(fmt::format("instance '{}': {} failed ({}): {}", config_.instance_name,
-                                       what, state, status.value("error-desc", "timed out")));
-      }
-      std::this_thread::sleep_for(milliseconds(5));
-    }
   }
 
   bool alive() noexcept {

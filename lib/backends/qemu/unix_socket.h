@@ -11,6 +11,12 @@ namespace vmfest::detail::qemu {
 // allows are reached through /proc/self/fd/N of their folder.
 int connect_unix(const std::filesystem::path& socket_path);
 
+// Sends `request` on the unix socket `socket_path` and returns the first line of the reply,
+// without its newline. BackendError when the socket cannot be reached or closes early, or no
+// whole line arrives within `timeout`.
+std::string exchange_line(const std::filesystem::path& socket_path, const std::string& request,
+                          std::chrono::milliseconds timeout);
+
 // Milliseconds left until `deadline`, at least 0: a poll() timeout.
 int remaining_millis(std::chrono::steady_clock::time_point deadline);
 
