@@ -22,6 +22,8 @@ namespace fs = std::filesystem;
 // OpenSSH's sftp-server takes messages up to 256 KiB; a write request adds a few dozen bytes.
 constexpr std::size_t kSftpChunk = 255u << 10;
 constexpr int kModeBits = 07777;
+// How long a guest whose SFTP server could not start takes to close that channel.
+constexpr std::chrono::seconds kGuestClose{5};
 
 enum class Kind { file, directory, other };
 
@@ -288,6 +290,12 @@ class SftpFiles final : public RemoteFiles {
     if (rc != SSH_OK) {
       std::string reason = ssh_get_error(connection_.session());
       if (!opened->channel->err.empty()) reason += "; the guest said: " + opened->channel->err;
+      // The guest closes this channel itself (its SFTP server could not start). Closing it from
+      // here as well races that: dropbear 2022.83 then dies on a failed assertion
+      // (`!channel->sent_close`) and takes the connection along, or libssh refuses the next
+      // channel. So the channel is let go once the guest has closed it.
+      connection_.wait_until(lock, std::min(connection_.io_deadline(), Clock::now() + kGuestClose),
+                             [&] { return opened->channel->closed; });
       throw unavailable(reason);
     }
     link = std::move(opened);
