@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "settings.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail {
@@ -21,15 +22,8 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 int max_running_vms() {
-  if (const char* configured = std::getenv("VMFEST_MAX_VMS");
-      configured != nullptr && *configured != '\0') {
-    char* end = nullptr;
-    long value = std::strtol(configured, &end, 10);
-    if (*end != '\0' || value < 1 || value > 1024) {
-      throw InvalidArgument(fmt::format(
-          "VMFEST_MAX_VMS={} is not valid: use a whole number from 1 to 1024", configured));
-    }
-    return static_cast<int>(value);
+  if (const auto configured = whole_number_setting("VMFEST_MAX_VMS", 1, 1024)) {
+    return static_cast<int>(*configured);
   }
   long cores = std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN));
   long memory_mib = ::sysconf(_SC_PHYS_PAGES) / 1024 * ::sysconf(_SC_PAGE_SIZE) / 1024;
@@ -160,15 +154,8 @@ VmSlot acquire_vm_slot(const std::string& instance_name, std::chrono::millisecon
 // $VMFEST_SLOT_WAIT seconds, else 10 minutes. vmfest_add_tests() sets it below the test's timeout,
 // so a test starved of slots fails with the holders named instead of being killed by ctest.
 std::chrono::milliseconds slot_timeout() {
-  const char* configured = std::getenv("VMFEST_SLOT_WAIT");
-  if (configured == nullptr || *configured == '\0') return std::chrono::minutes(10);
-  char* end = nullptr;
-  const long seconds = std::strtol(configured, &end, 10);
-  if (*end != '\0' || seconds < 1) {
-    throw InvalidArgument(fmt::format(
-        "VMFEST_SLOT_WAIT={} is not valid: use a whole number of seconds, at least 1", configured));
-  }
-  return std::chrono::seconds(seconds);
+  const auto seconds = whole_number_setting("VMFEST_SLOT_WAIT", 1, 86400, "of seconds");
+  return seconds ? std::chrono::seconds(*seconds) : std::chrono::minutes(10);
 }
 
 }  // namespace vmfest::detail

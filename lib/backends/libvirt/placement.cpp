@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "../../src/settings.h"
 #include "../../src/vm_slots.h"
 #include "domain_xml.h"
 #include "libvirt_api.h"
@@ -41,11 +42,8 @@ HostLoad load_of(const HostUri& host) {
     if (uri_in_metadata(metadata) == host.uri) ++load.running;
     std::free(metadata);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
   }
-  load.cap = 0;
-  if (const char* limit = std::getenv("VMFEST_LIBVIRT_MAX_VMS"); limit != nullptr) {
-    load.cap = std::atoi(limit);
-  }
-  if (load.cap <= 0) {
+  load.cap = static_cast<int>(whole_number_setting("VMFEST_LIBVIRT_MAX_VMS", 1, 1024).value_or(0));
+  if (load.cap == 0) {
     virNodeInfo info{};
     load.cap = virNodeGetInfo(connection.get(), &info) == 0 ? static_cast<int>(info.cpus) : 1;
   }

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "../../src/settings.h"
 #include "../../src/subprocess.h"
 #include "vmfest/error.h"
 
@@ -94,17 +95,8 @@ const char* to_string(WarmMemory memory) {
 }
 
 int tcg_tb_size_mib() {
-  const char* setting = std::getenv("VMFEST_TCG_TB_SIZE");
-  if (setting == nullptr || *setting == '\0') return kDefaultTbSizeMib;
-  char* end = nullptr;
-  const long mib = std::strtol(setting, &end, 10);
-  if (*end != '\0' || mib < 1 || mib > 65536) {
-    throw InvalidArgument(fmt::format(
-        "VMFEST_TCG_TB_SIZE='{}' is not a translation cache size: give MiB as a whole number "
-        "from 1 to 65536 (default {})",
-        setting, kDefaultTbSizeMib));
-  }
-  return static_cast<int>(mib);
+  const auto mib = whole_number_setting("VMFEST_TCG_TB_SIZE", 1, 65536, "of MiB");
+  return mib ? static_cast<int>(*mib) : kDefaultTbSizeMib;
 }
 
 }  // namespace vmfest::detail::qemu
