@@ -4,9 +4,13 @@
 // VMFEST_LIBVIRT_URI set by tests/libvirt/CMakeLists.txt.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <thread>
@@ -30,6 +34,44 @@ using namespace std::chrono_literals;
 using vmfest::Instance;
 
 std::string first_uri() { return lv::configured_hosts().front().uri; }
+
+// A host that takes the connection but never answers (hung, or stopped) fails the connect within
+// VMFEST_LIBVIRT_TIMEOUT, naming the URI; one that refuses it fails at once.
+TEST(LibvirtHosts, AHostThatDoesNotAnswerFailsWithinItsTimeout) {
+  const fs::path folder = fs::temp_directory_path() / fmt::format("vmfest-silent-{}", ::getpid());
+  fs::create_directories(folder);
+  const fs::path socket_path = folder / "libvirt-sock";
+  const int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, socket_path.c_str(), sizeof(address.sun_path) - 1);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<const sockaddr*>(&address), sizeof(address)), 0);
+  ASSERT_EQ(::listen(listener, 4), 0);  // never accepted: connects queue and wait
+  ::setenv("VMFEST_LIBVIRT_TIMEOUT", "2", 1);
+  const std::string uri = "qemu+unix:///system?socket=" + socket_path.string();
+
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    lv::connect(uri);
+    ADD_FAILURE() << "a host that never answers was connected to";
+  } catch (const vmfest::BackendError& error) {
+    EXPECT_NE(std::string(error.what()).find(uri + " did not answer within 2 s"), std::string::npos)
+        << error.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+
+  ::close(listener);  // the attempt left behind ends with it
+  fs::remove(socket_path);
+  try {
+    lv::connect(uri);
+    ADD_FAILURE() << "a socket that is gone was connected to";
+  } catch (const vmfest::BackendError& error) {
+    EXPECT_NE(std::string(error.what()).find("could not connect on " + uri), std::string::npos)
+        << error.what();
+  }
+  ::unsetenv("VMFEST_LIBVIRT_TIMEOUT");
+  fs::remove_all(folder);
+}
 
 // The volumes of the pool on `uri` whose names hold `part`, with their paths there.
 std::map<std::string, std::string> volumes_with(const std::string& uri, const std::string& part) {

@@ -13,14 +13,21 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "../../src/settings.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail::libvirt {
 
 namespace {
 
-// A remote URI's SSH login is part of the connect: generous.
-constexpr std::chrono::seconds kConnectTimeout{60};
+// How long a host may take to answer a connect (VMFEST_LIBVIRT_TIMEOUT): a remote URI's SSH
+// login is part of it, so generous.
+std::chrono::seconds connect_timeout() {
+  constexpr long kDefaultSeconds = 60;
+  return std::chrono::seconds(whole_number_setting("VMFEST_LIBVIRT_TIMEOUT", 1, 3600, "of seconds")
+                                  .value_or(kDefaultSeconds));
+}
+
 constexpr int kKeepAliveSeconds = 5;
 constexpr unsigned kKeepAliveMisses = 6;
 
@@ -93,8 +100,8 @@ Connection open_within(const std::string& uri, std::chrono::seconds timeout) {
   if (!attempt->done_or_abandoned.wait_for(lock, timeout, [&] { return attempt->done; })) {
     attempt->abandoned = true;
     throw BackendError(fmt::format(
-        "libvirt: {} did not answer within {} s; check that its libvirtd runs and responds "
-        "(`virsh -c '{}' version`)",
+        "libvirt: {} did not answer within {} s (VMFEST_LIBVIRT_TIMEOUT); check that its "
+        "libvirtd runs and responds (`virsh -c '{}' version`)",
         uri, timeout.count(), uri));
   }
   if (attempt->connection == nullptr) {
@@ -110,7 +117,7 @@ Connection open_within(const std::string& uri, std::chrono::seconds timeout) {
 
 Connection connect(const std::string& uri) {
   start_event_loop();
-  Connection connection = open_within(uri, kConnectTimeout);
+  Connection connection = open_within(uri, connect_timeout());
   // A daemon that stops answering later (a hung host, a deadlocked libvirtd) fails the call
   // waiting on it with "connection closed due to keepalive timeout" instead of hanging the test.
   if (virConnectSetKeepAlive(connection.get(), kKeepAliveSeconds, kKeepAliveMisses) < 0) {
