@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <exception>
 #include <filesystem>
 #include <thread>
 
@@ -82,9 +83,18 @@ TEST(Clones, AreIndependentAndLeaveTheModelUnchanged) {
 TEST(Clones, TwoInstancesRunSideBySide) {
   Instance a = Instance::create(default_request());
   Instance b = Instance::create(default_request());
-  std::thread boot_b([&] { b.start(); });
+  // A failure of b's start is reported as the test's, not as std::terminate of the binary.
+  std::exception_ptr b_failed;
+  std::jthread boot_b([&] {
+    try {
+      b.start();
+    } catch (...) {
+      b_failed = std::current_exception();
+    }
+  });
   a.start();
   boot_b.join();
+  if (b_failed) std::rethrow_exception(b_failed);
   EXPECT_EQ(a.state(), InstanceState::Running);
   EXPECT_EQ(b.state(), InstanceState::Running);
   EXPECT_NE(a.ssh().endpoint().port, b.ssh().endpoint().port);
