@@ -102,8 +102,8 @@ Model Instance::Impl::save_as_model(const std::string& model_name) {
     session.reset();
     machine->pause();
   }
-  // The guest runs on as it was, with its own identity again (a quiesced guest stopped its SSH
-  // server for the save).
+  // The guest runs on as it was, and gets its identity once more, as a clone would: its RNG state
+  // is now also the saved image's.
   auto run_on = [&] {
     if (!running) return;
     machine->resume();

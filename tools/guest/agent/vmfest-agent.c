@@ -10,10 +10,11 @@
  * Protocol (one request, one reply line):
  *   host:  "ping\n"                                              guest: "pong\n"
  *   host:  "quiesce\n" or "quiesce keep-cache\n" (before the image is saved)   guest: "ok\n"
- *          Stops a listening dropbear (a clone starts its own with its own key; OpenSSH's sshd,
- *          run by systemd, stays and reloads its keys instead) and flushes the page cache to disk.
- *          A dropbear started before the save would carry one RNG state into every clone, and
- *          one that loads its key at each connection (-R) makes a throwaway key each time.
+ *          Hands port 22 from a dropbear daemon to the agent (OpenSSH's sshd, run by systemd,
+ *          stays and reloads its keys instead) and flushes the page cache to disk. The agent
+ *          then serves each connection as inetd would: it forks `dropbear -i` on it, which loads
+ *          the host key on disk at that moment and seeds its RNG afresh. So a clone needs no
+ *          new server after the resume, and no two clones share a daemon's RNG state.
  *          Plain "quiesce" also drops it, for an image whose state holds the guest's memory: with
  *          init_on_free=1 on the kernel command line the freed pages are zero, which the saved
  *          state stores in a few bytes each. An image whose memory clones map keeps it: there a
@@ -23,16 +24,17 @@
  *          followed by KEYS_LENGTH bytes of authorized_keys for USER, then the Ed25519 host key in
  *          dropbear's format, in OpenSSH's format, and its OpenSSH public key line
  *   guest: "ok\n" once the clock is set, the RNG reseeded, the keys and hostname applied and
- *          the SSH server listens with the new host key; "error TEXT\n" otherwise.
+ *          port 22 answers with the new host key; "error TEXT\n" otherwise.
  *
  * The SSH server is whichever the guest runs: OpenSSH's sshd (a stock cloud image: the key goes to
  * /etc/ssh and sshd re-reads it on SIGHUP) or dropbear (vmfest's default model). The agent is
  * built static, so the same binary serves any x86-64 guest; cloud images get it through their
  * cloud-init seed (write_files), vmfest's default model has it built in.
  *
- * Everything is done here, in C, with at most one fork (a new dropbear): right after a resume
- * every code path in a TCG guest runs cold, and each shell, awk or dropbearconvert process the
- * cold-boot seed script would start costs tens of milliseconds.
+ * Everything is done here, in C, without a fork: right after a resume every code path in a TCG
+ * guest runs cold, and each shell, awk or dropbearconvert process the cold-boot seed script would
+ * start costs tens of milliseconds; starting a dropbear daemon and waiting for it to listen cost
+ * 150-250 ms.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -40,14 +42,15 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/random.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -85,29 +88,91 @@ static int open_port(void) {
 static char pending[8192];
 static size_t pending_from, pending_to;
 
-/* Waits for bytes from the host into the empty `pending`. While no host is connected the port
- * reports POLLHUP: wait for one. */
+/* While no host is connected the port polls readable at once (and reads as end of file); the
+ * kernel signals the host's connection with SIGIO (O_ASYNC), which stays blocked but for the wait
+ * in fill_pending, so the agent sleeps until then instead of polling: an idle guest stays idle. */
+static sigset_t mask_without_sigio;
+static int host_signals_connection;
+
+static void on_sigio(int signal_number) { (void)signal_number; /* only ends a ppoll */ }
+
+static void ask_for_sigio(int fd) {
+  struct sigaction action;
+  memset(&action, 0, sizeof(action));
+  action.sa_handler = on_sigio;
+  sigset_t sigio;
+  sigemptyset(&sigio);
+  sigaddset(&sigio, SIGIO);
+  host_signals_connection = sigaction(SIGIO, &action, NULL) == 0 &&
+                            sigprocmask(SIG_BLOCK, &sigio, &mask_without_sigio) == 0 &&
+                            fcntl(fd, F_SETOWN, getpid()) == 0 &&
+                            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC) == 0;
+}
+
+/* The socket on port 22 the agent serves once it took the port from a dropbear daemon; -1 before. */
+static int ssh_listener = -1;
+
+static int listen_on_ssh_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  int on = 1;
+  struct sockaddr_in address = {0};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(22);
+  address.sin_addr.s_addr = htonl(INADDR_ANY);
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+      bind(fd, (struct sockaddr*)&address, sizeof(address)) != 0 || listen(fd, 16) != 0) {
+    close(fd);
+    return -1;
+  }
+  ssh_listener = fd;
+  return 0;
+}
+
+/* Runs `dropbear -i` on each waiting connection, with the host key on disk now; children are
+ * reaped by the kernel (SIGCHLD ignored). */
+static void serve_ssh_connections(void) {
+  int connection;
+  while ((connection = accept4(ssh_listener, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+    pid_t child = fork();
+    if (child == 0) {
+      /* an ignored signal stays ignored across exec, and so does a blocked one */
+      signal(SIGCHLD, SIG_DFL);
+      sigprocmask(SIG_SETMASK, &mask_without_sigio, NULL);
+      setsid();
+      if (dup2(connection, 0) == 0 && dup2(connection, 1) == 1) {
+        execl("/usr/sbin/dropbear", "dropbear", "-i", "-s", "-r", DROPBEAR_HOST_KEY, (char*)NULL);
+      }
+      _exit(127);
+    }
+    close(connection); /* without a child (fork failed) the client sees the connection close */
+  }
+}
+
+/* Waits for bytes from the host into the empty `pending`, serving SSH connections meanwhile. */
 static int fill_pending(int fd) {
   pending_from = pending_to = 0;
+  /* Without SIGIO from the port, a short nap keeps a saved image resuming promptly. */
+  static const struct timespec nap = {0, 5000000};
   for (;;) {
-    struct pollfd poller = {fd, POLLIN, 0};
-    if (poll(&poller, 1, -1) < 0) {
+    struct pollfd pollers[2] = {{fd, POLLIN, 0}, {ssh_listener, POLLIN, 0}};
+    const nfds_t count = ssh_listener >= 0 ? 2 : 1;
+    if (poll(pollers, count, -1) < 0) {
       if (errno == EINTR) continue;
       return -1;
     }
-    if (!(poller.revents & POLLIN)) {
-      usleep(5000); /* host side closed: a short nap keeps a saved image resuming promptly */
-      continue;
-    }
+    if (ssh_listener >= 0 && (pollers[1].revents & POLLIN)) serve_ssh_connections();
+    if (pollers[0].revents == 0) continue;
+    /* With no host connected, the port polls readable and reads as end of file. */
     ssize_t got = read(fd, pending, sizeof(pending));
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) return -1;
-    if (got == 0) {
-      usleep(5000);
-      continue;
+    if (got > 0) {
+      pending_to = (size_t)got;
+      return 0;
     }
-    pending_to = (size_t)got;
-    return 0;
+    if (got < 0 && errno != EINTR && errno != EAGAIN) return -1;
+    if (got == 0) { /* sleep until a host connects, or SSH knocks */
+      ppoll(pollers + 1, count - 1, host_signals_connection ? NULL : &nap, &mask_without_sigio);
+    }
   }
 }
 
@@ -310,28 +375,16 @@ static int ssh_server(char command[64]) {
   return found;
 }
 
-/* Stops the listening dropbear `pid` (sessions of connected clients stay). */
-static const char* stop_dropbear(int pid) {
-  kill(pid, SIGTERM);
-  for (int i = 0; i < 500 && kill(pid, 0) == 0; i++) usleep(2000);
-  if (kill(pid, 0) == 0) return "error the old dropbear does not stop\n";
-  return await_listening(0) == 0 ? NULL : "error something else listens on port 22\n";
-}
-
-/* Starts dropbear with the new host key, as start-sshd does at boot; "ok" once it listens. */
-static const char* start_dropbear(void) {
-  pid_t child = fork();
-  if (child < 0) return "error cannot fork dropbear\n";
-  if (child == 0) {
-    setsid();
-    execl("/usr/sbin/dropbear", "dropbear", "-s", "-p", "22", "-r", DROPBEAR_HOST_KEY, (char*)NULL);
-    _exit(127);
+/* Stops the listening dropbear daemon `pid` (sessions of connected clients stay) and serves port
+ * 22 in its place; NULL once the agent listens, an error reply otherwise. */
+static const char* take_over_from_dropbear(int pid) {
+  if (pid != 0) {
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 500 && kill(pid, 0) == 0; i++) usleep(2000);
+    if (kill(pid, 0) == 0) return "error the old dropbear does not stop\n";
+    if (await_listening(0) != 0) return "error something else listens on port 22\n";
   }
-  int status = 0;
-  waitpid(child, &status, 0); /* dropbear forks into the background, then its parent exits */
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return "error dropbear failed to start\n";
-  if (await_listening(1) != 0) return "error dropbear is not listening on port 22\n";
-  return "ok\n";
+  return listen_on_ssh_port() == 0 ? NULL : "error the agent cannot listen on port 22\n";
 }
 
 /* Makes sshd re-read its host keys: on SIGHUP it closes its sockets and executes itself anew;
@@ -443,8 +496,9 @@ static void rekey_file(const char* path, const char* old_blob, const char* new_b
 }
 
 /* Cloud-init gave the saved guest's client key to more users than the login (the image's default
- * user, root with its refusal): every copy becomes the clone's key, as a cold boot would have it. */
-static void rekey_everywhere(const char* old_blob, const char* new_blob) {
+ * user, root with its refusal): every copy becomes the clone's key, as a cold boot would have it.
+ * The login's own file (`skip`) is written whole anyway. */
+static void rekey_everywhere(const char* old_blob, const char* new_blob, const char* skip) {
   FILE* passwd = fopen("/etc/passwd", "r");
   if (passwd == NULL) return;
   char row[1024];
@@ -457,7 +511,7 @@ static void rekey_everywhere(const char* old_blob, const char* new_blob) {
     if (count < 6 || fields[5][0] != '/') continue;
     char path[600];
     snprintf(path, sizeof(path), "%s/.ssh/authorized_keys", fields[5]);
-    rekey_file(path, old_blob, new_blob);
+    if (strcmp(path, skip) != 0) rekey_file(path, old_blob, new_blob);
   }
   fclose(passwd);
 }
@@ -479,7 +533,7 @@ static const char* install_authorized_keys(const char* user, const char* keys, s
   if (read_small_file(file, old_keys, sizeof(old_keys)) > 0 &&
       key_blob(old_keys, old_blob, sizeof(old_blob)) == 0 &&
       key_blob(keys, new_blob, sizeof(new_blob)) == 0) {
-    rekey_everywhere(old_blob, new_blob);
+    rekey_everywhere(old_blob, new_blob, file);
   }
   mkdir(directory, 0700);
   if (chown(directory, uid, gid) != 0) return "error cannot give the user its .ssh folder\n";
@@ -539,8 +593,10 @@ static const char* apply_identity(int fd, const char* header) {
     return "error cannot set the hostname\n";
   }
 
-  char server[64];
-  int pid = ssh_server(server);
+  /* Normally the agent serves port 22 already (quiesce took it from dropbear before the save):
+   * then no other server needs looking for, which costs tens of milliseconds of cold code. */
+  char server[64] = "";
+  int pid = ssh_listener < 0 ? ssh_server(server) : 0;
   if (pid != 0 && strcmp(server, "sshd") == 0) {
     if (write_file(OPENSSH_HOST_KEY, openssh_key, openssh_length, 0600) != 0 ||
         write_file(OPENSSH_HOST_KEY ".pub", openssh_public, public_length, 0644) != 0) {
@@ -551,16 +607,16 @@ static const char* apply_identity(int fd, const char* header) {
   if (write_file(DROPBEAR_HOST_KEY, dropbear_key, dropbear_length, 0600) != 0) {
     return "error cannot write the host key\n";
   }
-  /* Normally none runs: quiesce stopped it before the save. */
-  const char* stopped = pid != 0 ? stop_dropbear(pid) : NULL;
-  return stopped != NULL ? stopped : start_dropbear();
+  const char* problem = ssh_listener < 0 ? take_over_from_dropbear(pid) : NULL;
+  return problem != NULL ? problem : "ok\n";
 }
 
 static const char* quiesce(int keep_cache) {
   char server[64];
   int pid = ssh_server(server);
-  const char* stopped = pid != 0 && strcmp(server, "dropbear") == 0 ? stop_dropbear(pid) : NULL;
-  if (stopped != NULL) return stopped;
+  const char* problem =
+      pid != 0 && strcmp(server, "dropbear") == 0 ? take_over_from_dropbear(pid) : NULL;
+  if (problem != NULL) return problem;
   sync();
   if (keep_cache) return "ok\n";
   int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
@@ -573,6 +629,8 @@ static const char* quiesce(int keep_cache) {
 int main(void) {
   int fd = open_port();
   if (fd < 0) return 0; /* no agent port on this machine: nothing to serve */
+  signal(SIGCHLD, SIG_IGN);
+  ask_for_sigio(fd);
   char line[512];
   while (read_line(fd, line, sizeof(line)) == 0) {
     if (strcmp(line, "ping") == 0) {
