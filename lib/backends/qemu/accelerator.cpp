@@ -22,6 +22,7 @@
 #include "../../src/files.h"
 #include "../../src/sha256.h"
 #include "../../src/subprocess.h"
+#include "host_qemu.h"
 #include "option_value.h"
 #include "vmfest/error.h"
 
@@ -67,30 +68,20 @@ std::string qemu_errors(const fs::path& log) {
   return errors;
 }
 
-std::string short_hash(const std::string& text) {
-  Sha256 hasher;
-  hasher.update(std::span(reinterpret_cast<const unsigned char*>(text.data()), text.size()));
-  return hasher.hex_digest().substr(0, 16);
-}
-
-// What a decision depends on: the QEMU binary (where, which version, replaced or not), the host
-// kernel (which implements KVM) and the /dev/kvm device.
+// What a decision depends on: the QEMU binary (where, replaced or not), the host kernel (which
+// implements KVM) and the /dev/kvm device.
 std::string host_key(const fs::path& qemu) {
   utsname host{};
   ::uname(&host);
-  const fs::path binary = fs::canonical(qemu);
-  ToolResult version = run_tool(binary, {"--version"});
   struct stat kvm {};
   const std::string device = ::stat("/dev/kvm", &kvm) == 0
                                  ? fmt::format("{}:{}", major(kvm.st_rdev), minor(kvm.st_rdev))
                                  : std::string("none");
-  return fmt::format("{}|{}|{}|{}|/dev/kvm {}", binary.string(),
-                     version.output.substr(0, version.output.find('\n')),
-                     fs::last_write_time(binary).time_since_epoch().count(), host.release, device);
+  return fmt::format("{}|{}|/dev/kvm {}", binary_identity(qemu), host.release, device);
 }
 
 fs::path decision_file(const fs::path& cache_dir, const std::string& key) {
-  return cache_dir / (short_hash(key) + ".json");
+  return cache_dir / (sha256_text(key).substr(0, 16) + ".json");
 }
 
 void write_decision(const fs::path& file, const std::string& key, const AcceleratorChoice& choice,
@@ -100,17 +91,6 @@ void write_decision(const fs::path& file, const std::string& key, const Accelera
       nlohmann::json{
           {"key", key}, {"name", choice.name}, {"reason", choice.reason}, {"probe", probe}}
           .dump(2));
-}
-
-fs::path host_cache_root() {
-  if (const char* dir = std::getenv("VMFEST_CACHE_DIR"); dir != nullptr && *dir != '\0') {
-    return dir;
-  }
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
-    return fs::path(xdg) / "vmfest";
-  }
-  const char* home = std::getenv("HOME");
-  return fs::path(home != nullptr ? home : "/tmp") / ".cache" / "vmfest";
 }
 
 bool readable(const fs::path& path) {

@@ -1,12 +1,20 @@
 #include "host_qemu.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <optional>
 #include <sstream>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
+#include "../../src/files.h"
 #include "../../src/settings.h"
+#include "../../src/sha256.h"
 #include "../../src/subprocess.h"
 #include "vmfest/error.h"
 
@@ -28,52 +36,123 @@ const fs::path& qemu_img() {
   return path;
 }
 
-const std::string& qemu_version() {
-  static const std::string version = [] {
-    std::string output = run_tool_checked(qemu_binary(), {"--version"}, "asking QEMU its version");
-    return output.substr(0, output.find('\n'));
-  }();
-  return version;
+fs::path host_cache_root() {
+  if (const char* dir = std::getenv("VMFEST_CACHE_DIR"); dir != nullptr && *dir != '\0') {
+    return dir;
+  }
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
+    return fs::path(xdg) / "vmfest";
+  }
+  const char* home = std::getenv("HOME");
+  return fs::path(home != nullptr ? home : "/tmp") / ".cache" / "vmfest";
 }
 
-const std::string& machine_type() {
-  static const std::string type = [] {
-    std::string output =
-        run_tool_checked(qemu_binary(), {"-machine", "help"}, "listing QEMU machine types");
-    const std::string marker = "(alias of ";
-    std::istringstream lines(output);
-    for (std::string line; std::getline(lines, line);) {
-      if (!line.starts_with("pc ")) continue;
-      auto at = line.find(marker);
-      if (at == std::string::npos) break;
-      auto start = at + marker.size();
-      return line.substr(start, line.find(')', start) - start);
-    }
-    return std::string("pc");
-  }();
-  return type;
+std::string binary_identity(const fs::path& binary) {
+  std::error_code error;
+  const fs::path real = fs::canonical(binary, error);
+  struct stat info {};
+  if (error || ::stat(real.c_str(), &info) != 0) {
+    throw BackendError(fmt::format("cannot inspect {}: {}", binary.string(),
+                                   error ? error.message() : std::strerror(errno)));
+  }
+  return fmt::format("{}|{} bytes|inode {}|modified {}.{:09}|changed {}.{:09}", real.string(),
+                     info.st_size, info.st_ino, info.st_mtim.tv_sec, info.st_mtim.tv_nsec,
+                     info.st_ctim.tv_sec, info.st_ctim.tv_nsec);
 }
+
+fs::path qemu_facts_directory() { return host_cache_root() / "qemu"; }
 
 namespace {
 
+struct QemuFacts {
+  std::string version;
+  std::string machine_type;
+  bool ignores_shared = false;
+  bool conclusive = true;  // false when a probe could not tell: such facts are not kept
+};
+
+std::string probe_machine_type() {
+  std::string output =
+      run_tool_checked(qemu_binary(), {"-machine", "help"}, "listing QEMU machine types");
+  const std::string marker = "(alias of ";
+  std::istringstream lines(output);
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.starts_with("pc ")) continue;
+    auto at = line.find(marker);
+    if (at == std::string::npos) break;
+    auto start = at + marker.size();
+    return line.substr(start, line.find(')', start) - start);
+  }
+  return "pc";
+}
+
 // Asks a machine-less QEMU (about 0.1 s) for its migration capabilities.
-bool qemu_ignores_shared_memory() {
+void probe_migration_capabilities(QemuFacts& facts) {
   const ToolResult result = run_tool(
       qemu_binary(), {"-machine", "none", "-nodefaults", "-display", "none", "-S", "-qmp", "stdio"},
       "{\"execute\":\"qmp_capabilities\"}\n"
       "{\"execute\":\"query-migrate-capabilities\"}\n"
       "{\"execute\":\"quit\"}\n");
-  const bool found = result.output.find("\"x-ignore-shared\"") != std::string::npos;
-  if (!found) {
-    spdlog::info(
-        "vmfest: {} has no migration capability x-ignore-shared, so warm images carry the guest's "
-        "memory in their state, which each clone loads whole (exit {}: {})",
-        qemu_version(), result.exit_code, result.output.substr(0, 300));
+  facts.ignores_shared = result.output.find("\"x-ignore-shared\"") != std::string::npos;
+  // The list of capabilities names "events" in every QEMU that has migration over QMP.
+  facts.conclusive = facts.ignores_shared || result.output.find("\"events\"") != std::string::npos;
+  if (!facts.conclusive) {
+    spdlog::warn("vmfest: could not ask {} for its migration capabilities (exit {}: {})",
+                 qemu_binary().string(), result.exit_code, result.output.substr(0, 300));
   }
-  return found;
+}
+
+QemuFacts probe_facts() {
+  QemuFacts facts;
+  const std::string version =
+      run_tool_checked(qemu_binary(), {"--version"}, "asking QEMU its version");
+  facts.version = version.substr(0, version.find('\n'));
+  facts.machine_type = probe_machine_type();
+  probe_migration_capabilities(facts);
+  return facts;
+}
+
+std::optional<QemuFacts> kept_facts(const fs::path& file, const std::string& identity) {
+  const nlohmann::json json = nlohmann::json::parse(read_text_if_exists(file), nullptr, false);
+  if (!json.is_object() || json.value("binary", "") != identity) return std::nullopt;
+  try {
+    return QemuFacts{json.at("version").get<std::string>(),
+                     json.at("machine_type").get<std::string>(),
+                     json.at("x_ignore_shared").get<bool>()};
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;  // written by another vmfest: asked again, and overwritten
+  }
+}
+
+// Probed once per binary and host (whichever process comes first), then read from the cache.
+const QemuFacts& facts() {
+  static const QemuFacts facts = [] {
+    const std::string identity = binary_identity(qemu_binary());
+    const fs::path file = qemu_facts_directory() / (sha256_text(identity).substr(0, 16) + ".json");
+    if (std::optional<QemuFacts> kept = kept_facts(file, identity)) return *kept;
+    QemuFacts probed = probe_facts();
+    if (!probed.conclusive) return probed;
+    try {
+      fs::create_directories(file.parent_path());
+      write_text_atomically(file, nlohmann::json{{"binary", identity},
+                                                 {"version", probed.version},
+                                                 {"machine_type", probed.machine_type},
+                                                 {"x_ignore_shared", probed.ignores_shared}}
+                                      .dump(2));
+    } catch (const std::exception& error) {
+      spdlog::warn("vmfest: cannot keep what QEMU answered in {} ({}); every process asks again",
+                   file.string(), error.what());
+    }
+    return probed;
+  }();
+  return facts;
 }
 
 }  // namespace
+
+const std::string& qemu_version() { return facts().version; }
+
+const std::string& machine_type() { return facts().machine_type; }
 
 WarmMemory warm_memory() {
   if (const char* setting = std::getenv("VMFEST_WARM_MEMORY");
@@ -86,7 +165,15 @@ WarmMemory warm_memory() {
         "a file every clone maps) or 'streamed' (in the saved state), or unset it to probe",
         value));
   }
-  static const bool mapped = qemu_ignores_shared_memory();
+  static const bool mapped = [] {
+    if (!facts().ignores_shared) {
+      spdlog::info(
+          "vmfest: {} has no migration capability x-ignore-shared, so warm images carry the "
+          "guest's memory in their state, which each clone loads whole",
+          qemu_version());
+    }
+    return facts().ignores_shared;
+  }();
   return mapped ? WarmMemory::Mapped : WarmMemory::Streamed;
 }
 

@@ -1,5 +1,6 @@
 // The QEMU installed on this host: where its programs are, which version and machine type it has,
-// and what it can do (probed once per process, never assumed from a version number).
+// and what it can do (probed, never assumed from a version number; the answers are kept per binary
+// in the host's cache, see qemu_facts_directory()).
 #pragma once
 
 #include <filesystem>
@@ -10,6 +11,16 @@ namespace vmfest::detail::qemu {
 // $VMFEST_QEMU, else qemu-system-x86_64 on PATH (BackendError naming the package when missing).
 const std::filesystem::path& qemu_binary();
 const std::filesystem::path& qemu_img();
+
+// ${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/vmfest}: what vmfest learns about this host, per
+// user and for every VMFEST_HOME (accelerator decisions, QEMU facts, the default model's bundles).
+std::filesystem::path host_cache_root();
+// Which binary `binary` is: its real path, size, inode, modification and change times. Replacing
+// or upgrading it (a package update) changes them.
+std::string binary_identity(const std::filesystem::path& binary);
+// Where the answers of qemu_binary() to the probes below are kept, one JSON file per
+// binary_identity(): they cost about 0.15 s of QEMU runs, which every test process would pay.
+std::filesystem::path qemu_facts_directory();
 // "QEMU emulator version 7.2.22 (Debian ...)": part of what makes a warm image valid.
 const std::string& qemu_version();
 // The versioned machine type behind the "pc" alias (e.g. pc-i440fx-7.2). Warm images only resume
