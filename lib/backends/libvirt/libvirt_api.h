@@ -44,8 +44,8 @@ int last_error_code();
 [[noreturn]] void fail(const std::string& what, const std::string& uri,
                        const std::string& hint = "");
 
-// Opens `uri` read-write, with keepalives, within a minute. Starts the event loop first, so streams
-// and keepalives work. Errors name the URI and what to check (libvirtd running and answering, the
+// Opens `uri` read-write, with keepalives, within VMFEST_LIBVIRT_TIMEOUT seconds (default 60).
+// Starts the event loop first, so streams and keepalives work. Errors name the URI and what to check (libvirtd running and answering, the
 // URI's user in group libvirt).
 Connection connect(const std::string& uri);
 

@@ -31,23 +31,22 @@ struct HostLoad {
   [[nodiscard]] double ratio() const { return static_cast<double>(running) / cap; }
 };
 
-HostLoad load_of(const HostUri& host) {
-  Connection connection = connect(host.uri);
+HostLoad load_of(virConnectPtr connection, const HostUri& host) {
   HostLoad load;
-  for (const Domain& domain :
-       list_domains(connection.get(), host.uri, VIR_CONNECT_LIST_DOMAINS_ACTIVE)) {
+  for (const Domain& domain : list_domains(connection, host.uri, VIR_CONNECT_LIST_DOMAINS_ACTIVE)) {
     char* metadata =
         virDomainGetMetadata(domain.get(), VIR_DOMAIN_METADATA_ELEMENT, kMetadataNamespace, 0);
     if (metadata == nullptr) continue;  // not vmfest's
     if (uri_in_metadata(metadata) == host.uri) ++load.running;
     std::free(metadata);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
   }
-  load.cap = static_cast<int>(whole_number_setting("VMFEST_LIBVIRT_MAX_VMS", 1, 1024).value_or(0));
-  if (load.cap == 0) {
+  if (const auto configured = whole_number_setting("VMFEST_LIBVIRT_MAX_VMS", 1, 1024)) {
+    load.cap = static_cast<int>(*configured);
+  } else {
     virNodeInfo info{};
-    load.cap = virNodeGetInfo(connection.get(), &info) == 0 ? static_cast<int>(info.cpus) : 1;
+    load.cap = virNodeGetInfo(connection, &info) == 0 ? static_cast<int>(info.cpus) : 1;
+    load.cap = std::max(load.cap, 1);
   }
-  load.cap = std::max(load.cap, 1);
   return load;
 }
 
@@ -58,12 +57,15 @@ HostUri choose_host() {
   std::vector<HostUri> hosts = configured_hosts();
   if (hosts.size() == 1) return hosts.front();
   const auto deadline = Clock::now() + slot_timeout();
+  // One connection per host for the whole wait: a remote URI's connect is an SSH login.
+  std::vector<Connection> connections;
+  for (const HostUri& host : hosts) connections.push_back(connect(host.uri));
   bool said = false;
   while (true) {
     std::size_t best = 0;
     std::vector<HostLoad> loads;
     for (std::size_t i = 0; i < hosts.size(); ++i) {
-      loads.push_back(load_of(hosts[i]));
+      loads.push_back(load_of(connections[i].get(), hosts[i]));
       if (loads[i].ratio() < loads[best].ratio()) best = i;
     }
     if (loads[best].running < loads[best].cap) return hosts[best];
