@@ -1,8 +1,16 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
 
 #include "backends/qemu/host_qemu.h"
+#include "files.h"
+#include "sha256.h"
 #include "vmfest/error.h"
 
 namespace {
@@ -34,6 +42,35 @@ TEST(HostQemu, TranslationCacheSizeHasADefaultAndAnOverride) {
     EXPECT_THROW(qemu::tcg_tb_size_mib(), vmfest::InvalidArgument) << wrong;
   }
   ::unsetenv("VMFEST_TCG_TB_SIZE");
+}
+
+// A kept hash is used while the file is unchanged, and a changed file (same path, same size) is
+// hashed again: its change time moved.
+TEST(HostQemu, AFileIsHashedOnceUntilItChanges) {
+  namespace fs = std::filesystem;
+  const fs::path folder = fs::temp_directory_path() / ("vmfest-kept-" + std::to_string(::getpid()));
+  fs::create_directories(folder);
+  ::setenv("VMFEST_CACHE_DIR", (folder / "cache").c_str(), 1);
+  const fs::path kernel = folder / "vmlinuz";
+  auto write = [&](const std::string& text) { std::ofstream(kernel, std::ios::trunc) << text; };
+
+  write("first kernel");
+  EXPECT_EQ(qemu::kept_sha256(kernel), vmfest::detail::sha256_text("first kernel"));
+  // What is kept is what is returned: a record altered by hand shows through...
+  const std::string identity = qemu::on_disk_identity(kernel);
+  const fs::path kept =
+      folder / "cache" / "sha256" / vmfest::detail::sha256_text(identity).substr(0, 32);
+  ASSERT_TRUE(fs::exists(kept));
+  const std::string forged(64, 'f');
+  vmfest::detail::write_text_atomically(kept, identity + "\n" + forged);
+  EXPECT_EQ(qemu::kept_sha256(kernel), forged);
+  // ...until the file changes (past the file system's timestamp tick, a few milliseconds).
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  write("other kernel");
+  EXPECT_EQ(qemu::kept_sha256(kernel), vmfest::detail::sha256_text("other kernel"));
+
+  ::unsetenv("VMFEST_CACHE_DIR");
+  fs::remove_all(folder);
 }
 
 }  // namespace

@@ -77,7 +77,7 @@ std::string host_key(const fs::path& qemu) {
   const std::string device = ::stat("/dev/kvm", &kvm) == 0
                                  ? fmt::format("{}:{}", major(kvm.st_rdev), minor(kvm.st_rdev))
                                  : std::string("none");
-  return fmt::format("{}|{}|/dev/kvm {}", binary_identity(qemu), host.release, device);
+  return fmt::format("{}|{}|/dev/kvm {}", on_disk_identity(qemu), host.release, device);
 }
 
 fs::path decision_file(const fs::path& cache_dir, const std::string& key) {

@@ -47,12 +47,12 @@ fs::path host_cache_root() {
   return fs::path(home != nullptr ? home : "/tmp") / ".cache" / "vmfest";
 }
 
-std::string binary_identity(const fs::path& binary) {
+std::string on_disk_identity(const fs::path& file) {
   std::error_code error;
-  const fs::path real = fs::canonical(binary, error);
+  const fs::path real = fs::canonical(file, error);
   struct stat info {};
   if (error || ::stat(real.c_str(), &info) != 0) {
-    throw BackendError(fmt::format("cannot inspect {}: {}", binary.string(),
+    throw BackendError(fmt::format("cannot inspect {}: {}", file.string(),
                                    error ? error.message() : std::strerror(errno)));
   }
   return fmt::format("{}|{} bytes|inode {}|modified {}.{:09}|changed {}.{:09}", real.string(),
@@ -61,6 +61,25 @@ std::string binary_identity(const fs::path& binary) {
 }
 
 fs::path qemu_facts_directory() { return host_cache_root() / "qemu"; }
+
+std::string kept_sha256(const fs::path& file) {
+  const std::string identity = on_disk_identity(file);
+  const fs::path kept = host_cache_root() / "sha256" / sha256_text(identity).substr(0, 32);
+  // "<identity>\n<sha256>": the identity, not just the name's hash of it, must match.
+  const std::string record = read_text_if_exists(kept);
+  if (record.size() == identity.size() + 1 + 64 && record.starts_with(identity + "\n")) {
+    return record.substr(identity.size() + 1);
+  }
+  const std::string hash = sha256_file(file);
+  try {
+    fs::create_directories(kept.parent_path());
+    write_text_atomically(kept, identity + "\n" + hash);
+  } catch (const std::exception& error) {
+    spdlog::warn("vmfest: cannot keep the sha256 of {} in {} ({}); it is hashed again next time",
+                 file.string(), kept.string(), error.what());
+  }
+  return hash;
+}
 
 namespace {
 
@@ -127,7 +146,7 @@ std::optional<QemuFacts> kept_facts(const fs::path& file, const std::string& ide
 // Probed once per binary and host (whichever process comes first), then read from the cache.
 const QemuFacts& facts() {
   static const QemuFacts facts = [] {
-    const std::string identity = binary_identity(qemu_binary());
+    const std::string identity = on_disk_identity(qemu_binary());
     const fs::path file = qemu_facts_directory() / (sha256_text(identity).substr(0, 16) + ".json");
     if (std::optional<QemuFacts> kept = kept_facts(file, identity)) return *kept;
     QemuFacts probed = probe_facts();

@@ -15,11 +15,14 @@ const std::filesystem::path& qemu_img();
 // ${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/vmfest}: what vmfest learns about this host, per
 // user and for every VMFEST_HOME (accelerator decisions, QEMU facts, the default model's bundles).
 std::filesystem::path host_cache_root();
-// Which binary `binary` is: its real path, size, inode, modification and change times. Replacing
-// or upgrading it (a package update) changes them.
-std::string binary_identity(const std::filesystem::path& binary);
+// Which file `file` is: its real path, size, inode, modification and change times. Replacing or
+// changing it (a package update, a rewritten kernel) changes them.
+std::string on_disk_identity(const std::filesystem::path& file);
+// sha256_file(file), kept in <host cache>/sha256 under on_disk_identity(file): a model's kernel and
+// initrd are hashed into every warm clone's key, and an unchanged file is read once per host.
+std::string kept_sha256(const std::filesystem::path& file);
 // Where the answers of qemu_binary() to the probes below are kept, one JSON file per
-// binary_identity(): they cost about 0.15 s of QEMU runs, which every test process would pay.
+// on_disk_identity(): they cost about 0.15 s of QEMU runs, which every test process would pay.
 std::filesystem::path qemu_facts_directory();
 // "QEMU emulator version 7.2.22 (Debian ...)": part of what makes a warm image valid.
 const std::string& qemu_version();

@@ -544,8 +544,8 @@ class QemuBackend final : public Backend {
     const Model& model = config.model;
     std::string fingerprint = fmt::format("{}\nmodel {}\n", qemu_version(), model.sha256);
     if (model.boot.kind == BootSpec::Kind::Kernel) {
-      fingerprint += fmt::format("kernel {}\ninitrd {}\n", sha256_file(model.boot.kernel),
-                                 model.boot.initrd.empty() ? "" : sha256_file(model.boot.initrd));
+      fingerprint += fmt::format("kernel {}\ninitrd {}\n", kept_sha256(model.boot.kernel),
+                                 model.boot.initrd.empty() ? "" : kept_sha256(model.boot.initrd));
     }
     return fingerprint + QemuMachine(config, nlohmann::json()).hardware_signature();
   }
