@@ -36,13 +36,12 @@
 #include <boost/process/v2/stdio.hpp>
 #include <nlohmann/json.hpp>
 
-#include "files.h"
-#include "instance_record.h"
-#include "seed.h"
-#include "subprocess.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/environment.h"
 #include "vmfest/instance.h"
+#include "vmfest/internal/base.h"
+#include "vmfest/internal/guest.h"
+#include "vmfest/internal/registry.h"
 #include "vmfest/model.h"
 #include "vmfest/ssh/keys.h"
 #include "vmfest/ssh/session.h"

@@ -18,9 +18,9 @@
 #include <fmt/format.h>
 
 #include "child_process.h"
-#include "files.h"
 #include "http_server.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
 #include "vmfest/model.h"
 
 namespace {

@@ -21,10 +21,9 @@
 #include <boost/process/v2/process.hpp>
 #include <boost/process/v2/stdio.hpp>
 
-#include "files.h"
-#include "subprocess.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
+#include "vmfest/internal/base.h"
 
 namespace {
 namespace fs = std::filesystem;

@@ -18,9 +18,9 @@
 
 #include <fmt/format.h>
 
-#include "instance_record.h"
 #include "vmfest/error.h"
 #include "vmfest/instance.h"
+#include "vmfest/internal/registry.h"
 #include "vmfest/ssh/shell_quote.h"
 #include "vmfest_cli.h"
 

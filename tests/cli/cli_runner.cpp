@@ -14,8 +14,7 @@
 #include <boost/process/v2/process.hpp>
 #include <boost/process/v2/stdio.hpp>
 
-#include "files.h"
-#include "subprocess.h"
+#include "vmfest/internal/base.h"
 
 namespace vmfest::testing {
 namespace fs = std::filesystem;

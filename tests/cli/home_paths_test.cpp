@@ -18,9 +18,9 @@
 
 #include "child_process.h"
 #include "cli_runner.h"
-#include "files.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/home.h"
+#include "vmfest/internal/base.h"
 #include "vmfest/model.h"
 
 namespace {

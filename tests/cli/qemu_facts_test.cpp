@@ -11,9 +11,8 @@
 #include <string>
 
 #include "cli_runner.h"
-#include "files.h"
-#include "subprocess.h"
 #include "vmfest/gtest/fixture.h"
+#include "vmfest/internal/base.h"
 
 namespace {
 namespace fs = std::filesystem;

@@ -17,10 +17,10 @@
 
 #include "child_process.h"
 #include "cli_runner.h"
-#include "vm_slots.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/home.h"
 #include "vmfest/instance.h"
+#include "vmfest/internal/driver.h"
 
 namespace {
 namespace fs = std::filesystem;

@@ -14,10 +14,10 @@
 #include <string>
 
 #include "cli_runner.h"
-#include "files.h"
 #include "http_server.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
+#include "vmfest/internal/base.h"
 #include "vmfest/model.h"
 #include "vmfest/ssh/keys.h"
 

@@ -22,10 +22,10 @@
 #include "backends/libvirt/libvirt_api.h"
 #include "backends/libvirt/storage.h"
 #include "child_process.h"
-#include "files.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
+#include "vmfest/internal/base.h"
 
 namespace {
 namespace fs = std::filesystem;

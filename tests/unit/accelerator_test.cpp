@@ -4,8 +4,8 @@
 #include <fstream>
 
 #include "backends/qemu/accelerator.h"
-#include "subprocess.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
 
 namespace {
 namespace fs = std::filesystem;

@@ -1,4 +1,4 @@
-#include "boot_times.h"
+#include "vmfest/internal/registry.h"
 
 #include <gtest/gtest.h>
 
@@ -6,7 +6,7 @@
 
 #include <filesystem>
 
-#include "files.h"
+#include "vmfest/internal/base.h"
 
 namespace {
 namespace fs = std::filesystem;

@@ -8,8 +8,8 @@
 #include <thread>
 #include <vector>
 
-#include "files.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
 
 namespace {
 namespace fs = std::filesystem;

@@ -9,9 +9,8 @@
 #include <thread>
 
 #include "backends/qemu/host_qemu.h"
-#include "files.h"
-#include "sha256.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
 
 namespace {
 namespace qemu = vmfest::detail::qemu;

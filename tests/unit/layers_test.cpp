@@ -9,10 +9,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "layers.h"
 #include "vmfest/error.h"
 #include "vmfest/images.h"
-#include "warm.h"
+#include "vmfest/internal/image_store.h"
 
 namespace {
 namespace fs = std::filesystem;

@@ -7,8 +7,8 @@
 #include <fstream>
 #include <string>
 
-#include "files.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
 
 namespace {
 namespace fs = std::filesystem;

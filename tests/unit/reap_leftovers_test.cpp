@@ -10,10 +10,10 @@
 
 #include <fmt/format.h>
 
-#include "files.h"
-#include "instance_record.h"
 #include "vmfest/home.h"
 #include "vmfest/instance.h"
+#include "vmfest/internal/base.h"
+#include "vmfest/internal/registry.h"
 
 namespace {
 namespace fs = std::filesystem;

@@ -4,12 +4,10 @@
 #include <filesystem>
 #include <fstream>
 
-#include "files.h"
-#include "instance_record.h"
-#include "registry_store.h"
-#include "subprocess.h"
 #include "vmfest/error.h"
 #include "vmfest/instance.h"
+#include "vmfest/internal/base.h"
+#include "vmfest/internal/registry.h"
 #include "vmfest/model.h"
 
 namespace {

@@ -7,10 +7,9 @@
 
 #include <unistd.h>
 
-#include "guest_agent.h"
-#include "seed.h"
-#include "subprocess.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
+#include "vmfest/internal/guest.h"
 #include "vmfest/ssh/keys.h"
 
 namespace {

@@ -1,4 +1,4 @@
-#include "settings.h"
+#include "vmfest/internal/base.h"
 
 #include <gtest/gtest.h>
 

@@ -16,9 +16,8 @@
 
 #include "../support/child_process.h"
 #include "../support/http_server.h"
-#include "files.h"
-#include "subprocess.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
 #include "vmfest/model.h"
 #include "vmfest/ssh/shell_quote.h"
 

@@ -10,8 +10,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/process/v2/process.hpp>
 
-#include "files.h"
-#include "subprocess.h"
+#include "vmfest/internal/base.h"
 
 namespace {
 

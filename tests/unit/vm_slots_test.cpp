@@ -11,9 +11,9 @@
 #include <string>
 #include <thread>
 
-#include "files.h"
-#include "vm_slots.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
+#include "vmfest/internal/driver.h"
 
 namespace {
 namespace fs = std::filesystem;

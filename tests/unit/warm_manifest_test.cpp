@@ -3,7 +3,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "warm.h"
+#include "vmfest/internal/image_store.h"
 
 namespace {
 namespace fs = std::filesystem;

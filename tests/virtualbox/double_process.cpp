@@ -1,5 +1,5 @@
 #include "double_process.h"
-#include "subprocess.h"
+#include "vmfest/internal/base.h"
 
 #include <chrono>
 #include <fstream>

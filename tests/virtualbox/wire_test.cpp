@@ -12,7 +12,7 @@
 #include "backends/virtualbox/result_codes.h"
 #include "backends/virtualbox/vbox_api.h"
 #include "double_process.h"
-#include "subprocess.h"
+#include "vmfest/internal/base.h"
 
 namespace {
 namespace fs = std::filesystem;

@@ -15,10 +15,9 @@
 #include <nlohmann/json.hpp>
 
 #include "backends/qemu/accelerator.h"
-#include "files.h"
-#include "subprocess.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
+#include "vmfest/internal/base.h"
 #include "vmfest/model.h"
 
 namespace {

@@ -7,9 +7,9 @@
 #include <filesystem>
 #include <thread>
 
-#include "files.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
+#include "vmfest/internal/base.h"
 #include "vmfest/model.h"
 
 namespace {

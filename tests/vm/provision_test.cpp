@@ -14,13 +14,13 @@
 #include <fmt/format.h>
 
 #include "../support/child_process.h"
-#include "files.h"
-#include "instance_record.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/environment.h"
 #include "vmfest/instance.h"
+#include "vmfest/internal/base.h"
+#include "vmfest/internal/image_store.h"
+#include "vmfest/internal/registry.h"
 #include "vmfest/model.h"
-#include "warm.h"
 
 namespace {
 using vmfest::Instance;

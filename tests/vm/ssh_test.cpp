@@ -20,9 +20,9 @@
 
 #include <fmt/format.h>
 
-#include "files.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
+#include "vmfest/internal/base.h"
 #include "vmfest/ssh/keys.h"
 
 namespace {

@@ -10,12 +10,12 @@
 #include <map>
 #include <thread>
 
-#include "files.h"
-#include "instance_record.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/environment.h"
 #include "vmfest/instance.h"
-#include "warm.h"
+#include "vmfest/internal/base.h"
+#include "vmfest/internal/image_store.h"
+#include "vmfest/internal/registry.h"
 
 namespace {
 using vmfest::Instance;

@@ -13,8 +13,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "../../src/settings.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
 
 namespace vmfest::detail::libvirt {
 

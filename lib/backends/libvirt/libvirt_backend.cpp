@@ -14,9 +14,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "../../src/backend.h"
-#include "../../src/loopback_port.h"
-#include "../../src/sha256.h"
 #include "console_log.h"
 #include "domain_xml.h"
 #include "hosts.h"
@@ -24,6 +21,8 @@
 #include "placement.h"
 #include "storage.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
+#include "vmfest/internal/driver.h"
 
 namespace vmfest::detail::libvirt {
 namespace fs = std::filesystem;

@@ -10,11 +10,11 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "../../src/settings.h"
-#include "../../src/vm_slots.h"
 #include "domain_xml.h"
 #include "libvirt_api.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
+#include "vmfest/internal/driver.h"
 
 namespace vmfest::detail::libvirt {
 

@@ -19,12 +19,10 @@
 #include <boost/process/v2/stdio.hpp>
 #include <nlohmann/json.hpp>
 
-#include "../../src/files.h"
-#include "../../src/sha256.h"
-#include "../../src/subprocess.h"
 #include "host_qemu.h"
 #include "option_value.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
 
 namespace vmfest::detail::qemu {
 namespace fs = std::filesystem;

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "../../src/backend.h"
+#include "vmfest/internal/driver.h"
 
 namespace vmfest::detail::qemu {
 

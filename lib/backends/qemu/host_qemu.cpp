@@ -12,11 +12,8 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
-#include "../../src/files.h"
-#include "../../src/settings.h"
-#include "../../src/sha256.h"
-#include "../../src/subprocess.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
 
 namespace vmfest::detail::qemu {
 namespace fs = std::filesystem;

@@ -12,9 +12,6 @@
 #include <boost/process/v2/start_dir.hpp>
 #include <boost/process/v2/stdio.hpp>
 
-#include "../../src/files.h"
-#include "../../src/loopback_port.h"
-#include "../../src/subprocess.h"
 #include "accelerator.h"
 #include "command_line.h"
 #include "guest_port_watch.h"
@@ -23,6 +20,8 @@
 #include "qmp_client.h"
 #include "unix_socket.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
+#include "vmfest/internal/driver.h"
 #include "warm_state.h"
 
 namespace vmfest::detail::qemu {

@@ -4,7 +4,7 @@
 
 #include <memory>
 
-#include "../../src/backend.h"
+#include "vmfest/internal/driver.h"
 
 namespace vmfest::detail::qemu {
 

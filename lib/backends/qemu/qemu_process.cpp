@@ -16,8 +16,8 @@
 
 #include <fmt/format.h>
 
-#include "../../src/files.h"
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
 
 namespace vmfest::detail::qemu {
 namespace fs = std::filesystem;

@@ -6,12 +6,10 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "../../src/backend.h"
-#include "../../src/files.h"
-#include "../../src/loopback_port.h"
-#include "../../src/subprocess.h"
 #include "result_codes.h"
 #include "vbox_api.h"
+#include "vmfest/internal/base.h"
+#include "vmfest/internal/driver.h"
 
 namespace vmfest::detail::virtualbox {
 namespace fs = std::filesystem;

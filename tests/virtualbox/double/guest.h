@@ -7,7 +7,7 @@
 #include <memory>
 #include <string>
 
-#include "backend.h"
+#include "vmfest/internal/driver.h"
 
 namespace vmfest::vbox_double {
 

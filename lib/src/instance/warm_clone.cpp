@@ -7,8 +7,8 @@
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
+#include "../image_store/warm.h"
 #include "instance_impl.h"
-#include "warm.h"
 
 namespace vmfest {
 namespace fs = std::filesystem;

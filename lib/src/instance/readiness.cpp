@@ -7,7 +7,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "boot_times.h"
+#include "../registry/boot_times.h"
 #include "instance_impl.h"
 
 namespace vmfest {

@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "../base/sha256.h"
 #include "download.h"
 #include "gunzip.h"
 #include "output_file.h"
-#include "sha256.h"
 
 namespace vmfest::detail {
 

@@ -18,8 +18,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "../base/sha256.h"
 #include "output_file.h"
-#include "sha256.h"
 
 namespace vmfest::detail {
 namespace fs = std::filesystem;

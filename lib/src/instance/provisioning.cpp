@@ -4,9 +4,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "../image_store/layers.h"
+#include "../image_store/warm.h"
 #include "instance_impl.h"
-#include "layers.h"
-#include "warm.h"
 
 namespace vmfest {
 namespace fs = std::filesystem;

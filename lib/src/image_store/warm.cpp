@@ -12,11 +12,11 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "files.h"
-#include "guest_agent.h"
-#include "json_file.h"
-#include "seed.h"
-#include "sha256.h"
+#include "../base/files.h"
+#include "../base/json_file.h"
+#include "../base/sha256.h"
+#include "../guest/guest_agent.h"
+#include "../guest/seed.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail {

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "files.h"
+#include "../base/files.h"
 
 namespace vmfest::detail {
 

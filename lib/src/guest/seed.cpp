@@ -5,9 +5,9 @@
 
 #include <fmt/format.h>
 
-#include "files.h"
+#include "../base/files.h"
+#include "../base/subprocess.h"
 #include "guest_agent.h"
-#include "subprocess.h"
 
 namespace vmfest::detail {
 namespace fs = std::filesystem;

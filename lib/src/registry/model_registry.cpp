@@ -3,9 +3,9 @@
 
 #include <spdlog/spdlog.h>
 
-#include "files.h"
+#include "../base/files.h"
+#include "../base/json_file.h"
 #include "instance_record.h"
-#include "json_file.h"
 #include "registry_store.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"

@@ -10,9 +10,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "files.h"
-#include "instance_record.h"
-#include "json_file.h"
+#include "../base/files.h"
+#include "../base/json_file.h"
+#include "../registry/instance_record.h"
 #include "warm.h"
 
 namespace vmfest {

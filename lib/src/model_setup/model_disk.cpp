@@ -9,9 +9,9 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
-#include "files.h"
-#include "sha256.h"
-#include "subprocess.h"
+#include "../base/files.h"
+#include "../base/sha256.h"
+#include "../base/subprocess.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail {

@@ -16,7 +16,7 @@
 #include <thread>
 #include <vector>
 
-#include "files.h"
+#include "../base/files.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"
 

@@ -7,9 +7,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "../image_store/warm.h"
+#include "../registry/registry_store.h"
 #include "instance_impl.h"
-#include "registry_store.h"
-#include "warm.h"
 
 namespace vmfest {
 namespace fs = std::filesystem;

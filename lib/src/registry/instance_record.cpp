@@ -2,8 +2,8 @@
 
 #include <fmt/format.h>
 
-#include "files.h"
-#include "json_file.h"
+#include "../base/files.h"
+#include "../base/json_file.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail {

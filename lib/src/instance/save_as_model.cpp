@@ -3,10 +3,10 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "base_plan.h"
-#include "files.h"
+#include "../base/files.h"
+#include "../image_store/base_plan.h"
+#include "../image_store/warm.h"
 #include "instance_impl.h"
-#include "warm.h"
 
 namespace vmfest {
 namespace fs = std::filesystem;

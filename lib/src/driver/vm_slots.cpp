@@ -14,7 +14,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "settings.h"
+#include "../base/settings.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail {

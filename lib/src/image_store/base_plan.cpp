@@ -4,7 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "instance_impl.h"
+#include "../instance/instance_impl.h"
 #include "layers.h"
 #include "warm.h"
 

@@ -8,8 +8,8 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
-#include "files.h"
-#include "json_file.h"
+#include "../base/files.h"
+#include "../base/json_file.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail {

@@ -11,16 +11,16 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "../base/files.h"
+#include "../base/json_file.h"
+#include "../base/sha256.h"
+#include "../base/subprocess.h"
+#include "../registry/registry_store.h"
 #include "archive.h"
 #include "content_writer.h"
 #include "download.h"
-#include "files.h"
-#include "json_file.h"
 #include "model_disk.h"
 #include "output_file.h"
-#include "registry_store.h"
-#include "sha256.h"
-#include "subprocess.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"
 

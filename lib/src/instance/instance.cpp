@@ -12,13 +12,13 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "base_plan.h"
+#include "../base/json_file.h"
+#include "../guest/seed.h"
+#include "../image_store/base_plan.h"
+#include "../image_store/warm.h"
+#include "../registry/registry_store.h"
 #include "instance_impl.h"
-#include "json_file.h"
-#include "registry_store.h"
-#include "seed.h"
 #include "vmfest/ssh/keys.h"
-#include "warm.h"
 
 namespace vmfest {
 namespace fs = std::filesystem;

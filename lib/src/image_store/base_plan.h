@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <string>
 
-#include "backend.h"
+#include "../driver/backend.h"
 #include "vmfest/home.h"
 #include "vmfest/instance.h"
 #include "vmfest/model.h"

@@ -7,8 +7,8 @@
 
 #include <fmt/format.h>
 
-#include "files.h"
-#include "sha256.h"
+#include "../base/files.h"
+#include "../base/sha256.h"
 #include "vmfest/error.h"
 #include "warm.h"
 

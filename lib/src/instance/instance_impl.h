@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "backend.h"
-#include "files.h"
-#include "instance_record.h"
-#include "vm_slots.h"
+#include "../base/files.h"
+#include "../driver/backend.h"
+#include "../driver/vm_slots.h"
+#include "../registry/instance_record.h"
 #include "vmfest/error.h"
 #include "vmfest/instance.h"
 #include "vmfest/model.h"
