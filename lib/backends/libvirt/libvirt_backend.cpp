@@ -85,12 +85,6 @@ class LibvirtMachine final : public Machine {
   }
 
   void create_disk() override {
-    if (config_.private_nic) {
-      throw BackendError(fmt::format(
-          "instance '{}': the libvirt backend cannot join a private segment (its hub is a unix "
-          "datagram socket on this machine); run this test on the QEMU backend",
-          config_.instance_name));
-    }
     host_ = choose_host();
     domain_type_ = domain_type();
     outlives_owner_ = config_.outlives_owner;
@@ -326,16 +320,11 @@ class LibvirtBackend final : public Backend {
   // No warm images: a warm image is a save file restored per clone (virDomainSaveFlags,
   // virDomainRestoreFlags with an XML pointing at the clone's own overlay), and libvirt's QEMU
   // driver neither saves a domain started with AUTODESTROY nor restores one with it (restore takes
-  // no such flag). Warm clones would outlive a killed test; vmfest keeps that guarantee, boots
-  // cold, and says so once.
-  std::string warm_fingerprint(const MachineConfig& /*config*/) override {
-    static std::once_flag said;
-    std::call_once(said, [] {
-      spdlog::info(
-          "vmfest: the libvirt backend makes no warm images (libvirt cannot restore a saved "
-          "domain that dies with its test process): its instances boot cold");
-    });
-    return "";
+  // no such flag). Warm clones would outlive a killed test; vmfest keeps that guarantee and boots
+  // cold. No private segments: vmfest's segment hub is a unix datagram socket on this machine.
+  [[nodiscard]] Capabilities capabilities() const override {
+    return {.why_no_warm_images =
+                "libvirt cannot restore a saved domain that dies with its test process"};
   }
 
   // Only where the libvirt backend is in use: a reap must not knock on a libvirtd nobody asked for.

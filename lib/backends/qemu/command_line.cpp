@@ -4,21 +4,30 @@
 
 #include "host_qemu.h"
 #include "option_value.h"
+#include "qemu_backend.h"
 
 namespace vmfest::detail::qemu {
 
+NLOHMANN_JSON_SERIALIZE_ENUM(StorageBus, {{StorageBus::Virtio, "virtio"},
+                                          {StorageBus::Ide, "ide"},
+                                          {StorageBus::Sata, "sata"},
+                                          {StorageBus::VirtioScsi, "virtio-scsi"}})
+
 namespace {
+
+constexpr const char* kStorageBusOption = "storage_bus";
 
 constexpr const char* kMemoryBackend = "ram0";
 
 // The disk and the NoCloud seed (a CD-ROM where the bus has one) on the configured controller.
 void add_storage(const MachineConfig& config, std::vector<std::string>& args) {
+  const StorageBus bus = storage_bus(config);
   const std::string disk = fmt::format("file={},if=none,id=disk0,format=qcow2", kDisk);
-  const std::string seed = fmt::format(
-      "file={},if=none,id=seed0,format=raw,readonly=on{}", option_value(config.seed_image),
-      config.storage_bus == StorageBus::Virtio ? "" : ",media=cdrom");
+  const std::string seed =
+      fmt::format("file={},if=none,id=seed0,format=raw,readonly=on{}",
+                  option_value(config.seed_image), bus == StorageBus::Virtio ? "" : ",media=cdrom");
   args.insert(args.end(), {"-drive", disk, "-drive", seed});
-  switch (config.storage_bus) {
+  switch (bus) {
     case StorageBus::Virtio:
       args.insert(args.end(), {"-device", "virtio-blk-pci,drive=disk0,id=vblk0", "-device",
                                "virtio-blk-pci,drive=seed0,id=vblk1"});
@@ -41,6 +50,14 @@ void add_storage(const MachineConfig& config, std::vector<std::string>& args) {
 }
 
 }  // namespace
+
+void set_storage_bus(MachineConfig& config, StorageBus bus) {
+  config.backend_options[kStorageBusOption] = bus;
+}
+
+StorageBus storage_bus(const MachineConfig& config) {
+  return config.backend_options.value(kStorageBusOption, StorageBus::Virtio);
+}
 
 std::vector<std::string> qemu_arguments(const MachineConfig& config, const LaunchSettings& launch) {
   const Model& model = config.model;

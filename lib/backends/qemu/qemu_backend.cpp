@@ -20,8 +20,10 @@
 #include "qmp_client.h"
 #include "unix_socket.h"
 #include "vmfest/error.h"
+#include "vmfest/home.h"
 #include "vmfest/internal/base.h"
 #include "vmfest/internal/driver.h"
+#include "vmfest/model.h"
 #include "warm_state.h"
 
 namespace vmfest::detail::qemu {
@@ -44,12 +46,24 @@ constexpr milliseconds kKvmColdLifeBound{20000};
 constexpr milliseconds kKvmWarmLifeBound{10000};
 constexpr const char* kKvmQemuLog = "qemu-kvm.log";  // the failed KVM run's log, kept
 
+// The kernel of a kernel-boot model registered in `home`; empty if none.
+fs::path registered_kernel(const fs::path& home) {
+  try {
+    for (const Model& model : ModelRegistry(Home(home)).list()) {
+      if (model.boot.kind == BootSpec::Kind::Kernel) return model.boot.kernel;
+    }
+  } catch (const Error& error) {
+    spdlog::debug("vmfest: no kernel-boot model found in {}: {}", home.string(), error.what());
+  }
+  return {};
+}
+
 // The probe boots a Linux kernel whatever the model boots from: a disk-booted model's bootloader
 // runs under KVMs that hang the kernel it loads.
 AcceleratorChoice accelerator_choice(const MachineConfig& config) {
   const fs::path kernel = config.model.boot.kind == BootSpec::Kind::Kernel
                               ? config.model.boot.kernel
-                              : find_probe_kernel(config.registered_kernel);
+                              : find_probe_kernel(registered_kernel(config.home));
   return choose_accelerator(qemu_binary(), accelerator_cache_directory(), kernel, kProbeTimeout);
 }
 
@@ -534,6 +548,12 @@ class QemuMachine final : public Machine {
 class QemuBackend final : public Backend {
  public:
   [[nodiscard]] std::string name() const override { return "qemu"; }
+  [[nodiscard]] Capabilities capabilities() const override {
+    return {.warm_images = true,
+            .export_disk = true,
+            .private_segments = true,
+            .why_no_warm_images = {}};
+  }
   std::unique_ptr<Machine> machine(const MachineConfig& config,
                                    const nlohmann::json& saved) override {
     return std::make_unique<QemuMachine>(config, saved);

@@ -8,6 +8,7 @@
 
 #include "result_codes.h"
 #include "vbox_api.h"
+#include "vmfest/home.h"
 #include "vmfest/internal/base.h"
 #include "vmfest/internal/driver.h"
 
@@ -65,7 +66,7 @@ InstanceState to_instance_state(vbox__MachineState state) {
 // instance attaches it and VirtualBox gives the instance its own differencing image on top.
 std::string model_medium(VirtualBoxApi& api, const MachineConfig& config) {
   const Model& model = config.model;
-  const fs::path folder = config.cache_directory / "virtualbox";
+  const fs::path folder = Home(config.home).cache() / "virtualbox";
   fs::create_directories(folder);
   const std::string content = model.sha256.empty() ? "unhashed" : model.sha256.substr(0, 16);
   const fs::path vdi = folder / fmt::format("{}-{}.vdi", model.name, content);
@@ -109,12 +110,6 @@ class VirtualBoxMachine final : public Machine {
   }
 
   void create_disk() override {
-    if (config_.private_nic) {
-      throw BackendError(fmt::format(
-          "instance '{}': the VirtualBox backend cannot join a private segment (its hub is a unix "
-          "datagram socket, which VirtualBox has no card for); run this test on the QEMU backend",
-          config_.instance_name));
-    }
     with_api([&](VirtualBoxApi& api) {
       const fs::path folder = config_.directory / kMachineFolder;
       const std::string disk =
@@ -343,6 +338,12 @@ class VirtualBoxMachine final : public Machine {
 class VirtualBoxBackend final : public Backend {
  public:
   [[nodiscard]] std::string name() const override { return "virtualbox"; }
+  // No private segments: vmfest's segment hub is a unix datagram socket, which VirtualBox has no
+  // card for. No warm images: vmfest resumes a clone from a state file through the guest agent's
+  // channel, and vboxwebsrv's saved states and snapshots belong to one VM, not to its clones.
+  [[nodiscard]] Capabilities capabilities() const override {
+    return {.why_no_warm_images = "a VirtualBox saved state belongs to one VM, not to its clones"};
+  }
   std::unique_ptr<Machine> machine(const MachineConfig& config,
                                    const nlohmann::json& saved) override {
     return std::make_unique<VirtualBoxMachine>(config, saved);

@@ -25,27 +25,35 @@ void warn_power_button_ignored(const std::string& instance, std::chrono::millise
       instance, grace.count());
 }
 
+// The defaults of what a capability adds: the core asks Backend::capabilities() before it calls
+// one, so reaching a default means a backend claims a capability it does not implement.
+namespace {
+BackendError not_implemented(const char* what) {
+  return BackendError(fmt::format("this backend claims to {} but does not implement it", what));
+}
+}  // namespace
+
 nlohmann::json Machine::save_warm_image(const std::filesystem::path& /*image_directory*/) {
-  throw BackendError("this backend cannot save warm images; use cold instances (VMFEST_WARM=0)");
+  throw not_implemented(kWarmImages.ability);
 }
 
 void Machine::export_disk(const std::filesystem::path& /*destination*/) {
-  throw BackendError(
-      "this backend cannot export an instance's disk; save_as_model needs the QEMU backend");
+  throw not_implemented(kExportDisk.ability);
 }
 
 nlohmann::json Machine::save_warm_image_of(const Model& /*model*/,
                                            const std::filesystem::path& /*image_directory*/) {
-  throw BackendError("this backend cannot save a running guest's memory");
+  throw not_implemented(kExportDisk.ability);
 }
 
 std::string Machine::agent_exchange(const std::string& /*request*/,
                                     std::chrono::milliseconds /*timeout*/) {
-  throw BackendError("this backend has no channel to a guest agent");
+  throw not_implemented(kWarmImages.ability);
 }
 
-std::string Backend::warm_fingerprint(const MachineConfig& /*config*/) { return ""; }
-
+std::string Backend::warm_fingerprint(const MachineConfig& /*config*/) {
+  throw not_implemented(kWarmImages.ability);
+}
 std::vector<std::string> Backend::remove_orphans(const Home& /*home*/) { return {}; }
 
 }  // namespace vmfest::detail

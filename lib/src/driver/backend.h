@@ -21,10 +21,6 @@ namespace vmfest::detail {
 
 // Everything a backend needs to make one VM. The core owns `directory` (it creates it and removes
 // it); the backend keeps its files for this VM inside it.
-// The controller the disk and the seed hang on. QEMU instances use virtio; a hypervisor that
-// emulates other hardware (the VirtualBox test double) asks for what its VM was configured with.
-enum class StorageBus { Virtio, Ide, Sata, VirtioScsi };
-
 struct MachineConfig {
   std::string instance_name;
   std::filesystem::path directory;
@@ -32,10 +28,9 @@ struct MachineConfig {
   Profile profile;
   std::filesystem::path seed_image;  // cloud-init NoCloud ISO (label cidata), attached read-only
   bool full_copy = false;            // permanent VM: its own full copy of the model's disk
-  std::filesystem::path cache_directory;  // the home's cache, for files the backend keeps
-  // A Linux kernel of a kernel-boot model registered in the home (empty if none), for a backend
-  // that tests the hypervisor by booting one whatever this model boots from.
-  std::filesystem::path registered_kernel;
+  // The home's root (vmfest/home.h): its cache for files the backend keeps across instances, its
+  // registered models for a backend that probes the hypervisor with one.
+  std::filesystem::path home;
   int ssh_host_port = 0;  // host port forwarded to the guest's SSH port; 0: the backend picks one
   std::optional<PrivateNic> private_nic = std::nullopt;  // a second card on a private segment
   // A warm image (see warm.h) to clone: the disk is an overlay on its base and the first launch
@@ -44,7 +39,9 @@ struct MachineConfig {
   // This boot becomes a warm image (save_warm_image follows): a backend that keeps a warm image's
   // memory in a file of its own must give the guest that memory from the start.
   bool saves_warm_image = false;
-  StorageBus storage_bus = StorageBus::Virtio;
+  // Options that one backend defines and reads alone, set by a caller that drives that backend
+  // directly (a test double standing in for another hypervisor); the core sets none.
+  nlohmann::json backend_options = nlohmann::json::object();
   // The VM must outlive the process that starts it (a detached or permanent instance); a backend
   // may tie an owned instance's VM to its owner process, so a killed test leaks no VM.
   bool outlives_owner = false;
@@ -116,16 +113,41 @@ class Machine {
   [[nodiscard]] virtual bool resumed_warm() const { return false; }
 };
 
+// What a backend can do beyond the lifecycle every backend has. The core asks before it relies on
+// one, and refuses or falls back in one place, so no backend repeats a refusal.
+struct Capabilities {
+  // Saves a booted guest as a warm image and resumes clones from it: Machine::save_warm_image,
+  // agent_exchange and resumed_warm, Backend::warm_fingerprint.
+  bool warm_images = false;
+  // Writes an instance's disk as a standalone image (Machine::export_disk), and with warm_images
+  // its paused memory as the new model's warm image (save_warm_image_of): Instance::save_as_model.
+  bool export_disk = false;
+  // Gives a VM a second card on a private segment (MachineConfig::private_nic).
+  bool private_segments = false;
+  // Why no warm images, for the line that says once that the backend's instances boot cold.
+  std::string why_no_warm_images;
+};
+// A capability, with the words that say what it lets a backend do.
+struct Capability {
+  bool Capabilities::*flag;
+  const char* ability;  // "join a private segment"
+};
+inline constexpr Capability kWarmImages{&Capabilities::warm_images, "make warm images"};
+inline constexpr Capability kExportDisk{&Capabilities::export_disk, "export an instance's disk"};
+inline constexpr Capability kPrivateSegments{&Capabilities::private_segments,
+                                             "join a private segment"};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   [[nodiscard]] virtual std::string name() const = 0;
+  [[nodiscard]] virtual Capabilities capabilities() const = 0;
   // A machine for `config`; `saved` is what saved_state() returned earlier (null for a new one).
   virtual std::unique_ptr<Machine> machine(const MachineConfig& config,
                                            const nlohmann::json& saved) = 0;
   // Everything that makes a warm image of `config` valid (hypervisor version, machine type,
-  // accelerator, the exact hardware); a different fingerprint needs a new image. Empty when the
-  // backend cannot make warm images.
+  // accelerator, the exact hardware); a different fingerprint needs a new image. Asked only of a
+  // backend that can make warm images.
   virtual std::string warm_fingerprint(const MachineConfig& config);
   // Removes what the backend keeps outside instance folders for instances of `home` whose folders
   // are gone (a process killed before it recorded its VM, a home emptied by hand), on the
@@ -146,6 +168,10 @@ struct BackendRegistration {
 std::unique_ptr<Backend> make_backend(const std::string& name);
 // The registered backends' names, sorted.
 std::vector<std::string> backend_names();
+// Throws BackendError, saying what `action` needed and which of this program's backends have it,
+// when `backend` lacks `capability`.
+void require_capability(const Backend& backend, const Capability& capability,
+                        const std::string& action);
 // $VMFEST_BACKEND, or else the build's default (CMake's VMFEST_DEFAULT_BACKEND, "qemu" unless
 // set otherwise).
 std::string default_backend_name();

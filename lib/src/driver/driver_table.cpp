@@ -40,6 +40,19 @@ std::unique_ptr<Backend> make_backend(const std::string& name) {
       name, fmt::join(backend_names(), ", "), option, name, name));
 }
 
+void require_capability(const Backend& backend, const Capability& capability,
+                        const std::string& action) {
+  if (backend.capabilities().*capability.flag) return;
+  std::vector<std::string> able;
+  for (const auto& [name, factory] : drivers()) {
+    if (factory()->capabilities().*capability.flag) able.push_back(name);
+  }
+  throw BackendError(fmt::format(
+      "{}: backend '{}' cannot {}; {}", action, backend.name(), capability.ability,
+      able.empty() ? std::string("none of this program's backends can")
+                   : fmt::format("run it with VMFEST_BACKEND={}", fmt::join(able, " or "))));
+}
+
 std::string default_backend_name() {
   const char* name = std::getenv("VMFEST_BACKEND");
   return name != nullptr && *name != '\0' ? std::string(name) : std::string(VMFEST_DEFAULT_BACKEND);

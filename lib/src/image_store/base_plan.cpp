@@ -1,10 +1,11 @@
 #include "base_plan.h"
 
 #include <atomic>
+#include <mutex>
+#include <set>
 
 #include <spdlog/spdlog.h>
 
-#include "../instance/instance_impl.h"
 #include "layers.h"
 #include "warm.h"
 
@@ -21,8 +22,7 @@ MachineConfig fingerprint_config(const Home& home, const Model& model, const Pro
   probe.model = model;
   probe.profile = profile;
   probe.seed_image = home.cache() / "seed.iso";
-  probe.cache_directory = home.cache();
-  probe.registered_kernel = registered_kernel(home);
+  probe.home = home.root();
   return probe;
 }
 
@@ -32,17 +32,29 @@ WarmLocation warm_image_location(const Home& home, const Model& model, const Pro
                                  Backend& backend) {
   const std::string fingerprint =
       backend.warm_fingerprint(fingerprint_config(home, model, profile));
-  if (fingerprint.empty()) return {};
   return {warm_image_directory(model, profile, fingerprint), fingerprint};
 }
 
 namespace {
 
+// Says once per backend that its instances boot cold, and why.
+void tell_no_warm_images(const Backend& backend, const std::string& why) {
+  static std::mutex mutex;
+  static std::set<std::string> told;
+  const std::lock_guard lock(mutex);
+  if (!told.insert(backend.name()).second) return;
+  spdlog::info("vmfest: backend '{}' makes no warm images ({}): its instances boot cold",
+               backend.name(), why);
+}
+
 // The model's warm image in `plan` (ready to resume, or to build); nothing when it cannot have one.
 void plan_warm_image(const Home& home, const Model& model, const Profile& profile, Backend& backend,
                      BasePlan& plan) {
+  if (const Capabilities capabilities = backend.capabilities(); !capabilities.warm_images) {
+    tell_no_warm_images(backend, capabilities.why_no_warm_images);
+    return;
+  }
   const fs::path image = warm_image_location(home, model, profile, backend).directory;
-  if (image.empty()) return;
   switch (check_warm_image(image)) {
     case WarmStatus::Ready:
       plan.resume = image;

@@ -28,8 +28,8 @@ struct BasePlan {
 BasePlan plan_base(const Home& home, const Model& model, const Profile& profile, Backend& backend,
                    const ProvisionSteps& steps, bool warm);
 
-// Where the warm image of `model` and `profile` lives, and the fingerprint it is keyed by; both
-// empty when the backend cannot make one.
+// Where the warm image of `model` and `profile` lives, and the fingerprint it is keyed by, on a
+// backend that can make warm images.
 struct WarmLocation {
   std::filesystem::path directory;
   std::string fingerprint;

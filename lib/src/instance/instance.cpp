@@ -53,18 +53,6 @@ bool instance_creation_under_way(const std::string& folder_name) {
   return ::kill(std::stoi(pid), 0) == 0 || errno == EPERM;
 }
 
-fs::path registered_kernel(const Home& home) {
-  try {
-    for (const Model& model : ModelRegistry(home).list()) {
-      if (model.boot.kind == BootSpec::Kind::Kernel) return model.boot.kernel;
-    }
-  } catch (const Error& error) {
-    spdlog::debug("vmfest: no kernel-boot model found in {}: {}", home.models().string(),
-                  error.what());
-  }
-  return {};
-}
-
 MachineConfig machine_config(const Home& home, const InstanceRecord& record, const Model& model) {
   MachineConfig config;
   config.instance_name = record.name;
@@ -73,8 +61,7 @@ MachineConfig machine_config(const Home& home, const InstanceRecord& record, con
   config.profile = record.profile;
   config.seed_image = config.directory / "seed.iso";
   config.full_copy = record.permanent;
-  config.cache_directory = home.cache();
-  config.registered_kernel = registered_kernel(home);
+  config.home = home.root();
   config.warm_image = record.warm_image;
   config.saves_warm_image = !record.warm_build.empty() || !record.layer_build.empty();
   config.outlives_owner = record.detached || record.permanent;
@@ -95,7 +82,8 @@ RecordedMachine recorded_machine(const Home& home, const InstanceRecord& record,
                                  const fs::path& directory) {
   RecordedMachine recorded;
   try {
-    recorded.backend = make_backend(record.backend);
+    recorded.backend =
+        make_backend(record.backend.empty() ? default_backend_name() : record.backend);
   } catch (const InvalidArgument& error) {
     throw invalid_record(directory, error.what());
   }
@@ -292,6 +280,10 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
   impl->record.detached = request.detached;
   impl->record.owner_pid = static_cast<int>(::getpid());
   impl->backend = detail::make_backend(impl->record.backend);
+  if (request.private_nic) {
+    detail::require_capability(*impl->backend, detail::kPrivateSegments,
+                               fmt::format("instance '{}'", name));
+  }
   impl->owned = true;
   // What it starts from, as the image store plans it (the first start builds what is missing).
   const detail::BasePlan plan = detail::plan_base(
@@ -370,6 +362,7 @@ Instance Instance::open(const std::string& name, const Home& home) {
   impl->model = model_or_stub(home, record->model);
   RecordedMachine recorded = recorded_machine(home, *record, impl->model, directory);
   impl->backend = std::move(recorded.backend);
+  impl->record.backend = impl->backend->name();
   impl->machine = std::move(recorded.machine);
   ssh::KeyPair client = ssh::KeyPair::load(directory / detail::kClientKey);
   std::string host = detail::read_text(directory / detail::kHostPublicKey);

@@ -33,8 +33,6 @@ std::string random_suffix();
 std::string new_instance_folder_name(const std::string& name);
 // False when `folder_name` is such a folder whose creating process has exited.
 bool instance_creation_under_way(const std::string& folder_name);
-// The kernel of a registered kernel-boot model (the QEMU backend's probe boots it); empty if none.
-std::filesystem::path registered_kernel(const Home& home);
 MachineConfig machine_config(const Home& home, const InstanceRecord& record, const Model& model);
 // The model, or a placeholder when the model of a leaked instance is gone: enough to stop and
 // remove it.
@@ -150,7 +148,7 @@ struct Instance::Impl {
                         const char* phase);
   // This VM's warm fingerprint when the model's warm image it was keyed by is still
   // `model_warm_image` (a boot can change the setup: a KVM that cannot run the guest falls back
-  // to TCG); empty when it is not, or when the backend cannot make warm images.
+  // to TCG); empty when it is not.
   [[nodiscard]] std::string fingerprint_still_of(
       const std::filesystem::path& model_warm_image) const;
   std::string quiesce_for_memory_save();

@@ -57,11 +57,10 @@ std::string Instance::Impl::quiesce_for_memory_save() {
 }
 
 void Instance::Impl::save_memory_as_warm_image(const Model& saved) {
+  detail::require_capability(*backend, detail::kWarmImages,
+                             fmt::format("saving the memory of instance '{}'", record.name));
   const detail::WarmLocation location =
       detail::warm_image_location(home, saved, record.profile, *backend);
-  if (location.directory.empty()) {
-    throw BackendError("backend '" + backend->name() + "' cannot make warm images");
-  }
   fs::create_directories(location.directory.parent_path());
   // The new model is registered already: an instance of it may be building this very image.
   detail::FileLock lock(detail::warm_build_lock(location.directory));
@@ -81,6 +80,9 @@ void Instance::Impl::save_memory_as_warm_image(const Model& saved) {
 Model Instance::Impl::save_as_model(const std::string& model_name) {
   validate_name(model_name, "model");
   require_alive_handle("save as a model");
+  detail::require_capability(
+      *backend, detail::kExportDisk,
+      fmt::format("cannot save instance '{}' as model '{}'", record.name, model_name));
   if (ModelRegistry(home).find(model_name)) {
     throw ModelError(fmt::format(
         "cannot save instance '{}' as model '{}': a model of that name exists; choose another "

@@ -95,8 +95,7 @@ bool Instance::Impl::lock_image_build(std::optional<detail::FileLock>& lock, con
 std::string Instance::Impl::fingerprint_still_of(const fs::path& model_warm_image) const {
   const std::string fingerprint =
       backend->warm_fingerprint(detail::machine_config(home, record, model));
-  if (fingerprint.empty() ||
-      detail::warm_image_directory(model, record.profile, fingerprint) != model_warm_image) {
+  if (detail::warm_image_directory(model, record.profile, fingerprint) != model_warm_image) {
     return {};
   }
   return fingerprint;

@@ -26,7 +26,7 @@ std::optional<InstanceRecord> read_instance_record(const fs::path& directory) {
         InstanceRecord record;
         record.name = json.at("name").get<std::string>();
         record.model = json.at("model").get<std::string>();
-        record.backend = json.value("backend", "qemu");
+        record.backend = json.value("backend", "");
         const auto profile = json.value("profile", nlohmann::json::object());
         record.profile = Profile{profile.value("name", "custom"), profile.value("memory_mib", 256),
                                  profile.value("cpus", 1)};

@@ -28,6 +28,7 @@ constexpr const char* kHostKeyOpenssh = "host_ed25519";
 struct InstanceRecord {
   std::string name;
   std::string model;
+  // The driver that made it; empty in a record older than the field: the build's default backend.
   std::string backend;
   Profile profile;
   bool permanent = false;

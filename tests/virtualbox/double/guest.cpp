@@ -1,7 +1,7 @@
 #include "guest.h"
 
-#include "../backends/qemu/qemu_backend.h"
-#include "../backends/qemu/qmp_client.h"
+#include "backends/qemu/qemu_backend.h"
+#include "backends/qemu/qmp_client.h"
 #include "vmfest/home.h"
 #include "vmfest/model.h"
 
@@ -19,7 +19,7 @@ detail::MachineConfig qemu_config(const fs::path& storage, Model model) {
   config.instance_name = storage.filename().string();
   config.directory = storage;
   config.model = std::move(model);
-  config.cache_directory = Home::from_environment().cache();
+  config.home = Home::from_environment().root();
   return config;
 }
 
@@ -46,7 +46,7 @@ Guest::Guest(const GuestSpec& spec) : spec_(spec) {
       Profile{"virtualbox", static_cast<int>(spec.memory_mib), static_cast<int>(spec.cpus)};
   config.seed_image = spec.dvd;
   // As VirtualBox does: the BIOS boots the disk on the controller it is attached to.
-  config.storage_bus = spec.bus;
+  detail::qemu::set_storage_bus(config, spec.bus);
   config.ssh_host_port = spec.host_port;
   qemu_ = detail::qemu::make_qemu_backend()->machine(config, {});
 }

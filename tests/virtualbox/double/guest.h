@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "backends/qemu/qemu_backend.h"
 #include "vmfest/internal/driver.h"
 
 namespace vmfest::vbox_double {
@@ -16,7 +17,7 @@ struct GuestSpec {
   std::filesystem::path storage;  // the disk's folder (create_disk made it)
   std::filesystem::path base;     // the medium the disk is a copy-on-write image of
   std::filesystem::path dvd;
-  detail::StorageBus bus = detail::StorageBus::Ide;  // of the disk's controller
+  detail::qemu::StorageBus bus = detail::qemu::StorageBus::Ide;  // of the disk's controller
   unsigned memory_mib = 128;
   unsigned cpus = 1;
   int host_port = 0;  // of the NAT rule to the guest's SSH port (0: none)

@@ -43,16 +43,16 @@ void require_locked(const Session& session) {
 }
 
 // The QEMU controller that stands in for the VM's: the buses the double can emulate.
-detail::StorageBus guest_bus(const Settings& settings, const std::string& controller) {
+detail::qemu::StorageBus guest_bus(const Settings& settings, const std::string& controller) {
   for (const auto& [name, bus] : settings.controllers) {
     if (name != controller) continue;
     switch (bus) {
       case vbox__StorageBus::IDE:
-        return detail::StorageBus::Ide;
+        return detail::qemu::StorageBus::Ide;
       case vbox__StorageBus::SATA:
-        return detail::StorageBus::Sata;
+        return detail::qemu::StorageBus::Sata;
       case vbox__StorageBus::VirtioSCSI:
-        return detail::StorageBus::VirtioScsi;
+        return detail::qemu::StorageBus::VirtioScsi;
       default:
         fail(result::kNotSupported,
              fmt::format("test double: the disk's controller '{}' has a bus the double cannot "
