@@ -22,7 +22,6 @@
 
 namespace vmfest {
 namespace fs = std::filesystem;
-using detail::Clock;
 using detail::model_or_stub;
 using detail::no_such_instance;
 using detail::random_suffix;
@@ -162,14 +161,6 @@ void reap_once_per_process(const Home& home) {
 
 }  // namespace
 
-void Instance::Impl::phase_done(const char* name) {
-  const auto now = Clock::now();
-  start_phases.push_back({name, std::chrono::duration<double>(now - phase_begin).count()});
-  phase_begin = now;
-  spdlog::debug("instance {}: start phase '{}' took {:.3f} s", record.name, name,
-                start_phases.back().seconds);
-}
-
 fs::path Instance::Impl::directory() const { return home.instances() / record.name; }
 
 void Instance::Impl::save_record() {
@@ -220,8 +211,14 @@ ssh::Endpoint Instance::Impl::endpoint() const {
   return endpoint;
 }
 
-std::string Instance::Impl::console_tail(std::size_t lines) const {
-  return detail::tail_lines(machine->console_log(), lines);
+detail::ReadinessWaiter Instance::Impl::readiness() {
+  return {{home, model, record.name, *machine, endpoint(), credentials}, ready_timeout, clock};
+}
+
+void Instance::Impl::wait_until_ready(bool cold) { session.emplace(readiness().wait(cold)); }
+
+void Instance::Impl::report_progress(const char* phase) {
+  clock.report_progress(phase, machine->console_log());
 }
 
 void Instance::Impl::destroy() {
@@ -229,8 +226,7 @@ void Instance::Impl::destroy() {
   machine->kill();
   machine->remove();
   slot.reset();
-  warm_build_lock.reset();
-  layer_build_lock.reset();
+  build.release_locks();
   // The owner lock is held until the folder is gone, so a reaper never races this removal.
   fs::remove_all(directory());
   owner_lock.reset();
@@ -292,13 +288,13 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
   impl->record.warm_image = plan.resume.string();
   impl->record.warm_build = plan.build_warm.string();
   impl->record.layer_build = plan.build_layer.string();
-  impl->steps = request.provision;
-  impl->steps_inherited = plan.steps_inherited;
-  impl->layer_base = plan.layer_base;
-  impl->steps_pending_after_boot = plan.steps_after_boot;
+  impl->build.steps = request.provision;
+  impl->build.steps_inherited = plan.steps_inherited;
+  impl->build.layer_base = plan.layer_base;
+  impl->build.steps_pending_after_boot = plan.steps_after_boot;
   if (!plan.resume.empty()) detail::mark_warm_image_used(plan.resume);
   impl->ready_timeout = request.ready_timeout;
-  impl->on_progress = request.on_progress;
+  impl->clock.on_progress(request.on_progress);
 
   // Reserve the name atomically across processes: build a private folder, hold its owner lock,
   // then rename it into place (rename fails when the name exists).
@@ -374,45 +370,40 @@ Instance Instance::open(const std::string& name, const Home& home) {
 void Instance::start() {
   impl_->require_state("start", {InstanceState::Created, InstanceState::Stopped});
   impl_->session.reset();
-  const auto begin = Clock::now();
-  impl_->start_phases.clear();
-  impl_->start_begin = begin;
-  impl_->phase_begin = begin;
-  impl_->last_progress = begin;
+  impl_->clock.begin(impl_->record.name);
   if (!impl_->slot)
     impl_->slot.emplace(detail::acquire_vm_slot(impl_->record.name, slot_timeout()));
-  impl_->phase_done("slot");
+  impl_->clock.phase_done("slot");
   impl_->resumed_warm = false;
   try {
     impl_->prepare_layer_start();
     impl_->prepare_warm_start();
     impl_->machine->launch(&impl_->slot.value());
-    impl_->phase_done("launch");
+    impl_->clock.phase_done("launch");
     impl_->record.started = true;
     impl_->save_record();
     if (impl_->machine->resumed_warm()) {
       impl_->complete_warm_resume();
     } else {
       impl_->wait_until_ready(true);
-      if (impl_->warm_build_lock) impl_->finish_warm_build();
+      if (impl_->build.warm_lock) impl_->finish_warm_build();
     }
-    if (impl_->layer_build_lock) {
+    if (impl_->build.layer_lock) {
       impl_->finish_layer_build();
-    } else if (impl_->steps_pending_after_boot) {
+    } else if (impl_->build.steps_pending_after_boot) {
       impl_->run_provision_steps(0);
     }
-    impl_->steps_pending_after_boot = false;
+    impl_->build.steps_pending_after_boot = false;
   } catch (...) {
     // A start that failed stops what it started: the VM of a detached instance (`vmfest start`)
     // would otherwise run on, unwatched, holding its VM slot.
     impl_->session.reset();
     impl_->machine->kill();
     impl_->slot.reset();
-    impl_->warm_build_lock.reset();
-    impl_->layer_build_lock.reset();
+    impl_->build.release_locks();
     throw;
   }
-  impl_->boot_seconds = std::chrono::duration<double>(Clock::now() - begin).count();
+  impl_->clock.finish();
 }
 
 void Instance::pause() {
@@ -473,18 +464,20 @@ void Instance::keep() noexcept {
 }
 
 void Instance::on_progress(StartProgressCallback callback) {
-  impl_->on_progress = std::move(callback);
+  impl_->clock.on_progress(std::move(callback));
 }
 
 const std::string& Instance::name() const noexcept { return impl_->record.name; }
 const std::string& Instance::model_name() const noexcept { return impl_->record.model; }
 fs::path Instance::directory() const { return impl_->directory(); }
 fs::path Instance::console_log() const { return impl_->machine->console_log(); }
-std::string Instance::console_tail(std::size_t lines) const { return impl_->console_tail(lines); }
-double Instance::boot_seconds() const noexcept { return impl_->boot_seconds; }
+std::string Instance::console_tail(std::size_t lines) const {
+  return detail::tail_lines(impl_->machine->console_log(), lines);
+}
+double Instance::boot_seconds() const noexcept { return impl_->clock.boot_seconds(); }
 bool Instance::resumed_warm() const noexcept { return impl_->resumed_warm; }
 const std::vector<StartPhase>& Instance::start_phases() const noexcept {
-  return impl_->start_phases;
+  return impl_->clock.phases();
 }
 std::string Instance::accelerator() const { return impl_->machine->accelerator(); }
 

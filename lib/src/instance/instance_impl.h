@@ -1,8 +1,11 @@
-// Instance::Impl and what the parts of the instance implementation share (private to the library):
-// instance.cpp (creation and lifecycle), readiness.cpp (waiting until a guest answers),
+// Instance::Impl and what the parts of the instance implementation share (private to the library).
+// Impl holds an instance's record, VM and SSH session and runs its lifecycle; its collaborators
+// own the rest: StartClock (start_clock.h) the phases and progress of a start, ReadinessWaiter
+// (readiness.h) the wait until a guest answers, WarmBuild (warm_build.h) the images a start builds
+// and the steps it runs. Impl's methods live in instance.cpp (creation and lifecycle),
 // warm_clone.cpp (warm images: building, resuming, identity), provisioning.cpp (running steps,
-// saving layers), save_as_model.cpp and instances.cpp (the registry-wide operations: listing,
-// reaping). What an instance starts from is the image store's plan (base_plan.h).
+// saving layers) and save_as_model.cpp; all_instances.cpp holds the operations on all instances of
+// a home (listing, reaping). What an instance starts from is the image store's plan (base_plan.h).
 #pragma once
 
 #include <chrono>
@@ -17,14 +20,15 @@
 #include "../driver/backend.h"
 #include "../driver/vm_slots.h"
 #include "../registry/instance_record.h"
+#include "readiness.h"
+#include "start_clock.h"
 #include "vmfest/error.h"
 #include "vmfest/instance.h"
 #include "vmfest/model.h"
+#include "warm_build.h"
 
 namespace vmfest {
 namespace detail {
-
-using Clock = std::chrono::steady_clock;
 
 std::string random_suffix();
 // The folder a new instance `name` is built in before it is renamed into place. It names the
@@ -64,32 +68,14 @@ struct Instance::Impl {
   bool owned = false;  // created by this handle: destroyed with it
   bool kept = false;
   bool destroyed = false;
-  double boot_seconds = 0;
-  std::vector<StartPhase> start_phases;
-  detail::Clock::time_point start_begin;
-  detail::Clock::time_point phase_begin;
-  std::chrono::seconds ready_timeout{0};  // 0: fitted to the model's recorded boots
   bool resumed_warm = false;
-  StartProgressCallback on_progress;
-  detail::Clock::time_point last_progress;
-  // Held from the start that builds the warm image record.warm_build names until it is saved.
-  std::optional<detail::FileLock> warm_build_lock;
-  // The request's provisioning steps, and how many of them the image this instance resumes holds
-  // already (a layer of a shorter list).
-  ProvisionSteps steps;
-  std::size_t steps_inherited = 0;
-  std::filesystem::path layer_base;  // the model's plain warm image that the layers chain from
-  // The steps run once this instance's first boot is ready: no layer can hold them (no warm
-  // images for this instance).
-  bool steps_pending_after_boot = false;
-  // Held from the start that builds the layer record.layer_build names until it is saved.
-  std::optional<detail::FileLock> layer_build_lock;
+  std::chrono::seconds ready_timeout{0};  // the request's; 0: fitted to the model's recorded boots
+  detail::StartClock clock;
+  detail::WarmBuild build;
 
   explicit Impl(Home h) : home(std::move(h)) {}
 
   // ---- instance.cpp ----
-  // Ends the current start() phase under `name` and begins the next.
-  void phase_done(const char* name);
   [[nodiscard]] std::filesystem::path directory() const;
   void save_record();
   void require_alive_handle(const char* action) const;
@@ -97,16 +83,12 @@ struct Instance::Impl {
   InstanceState current_state();
   [[nodiscard]] InstanceInfo info(InstanceState state) const;
   [[nodiscard]] ssh::Endpoint endpoint() const;
-  [[nodiscard]] std::string console_tail(std::size_t lines) const;
   void destroy();
-
-  // ---- readiness.cpp ----
-  // Waits until an SSH command succeeds. `cold`: a booting guest, so wait for the model's console
-  // marker first and for cloud-init to finish; a resumed warm clone is past both.
+  // A waiter on this instance's guest as it is now.
+  detail::ReadinessWaiter readiness();
+  // Waits until the guest answers (see ReadinessWaiter::wait) and keeps the session.
   void wait_until_ready(bool cold);
-  // Tells on_progress (at most once a second) what start() waits for.
   void report_progress(const char* phase);
-  [[noreturn]] void fail_not_ready(const std::string& why) const;
 
   // ---- warm_clone.cpp ----
   // Before a launch: resumes the warm image that has meanwhile become ready, or takes the lock to
@@ -132,17 +114,14 @@ struct Instance::Impl {
   void run_provision_steps(std::size_t first);
 
  private:
-  [[nodiscard]] std::chrono::seconds effective_ready_timeout() const;
-  void wait_for_marker(detail::Clock::time_point deadline, std::chrono::seconds timeout);
   void use_warm_image(const std::filesystem::path& image);
   // A new machine object for the record as it is now (before a launch: what it boots changed).
   void renew_machine();
   void deliver_identity();
   void fall_back_to_cold_boot(const std::string& why);
   std::string prepare_agent();
-  // Takes `lock`, the build lock of `image`, waiting while another process is `building` it (a
-  // log line, progress `phase`). False (and the lock let go) when `decided` then says no build is
-  // needed any more; true when this start builds the image.
+  // lock_image_build() for this instance, which says in the log and its progress (`phase`) that
+  // another process is `building` the image when it waits for it.
   bool lock_image_build(std::optional<detail::FileLock>& lock, const std::filesystem::path& image,
                         const std::function<bool()>& decided, const std::string& building,
                         const char* phase);

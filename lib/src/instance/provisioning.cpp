@@ -43,13 +43,13 @@ void Instance::Impl::prepare_layer_start() {
     if (detail::check_warm_image(layer) != detail::WarmStatus::Ready) return false;
     record.layer_build.clear();
     record.warm_build.clear();
-    steps_inherited = steps.size();
+    build.steps_inherited = build.steps.size();
     use_warm_image(layer);
     return true;
   };
   if (resumed_ready_layer()) return;
   if (!lock_image_build(
-          layer_build_lock, layer, resumed_ready_layer,
+          build.layer_lock, layer, resumed_ready_layer,
           "provisioning layer " + layer.filename().string() + " of model '" + model.name + "'",
           "provisioning")) {
     return;
@@ -57,11 +57,12 @@ void Instance::Impl::prepare_layer_start() {
   spdlog::info(
       "vmfest: instance '{}' runs {} of its {} provisioning steps on model '{}' and saves the "
       "result as layer {}, which every later instance with these steps resumes",
-      record.name, steps.size() - steps_inherited, steps.size(), model.name,
+      record.name, build.steps.size() - build.steps_inherited, build.steps.size(), model.name,
       layer.filename().string());
 }
 
 void Instance::Impl::run_provision_steps(std::size_t first) {
+  const ProvisionSteps& steps = build.steps;
   if (first >= steps.size()) return;
   if (!session) session.emplace(ssh::Session::connect(endpoint(), credentials));
   for (std::size_t i = first; i < steps.size(); ++i) {
@@ -96,7 +97,7 @@ void Instance::Impl::run_provision_steps(std::size_t first) {
           session->upload(step.local, step.remote);
           break;
         case ProvisionStep::Kind::Reboot:
-          session->reboot(effective_ready_timeout());
+          session->reboot(readiness().timeout());
           break;
       }
     } catch (const ProvisionError&) {
@@ -107,7 +108,7 @@ void Instance::Impl::run_provision_steps(std::size_t first) {
           static_cast<int>(i + 1), -1);
     }
   }
-  phase_done("provision");
+  clock.phase_done("provision");
 }
 
 void Instance::Impl::finish_layer_build() {
@@ -117,9 +118,9 @@ void Instance::Impl::finish_layer_build() {
   struct Release {
     std::optional<detail::FileLock>& lock;
     ~Release() { lock.reset(); }
-  } release{layer_build_lock};
+  } release{build.layer_lock};
   const auto begin = Clock::now();
-  run_provision_steps(steps_inherited);
+  run_provision_steps(build.steps_inherited);
   const double provision_seconds = std::chrono::duration<double>(Clock::now() - begin).count();
   auto keep_unsaved = [&](const std::string& why) {
     spdlog::warn(
@@ -131,7 +132,7 @@ void Instance::Impl::finish_layer_build() {
     keep_unsaved("it booted cold instead of resuming the image the layer builds on");
     return;
   }
-  const std::string fingerprint = fingerprint_still_of(layer_base);
+  const std::string fingerprint = fingerprint_still_of(build.layer_base);
   if (fingerprint.empty()) {
     keep_unsaved("the hypervisor setup changed while it ran (accelerator now " +
                  machine->accelerator() + ")");
@@ -143,20 +144,21 @@ void Instance::Impl::finish_layer_build() {
   }
   const fs::path parent = record.warm_image;
   try {
-    save_warm_image(layer, fingerprint,
-                    detail::layer_manifest(parent, steps, steps_inherited, provision_seconds));
+    save_warm_image(
+        layer, fingerprint,
+        detail::layer_manifest(parent, build.steps, build.steps_inherited, provision_seconds));
   } catch (const Error& error) {
     keep_unsaved(error.what());
     if (machine->state() == InstanceState::Running) return;
     fall_back_to_cold_boot(std::string("saving its layer stopped it: ") + error.what());
     return;
   }
-  phase_done("layer");
-  steps_inherited = steps.size();
+  clock.phase_done("layer");
+  build.steps_inherited = build.steps.size();
   resumed_warm = false;
   use_warm_image(layer);
   machine->launch(&slot.value());
-  phase_done("launch");
+  clock.phase_done("launch");
   save_record();
   complete_warm_resume();
 }

@@ -60,7 +60,7 @@ void Instance::Impl::prepare_warm_start() {
     return false;
   };
   if (decided()) return;
-  if (!lock_image_build(warm_build_lock, image, decided,
+  if (!lock_image_build(build.warm_lock, image, decided,
                         "building the warm image of model '" + model.name + "'", "warm image")) {
     return;
   }
@@ -74,22 +74,11 @@ void Instance::Impl::prepare_warm_start() {
 bool Instance::Impl::lock_image_build(std::optional<detail::FileLock>& lock, const fs::path& image,
                                       const std::function<bool()>& decided,
                                       const std::string& building, const char* phase) {
-  fs::create_directories(image.parent_path());
-  // Taken after the VM slot, as every builder and waiter does: whoever holds it can always run.
-  lock.emplace(detail::warm_build_lock(image), detail::FileLock::Mode::TryOnce);
-  if (!lock->held()) {
+  return detail::lock_image_build(lock, image, decided, [&] {
     spdlog::info("vmfest: instance '{}': another process is {}; waiting for it", record.name,
                  building);
     report_progress(phase);
-    lock.reset();
-    lock.emplace(detail::warm_build_lock(image));
-  }
-  if (decided()) {
-    lock.reset();
-    return false;
-  }
-  detail::remove_stale_warm_builds(image);
-  return true;
+  });
 }
 
 std::string Instance::Impl::fingerprint_still_of(const fs::path& model_warm_image) const {
@@ -155,7 +144,7 @@ void Instance::Impl::finish_warm_build() {
   struct Release {
     std::optional<detail::FileLock>& lock;
     ~Release() { lock.reset(); }
-  } release{warm_build_lock};
+  } release{build.warm_lock};
   report_progress("warm image");
   // This boot can change what the image depends on (the QEMU backend falls back from a KVM that
   // cannot run the guest to TCG): then its state is not the image's.
@@ -183,10 +172,10 @@ void Instance::Impl::finish_warm_build() {
     fall_back_to_cold_boot(std::string("saving its warm image stopped it: ") + error.what());
     return;
   }
-  phase_done("warm image");
+  clock.phase_done("warm image");
   use_warm_image(image);
   machine->launch(&slot.value());
-  phase_done("launch");
+  clock.phase_done("launch");
   save_record();
   complete_warm_resume();
 }
@@ -194,7 +183,7 @@ void Instance::Impl::finish_warm_build() {
 void Instance::Impl::complete_warm_resume() {
   try {
     deliver_identity();
-    phase_done("identity");
+    clock.phase_done("identity");
     wait_until_ready(false);
     resumed_warm = true;
   } catch (const Error& error) {
@@ -225,7 +214,7 @@ void Instance::Impl::deliver_identity() {
                   record.name, model.ssh_user, authorized_keys.size(), dropbear_key.size(),
                   openssh_key.size(), openssh_public.size(), authorized_keys, dropbear_key,
                   openssh_key, openssh_public),
-      effective_ready_timeout());
+      readiness().timeout());
   if (reply != "ok") {
     throw BackendError(fmt::format("the guest agent of instance '{}' refused its identity: {}",
                                    record.name, reply));
@@ -239,8 +228,8 @@ void Instance::Impl::fall_back_to_cold_boot(const std::string& why) {
   machine->kill();
   record.warm_image.clear();
   record.layer_build.clear();  // a layer is built on a warm image, not on this boot
-  layer_build_lock.reset();
-  steps_inherited = 0;
+  build.layer_lock.reset();
+  build.steps_inherited = 0;
   machine = backend->machine(detail::machine_config(home, record, model), nlohmann::json());
   machine->create_disk();
   machine->launch(&slot.value());
