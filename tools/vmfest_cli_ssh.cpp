@@ -170,7 +170,7 @@ int open_shell(Instance& instance) {
                                         "LogLevel=ERROR",
                                         "-p",
                                         std::to_string(info.ssh.port)};
-  // A guest reachable only through its hypervisor host (a remote libvirt URI).
+  // A guest reachable only through its hypervisor host (a remote hypervisor).
   if (!info.ssh.proxy_command.empty()) {
     arguments.insert(arguments.end(), {"-o", "ProxyCommand=" + info.ssh.proxy_command});
   }

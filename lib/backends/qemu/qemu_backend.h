@@ -11,7 +11,7 @@ namespace vmfest::detail::qemu {
 std::unique_ptr<Backend> make_qemu_backend();
 
 // The controller the disk and the seed hang on: virtio for vmfest's own VMs. A caller that runs a
-// stand-in for another hypervisor's VM on this backend (the VirtualBox test double) asks for the
+// stand-in for another hypervisor's VM on this backend (a test double) asks for the
 // controller that VM was configured with, as one of this backend's options.
 enum class StorageBus { Virtio, Ide, Sata, VirtioScsi };
 void set_storage_bus(MachineConfig& config, StorageBus bus);

@@ -43,7 +43,7 @@ class InstanceRecordError : public Error {
   using Error::Error;
 };
 
-// The hypervisor backend failed (qemu would not start, vboxwebsrv unreachable, ...).
+// The hypervisor backend failed (its hypervisor would not start, or cannot be reached, ...).
 class BackendError : public Error {
  public:
   using Error::Error;

@@ -33,7 +33,7 @@ struct Profile {
   static Profile custom(int memory_mib, int cpus);
 };
 
-// Unknown: the hypervisor could not be asked (e.g. the vboxwebsrv that made it is gone).
+// Unknown: the hypervisor could not be asked (e.g. the remote server that made it is gone).
 enum class InstanceState { Created, Running, Paused, Stopped, Unknown };
 std::string_view to_string(InstanceState state);
 

@@ -93,12 +93,12 @@ struct SetupOptions {
 // vmdk; optionally gzip-compressed, single- or multi-member) or a bundle (a folder, or a tar,
 // optionally gzip-compressed, holding vmfest-model.json and the files it names). Compression and
 // tar are recognised by their content, not by the file name. qcow2, raw, vdi and vmdk disks are
-// kept as they are (QEMU backs an instance's overlay on any of them); other formats QEMU reads
-// (vpc, vhdx, qed, ...) are converted to qcow2. An interrupted http(s) download is kept under
-// Home::cache() and the next call resumes it where the server supports ranges.
-// Safe against concurrent callers for the same name: one installs, the others wait and use the
-// result; a failed setup registers nothing. The same source again is a no-op unless `replace`.
-// Returns the registered model.
+// kept as they are (an instance's copy-on-write overlay can stand on any of them); other formats
+// qemu-img reads (vpc, vhdx, qed, ...) are converted to qcow2. An interrupted http(s) download is
+// kept under Home::cache() and the next call resumes it where the server supports ranges. Safe
+// against concurrent callers for the same name: one installs, the others wait and use the result; a
+// failed setup registers nothing. The same source again is a no-op unless `replace`. Returns the
+// registered model.
 Model setup_model(const std::string& source, const SetupOptions& options = {},
                   const Home& home = Home::from_environment());
 

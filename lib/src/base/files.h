@@ -27,7 +27,7 @@ void copy_sparse_file(const std::filesystem::path& from, const std::filesystem::
 std::string tail_lines(const std::filesystem::path& path, std::size_t lines);
 
 // An exclusive flock(2) on a lock file, released on destruction. Close-on-exec, so child processes
-// (qemu) never inherit it.
+// (a hypervisor) never inherit it.
 class FileLock {
  public:
   // Wait: block until free. TryOnce: give up at once when held. TryExisting: like TryOnce, and

@@ -64,8 +64,8 @@ class Machine {
   // the host-wide VM slot it runs in (null: uncounted, a test double's VM). A backend whose VM is
   // its own child process hands the slot's descriptor on to it, so the VM holds its slot for as
   // long as it runs, after the starting process is gone (a `vmfest start`), and frees it when it
-  // exits or is killed. A backend whose VM runs in someone else's process (VirtualBox's) cannot:
-  // its VMs count against the cap only while a handle of theirs holds the slot.
+  // exits or is killed. A backend whose VM runs in someone else's process (a hypervisor's service)
+  // cannot: its VMs count against the cap only while a handle of theirs holds the slot.
   virtual void launch(const VmSlot* slot) = 0;
   virtual void pause() = 0;
   virtual void resume() = 0;
@@ -157,8 +157,9 @@ class Backend {
 };
 
 // The driver table. Each backend folder registers its factory with VMFEST_REGISTER_BACKEND; the
-// core names no backend. A backend is a component that a program links (vmfest::vmfest carries
-// QEMU, vmfest::virtualbox the VirtualBox client), so the table holds what this program linked.
+// core names no backend. A backend is a component that a program links (vmfest::vmfest carries the
+// default one, each optional backend is a target of its own), so the table holds what this
+// program linked.
 using BackendFactory = std::unique_ptr<Backend> (*)();
 struct BackendRegistration {
   BackendRegistration(const char* name, BackendFactory factory);
@@ -172,8 +173,7 @@ std::vector<std::string> backend_names();
 // when `backend` lacks `capability`.
 void require_capability(const Backend& backend, const Capability& capability,
                         const std::string& action);
-// $VMFEST_BACKEND, or else the build's default (CMake's VMFEST_DEFAULT_BACKEND, "qemu" unless
-// set otherwise).
+// $VMFEST_BACKEND, or else the build's default (CMake's VMFEST_DEFAULT_BACKEND).
 std::string default_backend_name();
 
 }  // namespace vmfest::detail

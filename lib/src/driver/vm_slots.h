@@ -44,7 +44,7 @@ VmSlot acquire_vm_slot(const std::string& instance_name, std::chrono::millisecon
 std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_names,
                                      std::chrono::milliseconds timeout);
 
-// How long a start waits for room to run a VM: a free slot here, a libvirt host under its cap
+// How long a start waits for room to run a VM: a free slot here, a remote host under its cap
 // ($VMFEST_SLOT_WAIT seconds, else 10 minutes).
 std::chrono::milliseconds slot_timeout();
 

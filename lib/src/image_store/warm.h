@@ -23,9 +23,9 @@ std::filesystem::path warm_image_directory(const Model& model, const Profile& pr
 
 enum class WarmStatus { Missing, Ready, Unsupported };
 
-// Checks the image against its manifest: its files (the backend's: for QEMU a base disk, the
-// saved state, and the memory file clones map) must be the very files that were saved together
-// (QEMU would happily resume memory over the wrong disk). File identity (size, mtime,
+// Checks the image against its manifest: its files (the backend's: a base disk, the saved state,
+// a memory file clones map) must be the very files that were saved together (a hypervisor would
+// happily resume memory over the wrong disk). File identity (size, mtime,
 // inode) is compared first; on any difference the sha256 of both is recomputed and compared.
 // A tampered or incomplete image is Missing (and is rebuilt), and so is a layer whose parent is;
 // Unsupported when the model has no guest agent to give clones their own identity.

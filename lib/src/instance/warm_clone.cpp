@@ -146,8 +146,8 @@ void Instance::Impl::finish_warm_build() {
     ~Release() { lock.reset(); }
   } release{build.warm_lock};
   report_progress("warm image");
-  // This boot can change what the image depends on (the QEMU backend falls back from a KVM that
-  // cannot run the guest to TCG): then its state is not the image's.
+  // This boot can change what the image depends on (a backend falls back from a KVM that cannot
+  // run the guest to TCG): then its state is not the image's.
   const std::string fingerprint = fingerprint_still_of(image);
   if (fingerprint.empty()) {
     spdlog::warn(

@@ -59,7 +59,8 @@ std::string probe_disk_format(const fs::path& disk, const std::string& what) {
   ToolResult info = run_tool(qemu_img(), {"info", "--output=json", disk.string()});
   auto json = nlohmann::json::parse(info.output, nullptr, false);
   if (info.exit_code != 0 || !json.is_object()) {
-    throw SetupError(fmt::format("{} is not a disk image QEMU can read: {}", what, info.output));
+    throw SetupError(
+        fmt::format("{} is not a disk image qemu-img can read: {}", what, info.output));
   }
   if (json.contains("backing-filename")) {
     throw SetupError(fmt::format(
@@ -87,11 +88,11 @@ std::string probe_disk_format(const fs::path& disk, const std::string& what) {
     }
   }
   if (format == "raw") {
-    // Every file is a "raw image" to QEMU; an error page or a cut-off file is not a disk.
+    // Every file is a "raw image" to qemu-img; an error page or a cut-off file is not a disk.
     const std::uint64_t size = fs::file_size(disk);
     if (size % kSector != 0) {
       throw SetupError(
-          fmt::format("{} is not a disk image QEMU can use: it reads as raw, but its "
+          fmt::format("{} is not a disk image qemu-img can use: it reads as raw, but its "
                       "{} bytes are not a whole number of 512-byte sectors (an error "
                       "page, or a truncated file?)",
                       what, size));
