@@ -1,7 +1,11 @@
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include "vmfest/internal/image_store.h"
 
@@ -9,6 +13,11 @@ namespace {
 namespace fs = std::filesystem;
 using vmfest::detail::check_warm_image;
 using vmfest::detail::WarmStatus;
+
+std::uint64_t inode_of(const fs::path& path) {
+  struct stat info {};
+  return ::stat(path.c_str(), &info) == 0 ? info.st_ino : 0;
+}
 
 class WarmManifest : public ::testing::Test {
  protected:
@@ -31,9 +40,34 @@ TEST_F(WarmManifest, AFreshImageIsReady) {
 
 TEST_F(WarmManifest, AStateFromAnotherSaveIsRefused) {
   vmfest::detail::write_warm_manifest(image_, "fingerprint", {}, 0.1);
-  // Same size, other content: QEMU would resume this memory over a disk it does not belong to.
-  std::ofstream(image_ / "state") << "memory saved at another instant";
+  // Same size, other content, and the old mtime put back: a hypervisor would resume this memory
+  // over a disk it does not belong to.
+  const fs::path state = image_ / "state";
+  const auto saved_at = fs::last_write_time(state);
+  const std::string other = "memory saved at a later instant!";
+  ASSERT_EQ(other.size(), fs::file_size(state));
+  std::ofstream(state, std::ios::trunc) << other;
+  fs::last_write_time(state, saved_at);
+  ASSERT_EQ(fs::file_size(state), other.size());
   EXPECT_EQ(check_warm_image(image_), WarmStatus::Missing);
+}
+
+TEST_F(WarmManifest, ACopiedImageIsHashedOnceThenKnownByItsNewIdentity) {
+  vmfest::detail::write_warm_manifest(image_, "fingerprint", {}, 0.1);
+  // A CI cache restore: the same bytes in new files.
+  const fs::path copy = image_.string() + "-restored";
+  fs::remove_all(copy);
+  fs::copy(image_, copy);
+  EXPECT_EQ(check_warm_image(copy), WarmStatus::Ready);
+  const auto verified = nlohmann::json::parse(std::ifstream(copy / "verified.json"));
+  for (const char* file : {"base.qcow2", "state"}) {
+    ASSERT_TRUE(verified.contains(file)) << verified.dump();
+    EXPECT_EQ(verified[file]["inode"].get<std::uint64_t>(), inode_of(copy / file));
+  }
+  // Known now: a rewrite of the same size is still caught.
+  std::ofstream(copy / "state", std::ios::trunc) << "memory saved at a later instant!";
+  EXPECT_EQ(check_warm_image(copy), WarmStatus::Missing);
+  fs::remove_all(copy);
 }
 
 TEST_F(WarmManifest, ATouchedButUnchangedFileStillMatchesByHash) {

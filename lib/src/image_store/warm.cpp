@@ -27,25 +27,69 @@ namespace {
 constexpr const char* kManifest = "manifest.json";
 constexpr const char* kLastUsed = "last-used";
 
-// Cheap identity of a file: changes when it is rewritten, replaced or touched.
+constexpr const char* kVerified = "verified.json";
+
+// Cheap identity of a file: changes when it is rewritten, replaced or touched. The ctime, which no
+// one can set, tells a same-size rewrite that kept the mtime.
 nlohmann::json file_identity(const fs::path& path) {
   struct stat info {};
   if (::stat(path.c_str(), &info) != 0) return nullptr;
+  auto nanoseconds = [](const timespec& time) {
+    return static_cast<long long>(time.tv_sec) * 1000000000LL + time.tv_nsec;
+  };
   return {{"size", info.st_size},
           {"inode", info.st_ino},
-          {"mtime_ns",
-           static_cast<long long>(info.st_mtim.tv_sec) * 1000000000LL + info.st_mtim.tv_nsec}};
+          {"mtime_ns", nanoseconds(info.st_mtim)},
+          {"ctime_ns", nanoseconds(info.st_ctim)}};
 }
 
 nlohmann::json file_entry(const fs::path& path) {
   return {{"sha256", sha256_file(path)}, {"identity", file_identity(path)}};
 }
 
-bool file_matches(const fs::path& path, const nlohmann::json& entry) {
+// The identities of an image's files whose hash was checked again since the save (a CI cache
+// restore or a `cp -a` gives every file a new inode and ctime), so the next check needs no hash.
+// A file of its own: the manifest's hash keys the layers built on the image.
+class VerifiedIdentities {
+ public:
+  explicit VerifiedIdentities(fs::path directory) : file_(std::move(directory) / kVerified) {
+    try {
+      if (fs::exists(file_)) identities_ = nlohmann::json::parse(read_text(file_));
+    } catch (const std::exception& error) {
+      spdlog::debug("vmfest: ignoring {}: {}", file_.string(), error.what());
+    }
+    if (!identities_.is_object()) identities_ = nlohmann::json::object();
+  }
+
+  [[nodiscard]] bool known(const std::string& name, const nlohmann::json& identity) const {
+    return identities_.value(name, nlohmann::json()) == identity;
+  }
+
+  void record(const std::string& name, nlohmann::json identity) {
+    identities_[name] = std::move(identity);
+    try {
+      write_text_atomically(file_, identities_.dump(2), 0600);
+    } catch (const std::exception& error) {
+      spdlog::debug("vmfest: cannot record verified files in {}: {}", file_.string(), error.what());
+    }
+  }
+
+ private:
+  fs::path file_;
+  nlohmann::json identities_;
+};
+
+bool file_matches(const fs::path& directory, const std::string& name, const nlohmann::json& entry,
+                  VerifiedIdentities& verified) {
+  const fs::path path = directory / name;
   nlohmann::json identity = file_identity(path);
   if (identity.is_null()) return false;
-  if (identity == entry.value("identity", nlohmann::json())) return true;
-  return sha256_file(path) == entry.value("sha256", "");
+  if (identity == entry.value("identity", nlohmann::json()) || verified.known(name, identity)) {
+    return true;
+  }
+  if (sha256_file(path) != entry.value("sha256", "")) return false;
+  verified.record(name, std::move(identity));
+  return true;
 }
 
 }  // namespace
@@ -147,8 +191,9 @@ WarmStatus check_warm_image(const fs::path& directory) {
         [&](const nlohmann::json& manifest) {
           if (manifest.value("status", "") == "unsupported") return WarmStatus::Unsupported;
           const nlohmann::json files = manifest.value("files", nlohmann::json::object());
+          VerifiedIdentities verified(directory);
           for (const auto& [name, entry] : files.items()) {
-            if (!file_matches(directory / name, entry)) {
+            if (!file_matches(directory, name, entry, verified)) {
               spdlog::warn(
                   "vmfest: warm image {} does not match its manifest ({} changed since it was "
                   "saved); it will be rebuilt",

@@ -25,8 +25,9 @@ enum class WarmStatus { Missing, Ready, Unsupported };
 
 // Checks the image against its manifest: its files (the backend's: a base disk, the saved state,
 // a memory file clones map) must be the very files that were saved together (a hypervisor would
-// happily resume memory over the wrong disk). File identity (size, mtime,
-// inode) is compared first; on any difference the sha256 of both is recomputed and compared.
+// happily resume memory over the wrong disk). File identity (size, inode, mtime, ctime) is
+// compared first; on any difference the file's sha256 is computed and compared, and a file that
+// matches by hash is remembered by its new identity.
 // A tampered or incomplete image is Missing (and is rebuilt), and so is a layer whose parent is;
 // Unsupported when the model has no guest agent to give clones their own identity.
 WarmStatus check_warm_image(const std::filesystem::path& directory);
