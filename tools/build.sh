@@ -13,7 +13,7 @@ werror=OFF
 if [ "${CI:-}" = true ]; then
   werror=ON
   # CI also holds the tree to .clang-format: a drift fails here, before the long build.
-  if ! (cd "$root" && find lib ssh fixtures tools tests bench samples \( -name '*.cpp' -o -name '*.h' \) -print0 |
+  if ! (cd "$root" && find error lib ssh fixtures tools tests bench samples \( -name '*.cpp' -o -name '*.h' \) -print0 |
     xargs -0 clang-format --dry-run --Werror); then
     echo "vmfest: FAIL: run clang-format -i on the files above" >&2
     exit 1

@@ -19,6 +19,7 @@
 #include <boost/process/v2/stdio.hpp>
 #include <nlohmann/json.hpp>
 
+#include "guest_port_watch.h"
 #include "host_qemu.h"
 #include "option_value.h"
 #include "vmfest/error.h"
@@ -37,6 +38,11 @@ constexpr std::string_view kProbeMarker = "VMFEST-PROBE-OK";
 constexpr const char* kKernelProbe = "kernel";
 constexpr const char* kBootSectorProbe = "boot-sector";
 constexpr const char* kRecorded = "recorded";  // record_decision(): as good as a kernel probe
+// Under KVM a Linux kernel reaches its console within a second or two of a cold boot, and a
+// resumed warm guest's agent answers at once: a guest silent for this long is not running.
+constexpr std::chrono::milliseconds kKvmColdLifeBound{20000};
+constexpr std::chrono::milliseconds kKvmWarmLifeBound{10000};
+constexpr const char* kKvmQemuLog = "qemu-kvm.log";  // the failed KVM run's log, kept
 
 // A 512-byte boot sector that writes kProbeMarker to COM1 and halts: reaches the marker only if the
 // accelerator can run BIOS and guest code at all.
@@ -94,6 +100,42 @@ void write_decision(const fs::path& file, const std::string& key, const Accelera
 bool readable(const fs::path& path) {
   std::error_code error;
   return fs::is_regular_file(path, error) && ::access(path.c_str(), R_OK) == 0;
+}
+
+// Empty when a cold-booted guest shows a sign of life within kKvmColdLifeBound (its console
+// gets past the bootloader, or its SSH port speaks), else what it showed instead.
+std::string kvm_silence_after_boot(const KvmLaunch& launch) {
+  const auto deadline = Clock::now() + kKvmColdLifeBound;
+  GuestPortWatch port(launch.ssh_port);
+  for (int check = 0; Clock::now() < deadline; ++check) {
+    if (console_past_bootloader(read_text_if_exists(launch.console)) || port.guest_spoke()) {
+      return {};
+    }
+    if (check % 10 == 0) {
+      // A guest that powered off ran: the core reports that. Only KVM stops one this way.
+      if (!launch.running()) return {};
+      if (launch.qemu_status() == "internal-error") {
+        return "was stopped by a KVM internal error before printing anything past its "
+               "bootloader";
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return fmt::format(
+      "printed {} on its console within {} s",
+      read_text_if_exists(launch.console).empty() ? "nothing" : "nothing past its bootloader",
+      kKvmColdLifeBound.count() / 1000);
+}
+
+// Empty when the guest agent of a resumed warm guest answers within kKvmWarmLifeBound.
+std::string kvm_silence_after_resume(const KvmLaunch& launch) {
+  try {
+    launch.ping_agent(kKvmWarmLifeBound);
+    return {};
+  } catch (const BackendError& error) {
+    return fmt::format("was resumed from its warm image, but its guest agent did not answer ({})",
+                       error.what());
+  }
 }
 
 }  // namespace
@@ -239,6 +281,34 @@ void record_decision(const fs::path& qemu, const fs::path& cache_dir,
   const fs::path file = decision_file(cache_dir, key);
   FileLock lock(cache_dir / (file.stem().string() + ".lock"));
   write_decision(file, key, choice, kRecorded);
+}
+
+bool fall_back_to_tcg_if_silent(const AcceleratorChoice& choice, const KvmLaunch& launch) {
+  const std::string silence =
+      launch.resumed ? kvm_silence_after_resume(launch) : kvm_silence_after_boot(launch);
+  if (silence.empty()) return false;
+  launch.kill();
+  const fs::path kvm_log = launch.qemu_log.parent_path() / kKvmQemuLog;
+  std::error_code ignored;
+  fs::rename(launch.qemu_log, kvm_log, ignored);
+  const std::string what = fmt::format("{} {} under KVM", launch.guest, silence);
+  if (choice.forced) {
+    throw BackendError(fmt::format(
+        "{}, and VMFEST_ACCEL=kvm rules out falling back to TCG: unset VMFEST_ACCEL, or set "
+        "VMFEST_ACCEL=tcg. QEMU's log: {}",
+        what, kvm_log.string()));
+  }
+  record_decision(qemu_binary(), accelerator_cache_directory(),
+                  {"tcg", fmt::format("KVM showed no sign of life: {}; using TCG (software "
+                                      "emulation, slower). VMFEST_ACCEL=tcg skips KVM",
+                                      what)});
+  spdlog::warn(
+      "vmfest: KVM showed no sign of life: {}. This host's KVM cannot run it (the probe that "
+      "chose KVM was fooled), so vmfest switched this host to TCG (software emulation, slower) "
+      "for every later VM and restarts the instance under TCG. Set VMFEST_ACCEL=tcg to skip the "
+      "KVM probe and this check. QEMU's log of the KVM run: {}",
+      what, kvm_log.string());
+  return true;
 }
 
 bool console_past_bootloader(const std::string& console) {

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <string>
 
 namespace vmfest::detail::qemu {
@@ -38,6 +39,27 @@ AcceleratorChoice choose_accelerator(const std::filesystem::path& qemu,
 // fallback records TCG this way when a guest showed no sign of life under KVM (a fooled probe).
 void record_decision(const std::filesystem::path& qemu, const std::filesystem::path& cache_dir,
                      const AcceleratorChoice& choice);
+
+// A guest just launched under KVM, as fall_back_to_tcg_if_silent() watches it.
+struct KvmLaunch {
+  std::string guest;               // "instance 'NAME' (model 'MODEL')", for messages
+  bool resumed = false;            // resumed from a warm image rather than cold-booted
+  int ssh_port = 0;                // the host port forwarded to the guest's SSH server
+  std::filesystem::path console;   // the guest's serial console log
+  std::filesystem::path qemu_log;  // QEMU's log; a fallback keeps it as qemu-kvm.log beside it
+  std::function<bool()> running;   // QEMU is still running
+  std::function<std::string()> qemu_status;  // QMP's run state ("internal-error", ...), or ""
+  std::function<void(std::chrono::milliseconds)> ping_agent;  // throws BackendError unanswered
+  std::function<void()> kill;                                 // stops QEMU
+};
+
+// Belt and braces behind a "kvm" choice: a KVM that fooled the probe costs one bound here, not a
+// failed start. False when the guest shows a sign of life within a bound no working KVM needs (a
+// cold boot's console gets past the bootloader or its SSH port speaks; a resumed guest's agent
+// answers). Otherwise kills it, keeps QEMU's log of the KVM run, records TCG as this host's
+// decision (every later VM uses it), says so, and returns true: the caller starts the guest again
+// under TCG. Throws BackendError instead when $VMFEST_ACCEL forced KVM.
+bool fall_back_to_tcg_if_silent(const AcceleratorChoice& choice, const KvmLaunch& launch);
 
 // True once `console` holds a complete line that is not a bootloader's (SYSLINUX, GRUB, ...): the
 // guest's kernel or init got to say something. Bootloaders run under KVMs that hang Linux.

@@ -14,7 +14,6 @@
 
 #include "accelerator.h"
 #include "command_line.h"
-#include "guest_port_watch.h"
 #include "host_qemu.h"
 #include "qemu_process.h"
 #include "qmp_client.h"
@@ -40,11 +39,6 @@ constexpr const char* kWarmState = "state";
 constexpr int kPortAttempts = 5;
 constexpr milliseconds kLaunchTimeout{15000};
 constexpr milliseconds kProbeTimeout{8000};
-// Under KVM a Linux kernel reaches its console within a second or two of a cold boot, and a
-// resumed warm guest's agent answers at once: a guest silent for this long is not running.
-constexpr milliseconds kKvmColdLifeBound{20000};
-constexpr milliseconds kKvmWarmLifeBound{10000};
-constexpr const char* kKvmQemuLog = "qemu-kvm.log";  // the failed KVM run's log, kept
 
 // The kernel of a kernel-boot model registered in `home`; empty if none.
 fs::path registered_kernel(const fs::path& home) {
@@ -124,9 +118,7 @@ class QemuMachine final : public Machine {
     spdlog::debug("instance {}: QEMU (pid {}) answers on QMP", config_.instance_name, pid_);
     if (resuming_) resume_warm_state();
     if (accelerator_ != "kvm") return;
-    // Belt and braces: a KVM that fooled the probe costs one bound here, not a failed start.
-    const std::string silence = resuming_ ? kvm_silence_after_resume() : kvm_silence_after_boot();
-    if (!silence.empty()) restart_under_tcg(choice, silence);
+    if (fall_back_to_tcg_if_silent(choice, kvm_launch())) restart_under_tcg();
   }
 
   void start_process() {
@@ -405,40 +397,18 @@ class QemuMachine final : public Machine {
 
   QmpClient qmp() const { return QmpClient::connect(path(kQmpSocket), milliseconds(5000)); }
 
-  // Empty when a cold-booted guest shows a sign of life within kKvmColdLifeBound (its console
-  // gets past the bootloader, or its SSH port speaks), else what it showed instead.
-  std::string kvm_silence_after_boot() {
-    const auto deadline = Clock::now() + kKvmColdLifeBound;
-    GuestPortWatch port(port_);
-    for (int check = 0; Clock::now() < deadline; ++check) {
-      if (console_past_bootloader(read_text_if_exists(path(kSerialLog))) || port.guest_spoke()) {
-        return {};
-      }
-      if (check % 10 == 0) {
-        // A guest that powered off ran: the core reports that. Only KVM stops one this way.
-        if (!alive()) return {};
-        if (qemu_status() == "internal-error") {
-          return "was stopped by a KVM internal error before printing anything past its "
-                 "bootloader";
-        }
-      }
-      std::this_thread::sleep_for(milliseconds(100));
-    }
-    return fmt::format(
-        "printed {} on its console within {} s",
-        read_text_if_exists(path(kSerialLog)).empty() ? "nothing" : "nothing past its bootloader",
-        kKvmColdLifeBound.count() / 1000);
-  }
-
-  // Empty when the guest agent of a resumed warm guest answers within kKvmWarmLifeBound.
-  std::string kvm_silence_after_resume() {
-    try {
-      agent_exchange("ping\n", kKvmWarmLifeBound);
-      return {};
-    } catch (const BackendError& error) {
-      return fmt::format("was resumed from its warm image, but its guest agent did not answer ({})",
-                         error.what());
-    }
+  // This launch as the check for a fooled KVM probe watches it.
+  KvmLaunch kvm_launch() {
+    return {.guest = fmt::format("instance '{}' (model '{}')", config_.instance_name,
+                                 config_.model.name),
+            .resumed = resuming_,
+            .ssh_port = port_,
+            .console = path(kSerialLog),
+            .qemu_log = path(kQemuLog),
+            .running = [this] { return alive(); },
+            .qemu_status = [this] { return qemu_status(); },
+            .ping_agent = [this](milliseconds timeout) { agent_exchange("ping\n", timeout); },
+            .kill = [this] { kill(); }};
   }
 
   std::string qemu_status() {
@@ -450,30 +420,8 @@ class QemuMachine final : public Machine {
     }
   }
 
-  // The probe was fooled: this host's KVM cannot run the guest. Records TCG for the host, says so
-  // and starts the guest once more under TCG.
-  void restart_under_tcg(const AcceleratorChoice& choice, const std::string& silence) {
-    kill();
-    std::error_code ignored;
-    fs::rename(path(kQemuLog), path(kKvmQemuLog), ignored);
-    const std::string what = fmt::format("instance '{}' (model '{}') {} under KVM",
-                                         config_.instance_name, config_.model.name, silence);
-    if (choice.forced) {
-      throw BackendError(fmt::format(
-          "{}, and VMFEST_ACCEL=kvm rules out falling back to TCG: unset VMFEST_ACCEL, or set "
-          "VMFEST_ACCEL=tcg. QEMU's log: {}",
-          what, path(kKvmQemuLog).string()));
-    }
-    record_decision(qemu_binary(), accelerator_cache_directory(),
-                    {"tcg", fmt::format("KVM showed no sign of life: {}; using TCG (software "
-                                        "emulation, slower). VMFEST_ACCEL=tcg skips KVM",
-                                        what)});
-    spdlog::warn(
-        "vmfest: KVM showed no sign of life: {}. This host's KVM cannot run it (the probe that "
-        "chose KVM was fooled), so vmfest switched this host to TCG (software emulation, slower) "
-        "for every later VM and restarts the instance under TCG. Set VMFEST_ACCEL=tcg to skip the "
-        "KVM probe and this check. QEMU's log of the KVM run: {}",
-        what, path(kKvmQemuLog).string());
+  // The probe was fooled, and this host now uses TCG: starts the guest once more.
+  void restart_under_tcg() {
     accelerator_ = "tcg";
     if (resuming_) {
       // The warm image holds a KVM guest, not one for TCG: boot the model's disk afresh.
