@@ -8,17 +8,15 @@
 #include <deque>
 #include <exception>
 #include <filesystem>
-#include <functional>
 #include <mutex>
-#include <optional>
 #include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "../base/files.h"
+#include "progress.h"
 #include "vmfest/error.h"
-#include "vmfest/model.h"
 
 namespace vmfest::detail {
 
@@ -72,35 +70,6 @@ struct TransferLimits {
   // Give up on a connection that delivers under 1 KiB/s for this long (a stalled server).
   std::chrono::seconds stall_timeout{60};
   int attempts = 4;  // within one call, when each broken attempt still made progress
-};
-
-// Progress of one source: the caller's callback if given, else a bar on a terminal (stderr is a
-// TTY and CI is not "true"), else a plain line every few seconds for logs.
-class ProgressReporter {
- public:
-  ProgressReporter(std::string what, std::function<void(const Progress&)> callback);
-  ProgressReporter(const ProgressReporter&) = delete;
-  ProgressReporter& operator=(const ProgressReporter&) = delete;
-  ~ProgressReporter();
-
-  // Bytes from here on count towards the rate (those before were kept from an earlier call).
-  void start(std::uint64_t already_have);
-  void update(std::uint64_t bytes, std::optional<std::uint64_t> total);
-  // The source has been read completely.
-  void finish();
-
- private:
-  using Clock = std::chrono::steady_clock;
-  void emit(bool final);
-
-  std::string what_;
-  std::function<void(const Progress&)> callback_;
-  bool terminal_ = false;
-  Progress progress_;
-  std::uint64_t rate_origin_bytes_ = 0;
-  Clock::time_point rate_origin_ = Clock::now();
-  Clock::time_point last_emit_;
-  bool shown_ = false;  // something was printed (so a closing line/newline is due)
 };
 
 // The bytes of one URL kept under `cache_root` between calls: `partial` while it downloads,

@@ -21,6 +21,7 @@
 #include "download.h"
 #include "model_disk.h"
 #include "output_file.h"
+#include "progress.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"
 
