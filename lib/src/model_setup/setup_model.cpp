@@ -17,6 +17,7 @@
 #include "../base/subprocess.h"
 #include "../registry/registry_store.h"
 #include "archive.h"
+#include "byte_sink.h"
 #include "content_writer.h"
 #include "download.h"
 #include "model_disk.h"
