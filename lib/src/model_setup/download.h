@@ -55,12 +55,4 @@ void download(const std::string& url, DownloadCache& cache, ByteSink& sink,
 // Sends every byte of a local file to `sink`.
 void read_local(const std::filesystem::path& file, ByteSink& sink, ProgressReporter& progress);
 
-struct UrlParts {
-  std::string scheme;  // lowercase: "http", "https", "file", ...
-  std::string path;    // percent-decoded, without query or fragment
-};
-// Splits a URL ("https://host/dir/name.qcow2.gz?x=1" -> "https", "/dir/name.qcow2.gz");
-// InvalidArgument when it is not a valid URL.
-UrlParts parse_url(const std::string& url);
-
 }  // namespace vmfest::detail

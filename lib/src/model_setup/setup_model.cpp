@@ -23,6 +23,7 @@
 #include "model_disk.h"
 #include "output_file.h"
 #include "progress.h"
+#include "url.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"
 
