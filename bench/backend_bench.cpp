@@ -13,17 +13,15 @@
 
 #include <fmt/format.h>
 
+#include "timing.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
 
 namespace {
-using Clock = std::chrono::steady_clock;
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
-}
+using vmfest::testing::Clock;
+using vmfest::testing::median;
+using vmfest::testing::seconds_since;
 
 // Seconds from Instance::create to start() returning (SSH answered), destroy not counted.
 double create_to_ready(const std::string& backend, bool warm) {
@@ -34,7 +32,7 @@ double create_to_ready(const std::string& backend, bool warm) {
   const auto begin = Clock::now();
   vmfest::Instance instance = vmfest::Instance::create(request);
   instance.start();
-  const double seconds = std::chrono::duration<double>(Clock::now() - begin).count();
+  const double seconds = seconds_since(begin);
   if (warm && !instance.resumed_warm() && backend == "qemu") {
     throw vmfest::Error("the QEMU backend booted a warm request cold: no warm image?");
   }

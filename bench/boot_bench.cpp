@@ -36,6 +36,7 @@
 #include <boost/process/v2/stdio.hpp>
 #include <nlohmann/json.hpp>
 
+#include "timing.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/environment.h"
 #include "vmfest/instance.h"
@@ -49,18 +50,13 @@
 namespace {
 namespace fs = std::filesystem;
 namespace bp = boost::process::v2;
-using Clock = std::chrono::steady_clock;
-using Seconds = std::chrono::duration<double>;
+using vmfest::testing::Clock;
+using vmfest::testing::median;
+using vmfest::testing::seconds_since;
 
 constexpr int kRounds = 5;
 constexpr int kSuiteTests = 20;
 constexpr int kParallelWarm = 8;
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const std::size_t n = values.size();
-  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
 
 // New SSH attempts every 100 ms, each with its own connection, until one runs `true`: user-mode
 // networking retries a lost SYN only after seconds, so one blocking attempt would quantise the
@@ -145,7 +141,7 @@ double raw_boot(const vmfest::Model& model, const fs::path& work) {
                    bp::process_start_dir{work.string()}, vmfest::detail::CloseInheritedFds{});
   const auto ready =
       wait_for_ssh({"127.0.0.1", port, "root", ""}, {client.private_openssh, host.public_openssh});
-  const double seconds = Seconds(ready - begin).count();
+  const double seconds = std::chrono::duration<double>(ready - begin).count();
   vmfest::detail::kill_and_reap(qemu);
   fs::remove_all(work);
   return seconds;
@@ -182,9 +178,9 @@ Timing vmfest_boot(bool warm) {
   const auto begin = Clock::now();
   vmfest::Instance instance = vmfest::Instance::create(request);
   Timing timing;
-  timing.phases["create"] = Seconds(Clock::now() - begin).count();
+  timing.phases["create"] = seconds_since(begin);
   instance.start();
-  timing.ready = Seconds(Clock::now() - begin).count();
+  timing.ready = seconds_since(begin);
   for (const auto& phase : instance.start_phases()) timing.phases[phase.name] += phase.seconds;
   if (auto record = vmfest::detail::read_instance_record(instance.directory())) {
     timing.warm_image = record->warm_image;
@@ -192,7 +188,7 @@ Timing vmfest_boot(bool warm) {
   if (!instance.ssh().run("true").ok()) throw vmfest::Error("instance did not run a command");
   const auto destroy_begin = Clock::now();
   instance.destroy();
-  timing.destroy = Seconds(Clock::now() - destroy_begin).count();
+  timing.destroy = seconds_since(destroy_begin);
   return timing;
 }
 
@@ -206,7 +202,7 @@ double suite(bool warm) {
     instance.start();
     instance.ssh().check("uname -a");
   }
-  return Seconds(Clock::now() - begin).count();
+  return seconds_since(begin);
 }
 
 // The proportional set size (MiB) of the QEMU running in `instance`'s folder: its share of the
@@ -252,7 +248,7 @@ std::pair<std::vector<std::optional<vmfest::Instance>>, double> start_at_once(in
       });
     }
   }
-  const double seconds = Seconds(Clock::now() - begin).count();
+  const double seconds = seconds_since(begin);
   if (!failures.empty()) throw vmfest::Error("parallel start failed: " + failures.front());
   return {std::move(instances), seconds};
 }
@@ -279,7 +275,7 @@ int main(int argc, char** argv) {
   std::cerr << "warming up (builds the warm image once)...\n";
   const auto warm_build_begin = Clock::now();
   vmfest_boot(true);
-  const double first_warm = Seconds(Clock::now() - warm_build_begin).count();
+  const double first_warm = seconds_since(warm_build_begin);
 
   std::vector<double> raw;
   std::vector<double> cold;

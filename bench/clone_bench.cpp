@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "timing.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
@@ -22,7 +23,9 @@
 
 namespace {
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using vmfest::testing::Clock;
+using vmfest::testing::median;
+using vmfest::testing::seconds_since;
 
 // Bytes allocated to `path` (and everything under it), like `du -s --block-size=1`.
 std::uintmax_t allocated_bytes(const fs::path& path) {
@@ -46,11 +49,6 @@ struct Figures {
   std::vector<double> disk_bytes;
 };
 
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
-}
-
 double maximum(const std::vector<double>& values) {
   return *std::max_element(values.begin(), values.end());
 }
@@ -64,8 +62,7 @@ Figures measure(int count, bool permanent) {
   for (int index = 0; index < count; ++index) {
     const auto begin = Clock::now();
     instances.push_back(vmfest::Instance::create(request));
-    figures.create_ms.push_back(
-        std::chrono::duration<double, std::milli>(Clock::now() - begin).count());
+    figures.create_ms.push_back(1000 * seconds_since(begin));
     const fs::path directory = instances.back().directory();
     figures.directory_bytes.push_back(static_cast<double>(allocated_bytes(directory)));
     figures.disk_bytes.push_back(static_cast<double>(allocated_bytes(directory / "disk.qcow2")));
@@ -103,7 +100,7 @@ int main(int argc, char** argv) {
     const vmfest::Model model = vmfest::ModelRegistry().get(vmfest::testing::kDefaultModel);
     const auto begin = Clock::now();
     measure(1, false);
-    const double warm_up_seconds = std::chrono::duration<double>(Clock::now() - begin).count();
+    const double warm_up_seconds = seconds_since(begin);
     std::cout << fmt::format(
         "model '{}': disk {} ({}, {} allocated); model folder {} allocated (kernel, initrd, "
         "disk, warm images)\n",

@@ -17,25 +17,18 @@
 #include <fmt/format.h>
 
 #include "http_server.h"
+#include "timing.h"
 #include "vmfest/error.h"
 #include "vmfest/instance.h"
 #include "vmfest/model.h"
 
 namespace {
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point begin) {
-  return std::chrono::duration<double>(Clock::now() - begin).count();
-}
+using vmfest::testing::Clock;
+using vmfest::testing::median;
+using vmfest::testing::seconds_since;
 
 double mebibytes(std::uintmax_t bytes) { return static_cast<double>(bytes) / 1048576.0; }
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const std::size_t n = values.size();
-  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
 
 std::uintmax_t folder_bytes(const fs::path& folder) {
   std::uintmax_t total = 0;

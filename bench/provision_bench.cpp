@@ -20,19 +20,17 @@
 
 #include <fmt/format.h>
 
+#include "timing.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
 
 namespace {
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 using vmfest::ProvisionStep;
 using vmfest::ProvisionSteps;
-
-double seconds_since(Clock::time_point begin) {
-  return std::chrono::duration<double>(Clock::now() - begin).count();
-}
+using vmfest::testing::Clock;
+using vmfest::testing::seconds_since;
 
 // Guest CPU work standing in for a package build or a schema load: `loops` iterations of awk.
 std::string work_command(long loops, const std::string& tag) {

@@ -19,13 +19,16 @@
 
 #include "child_process.h"
 #include "http_server.h"
+#include "timing.h"
 #include "vmfest/error.h"
 #include "vmfest/internal/base.h"
 #include "vmfest/model.h"
 
 namespace {
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using vmfest::testing::Clock;
+using vmfest::testing::median;
+using vmfest::testing::seconds_since;
 
 constexpr std::size_t kBlock = 1 << 20;
 constexpr std::size_t kRandomBlocks = 176;  // incompressible, like packed binaries
@@ -84,15 +87,6 @@ double cpu_seconds() {
     return seconds(usage.ru_utime) + seconds(usage.ru_stime);
   };
   return total(RUSAGE_SELF) + total(RUSAGE_CHILDREN);
-}
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
 }
 
 }  // namespace

@@ -12,7 +12,6 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -21,6 +20,8 @@
 #include <boost/process/v2/process.hpp>
 #include <boost/process/v2/stdio.hpp>
 
+#include "random_file.h"
+#include "timing.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
 #include "vmfest/internal/base.h"
@@ -28,7 +29,10 @@
 namespace {
 namespace fs = std::filesystem;
 namespace bp = boost::process::v2;
-using Clock = std::chrono::steady_clock;
+using vmfest::testing::Clock;
+using vmfest::testing::median;
+using vmfest::testing::seconds_since;
+using vmfest::testing::write_random_file;
 
 constexpr int kRounds = 3;
 constexpr int kOurCommands = 40;  // per round
@@ -36,16 +40,10 @@ constexpr int kSshCommands = 5;   // per round: each one is a full handshake
 constexpr std::size_t kFileSize = 64u << 20;
 constexpr double kMiB = 1024.0 * 1024.0;
 
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const std::size_t n = values.size();
-  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
-
 double seconds(const std::function<void()>& work) {
   const auto start = Clock::now();
   work();
-  return std::chrono::duration<double>(Clock::now() - start).count();
+  return seconds_since(start);
 }
 
 // Runs a program (no shell), its output discarded; throws unless it exits 0.
@@ -95,18 +93,6 @@ struct OpenSsh {
     run_program("/usr/bin/scp", args);
   }
 };
-
-void write_random_file(const fs::path& path, std::size_t size) {
-  std::mt19937_64 generator(1);
-  std::vector<std::uint64_t> block(1 << 16);
-  std::ofstream out(path, std::ios::binary);
-  for (std::size_t written = 0; written < size;) {
-    for (auto& word : block) word = generator();
-    const std::size_t n = std::min(size - written, block.size() * sizeof(std::uint64_t));
-    out.write(reinterpret_cast<const char*>(block.data()), static_cast<std::streamsize>(n));
-    written += n;
-  }
-}
 
 // The bench's scratch folder, removed however the run ends.
 struct WorkDirectory {

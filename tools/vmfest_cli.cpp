@@ -2,12 +2,8 @@
 // them, they live until `vmfest destroy`, and `vmfest reap` leaves them alone.
 #include "vmfest_cli.h"
 
-#include <sys/ioctl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -19,53 +15,10 @@
 
 #include "vmfest/error.h"
 #include "vmfest/instance.h"
+#include "vmfest_cli_progress.h"
 
 namespace vmfest::cli {
 namespace {
-
-// On a terminal, one line that start() keeps rewriting while it waits: the seconds so far and the
-// guest's last console line. Nothing in CI or in a pipe (the log lines say enough there).
-class TerminalProgress {
- public:
-  explicit TerminalProgress(Instance& instance) : instance_(instance) {
-    const char* ci = std::getenv("CI");
-    const char* term = std::getenv("TERM");
-    if (::isatty(STDERR_FILENO) != 1 || (ci != nullptr && std::string_view(ci) == "true") ||
-        (term != nullptr && std::string_view(term) == "dumb")) {
-      return;
-    }
-    winsize size{};
-    const std::size_t columns =
-        ::ioctl(STDERR_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 20 ? size.ws_col : 80;
-    instance.on_progress([this, columns](const StartProgress& progress) {
-      std::string line = fmt::format("{} {:.0f} s", progress.phase, progress.elapsed_seconds);
-      if (!progress.console_line.empty()) line += " | " + printable(progress.console_line);
-      if (line.size() >= columns) line.resize(columns - 1);
-      std::fprintf(stderr, "\r\033[K%s", line.c_str());
-      std::fflush(stderr);
-      shown_ = true;
-    });
-  }
-  TerminalProgress(const TerminalProgress&) = delete;
-  TerminalProgress& operator=(const TerminalProgress&) = delete;
-  ~TerminalProgress() {
-    instance_.on_progress({});
-    if (shown_) std::fputs("\r\033[K", stderr);  // the result or error gets a clean line
-  }
-
- private:
-  // A console line may hold escape sequences of its own: keep only what prints.
-  static std::string printable(const std::string& text) {
-    std::string kept;
-    for (char c : text) {
-      if (static_cast<unsigned char>(c) >= 0x20 && c != 0x7f) kept += c;
-    }
-    return kept;
-  }
-
-  Instance& instance_;
-  bool shown_ = false;
-};
 
 constexpr const char* kFooter =
     R"(Exit status: 0 on success, 1 when vmfest could not do it, 2 for a malformed command line

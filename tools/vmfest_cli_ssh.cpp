@@ -20,7 +20,6 @@
 
 #include "vmfest/error.h"
 #include "vmfest/instance.h"
-#include "vmfest/internal/registry.h"
 #include "vmfest/ssh/shell_quote.h"
 #include "vmfest_cli.h"
 
@@ -143,11 +142,11 @@ int open_shell(Instance& instance) {
   PrivateDirectory scratch;
   const fs::path known_hosts = scratch.path() / "known_hosts";
   {
-    std::ifstream host_key(info.directory / detail::kHostPublicKey);
+    std::ifstream host_key(info.host_public_key);
     std::string key;
     if (!std::getline(host_key, key) || key.empty()) {
       throw Error(fmt::format("instance '{}' has no host key in {}; destroy it and create it again",
-                              info.name, (info.directory / detail::kHostPublicKey).string()));
+                              info.name, info.host_public_key.string()));
     }
     std::ofstream(known_hosts) << fmt::format("[{}]:{} {}\n", info.ssh.host, info.ssh.port, key);
   }
@@ -155,7 +154,7 @@ int open_shell(Instance& instance) {
                                         "-F",
                                         "/dev/null",
                                         "-i",
-                                        (info.directory / detail::kClientKey).string(),
+                                        info.client_key.string(),
                                         "-o",
                                         "IdentitiesOnly=yes",
                                         "-o",

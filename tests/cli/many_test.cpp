@@ -13,18 +13,16 @@
 
 #include <fmt/format.h>
 
+#include "timing.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
 
 namespace {
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 using vmfest::Instance;
 using vmfest::InstanceState;
-
-double seconds_since(Clock::time_point begin) {
-  return std::chrono::duration<double>(Clock::now() - begin).count();
-}
+using vmfest::testing::Clock;
+using vmfest::testing::seconds_since;
 
 // Runs `action` on every instance, each in its own thread; rethrows the first failure.
 void on_each_at_once(std::vector<Instance>& instances,

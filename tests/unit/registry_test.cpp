@@ -146,6 +146,16 @@ TEST_F(RegistryTest, UnknownModelForAnInstanceIsAModelError) {
   EXPECT_TRUE(vmfest::list_instances(home()).empty());
 }
 
+TEST_F(RegistryTest, InstanceInfoNamesTheKeyFilesAnSshClientNeeds) {
+  vmfest::setup_model(make_qcow2("base.qcow2").string(), {}, home());
+  const vmfest::InstanceInfo info = detached_instance("base", "keyed");
+  EXPECT_EQ(info.client_key.parent_path(), info.directory);
+  EXPECT_NE(vmfest::detail::read_text(info.client_key).find("BEGIN OPENSSH PRIVATE KEY"),
+            std::string::npos);
+  EXPECT_TRUE(vmfest::detail::read_text(info.host_public_key).starts_with("ssh-ed25519 "));
+  vmfest::force_destroy_instance("keyed", home());
+}
+
 TEST_F(RegistryTest, WrongShapedModelJsonIsAnErrorNamingTheFileAndForceRemoveTakesIt) {
   vmfest::setup_model(make_qcow2("good.qcow2").string(), {}, home());
   vmfest::setup_model(make_qcow2("shape.qcow2").string(), {}, home());

@@ -9,13 +9,13 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <thread>
 
 #include <fmt/format.h>
 
 #include "../support/child_process.h"
 #include "../support/http_server.h"
+#include "../support/random_file.h"
 #include "vmfest/error.h"
 #include "vmfest/internal/base.h"
 #include "vmfest/model.h"
@@ -93,11 +93,7 @@ class TestData {
         "printf 'not a disk, just some text\\n' > junk.bin",
         quoted(dir_), qemu_img, qemu_io));
     // Incompressible content, so a download takes long enough to interrupt and resume.
-    std::mt19937_64 random(42);
-    std::vector<std::uint64_t> words(kNoiseBytes / 8);
-    for (auto& word : words) word = random();
-    std::ofstream(dir_ / "noise.raw", std::ios::binary)
-        .write(reinterpret_cast<const char*>(words.data()), kNoiseBytes);
+    vmfest::testing::write_random_file(dir_ / "noise.raw", kNoiseBytes);
     sh(
         fmt::format("cd {}; gzip -c noise.raw > noise.raw.gz;"
                     "head -c 1500000 noise.raw | gzip -c > noise-multi.raw.gz;"

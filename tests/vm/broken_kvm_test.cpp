@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backends/qemu/accelerator.h"
+#include "timing.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
 #include "vmfest/internal/base.h"
@@ -107,10 +108,9 @@ TEST_F(BrokenKvm, TheProbeBootsTheKernelAndChoosesTcg) {
 // Belt and braces: a stale or fooled "kvm" for this host is caught when a guest stays silent.
 TEST_F(BrokenKvm, AGuestSilentUnderKvmSwitchesTheHostToTcg) {
   accel::record_decision(qemu_, cache_ / "accelerator", {"kvm", "planted by the test"});
-  const auto begin = std::chrono::steady_clock::now();
+  const auto begin = vmfest::testing::Clock::now();
   vmfest::Instance instance = started_instance();
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  const double seconds = vmfest::testing::seconds_since(begin);
   RecordProperty("start_seconds", std::to_string(seconds));
   EXPECT_EQ(instance.accelerator(), "tcg");
   EXPECT_EQ(instance.ssh().check("echo alive").stdout_text, "alive\n");

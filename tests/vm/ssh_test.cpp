@@ -20,6 +20,8 @@
 
 #include <fmt/format.h>
 
+#include "random_file.h"
+#include "timing.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/internal/base.h"
@@ -28,15 +30,13 @@
 namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
 using vmfest::ssh::RunOptions;
 using vmfest::ssh::Session;
 using vmfest::ssh::TransferMethod;
 using vmfest::ssh::TransferOptions;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+using vmfest::testing::Clock;
+using vmfest::testing::seconds_since;
+using vmfest::testing::write_random_file;
 
 std::string trimmed(std::string text) {
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
@@ -56,18 +56,6 @@ struct ScratchDirectory {
     fs::remove_all(path, ignored);
   }
 };
-
-void write_random_file(const fs::path& path, std::size_t size) {
-  std::mt19937_64 generator(42);
-  std::vector<std::uint64_t> block(1 << 16);
-  std::ofstream out(path, std::ios::binary);
-  for (std::size_t written = 0; written < size;) {
-    for (auto& word : block) word = generator();
-    const std::size_t n = std::min(size - written, block.size() * sizeof(std::uint64_t));
-    out.write(reinterpret_cast<const char*>(block.data()), static_cast<std::streamsize>(n));
-    written += n;
-  }
-}
 
 void write_text(const fs::path& path, const std::string& text, int mode) {
   std::ofstream(path, std::ios::binary) << text;

@@ -101,7 +101,9 @@ struct InstanceInfo {
   int owner_pid = 0;      // the owning process (0 when detached)
   ssh::Endpoint ssh;      // where SSH reaches it while running
   std::filesystem::path directory;
-  std::string problem;  // why the state is Unknown; empty otherwise
+  std::filesystem::path client_key;       // the private key that logs in as ssh.user (OpenSSH)
+  std::filesystem::path host_public_key;  // the guest's pinned host key: one OpenSSH public line
+  std::string problem;                    // why the state is Unknown; empty otherwise
 };
 
 class Instance {

@@ -202,6 +202,8 @@ InstanceInfo Instance::Impl::info(InstanceState state) const {
           record.detached ? 0 : record.owner_pid,
           endpoint(),
           directory(),
+          directory() / detail::kClientKey,
+          directory() / detail::kHostPublicKey,
           {}};
 }
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "../base/sha256.h"
-#include "download.h"
+#include "byte_sink.h"
 #include "gunzip.h"
 #include "output_file.h"
 

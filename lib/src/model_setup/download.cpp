@@ -1,198 +1,22 @@
 #include "download.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cctype>
-#include <cstdio>
-#include <cstdlib>
+#include <cerrno>
 #include <cstring>
-#include <exception>
 #include <fstream>
-#include <memory>
-#include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
-#include <curl/curl.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "../base/sha256.h"
+#include "http_attempt.h"
 #include "output_file.h"
 
 namespace vmfest::detail {
 namespace fs = std::filesystem;
-using namespace std::chrono_literals;
-
-namespace {
-
-constexpr std::size_t kChunk = 1 << 20;
-constexpr long kLowSpeedBytes = 1024;  // per second, for TransferLimits::stall_timeout
-
-std::string human_bytes(std::uint64_t bytes) {
-  const double value = static_cast<double>(bytes);
-  if (bytes < (1u << 20)) return fmt::format("{:.1f} KiB", value / 1024);
-  if (bytes < (1u << 30)) return fmt::format("{:.1f} MiB", value / (1 << 20));
-  return fmt::format("{:.2f} GiB", value / (1 << 30));
-}
-
-std::string human_duration(double seconds) {
-  const auto total = static_cast<long>(seconds + 0.5);
-  if (total >= 3600)
-    return fmt::format("{}:{:02}:{:02}", total / 3600, total / 60 % 60, total % 60);
-  return fmt::format("{}:{:02}", total / 60, total % 60);
-}
-
-}  // namespace
-
-// ---- background sink ----------------------------------------------------------------------------
-
-namespace {
-constexpr std::size_t kMaxQueued = 8 << 20;
-}  // namespace
-
-BackgroundSink::BackgroundSink(ByteSink& inner) : inner_(inner), worker_([this] { run(); }) {}
-
-BackgroundSink::~BackgroundSink() {
-  {
-    std::lock_guard lock(mutex_);
-    stopping_ = true;
-    queue_.clear();
-  }
-  changed_.notify_all();
-  worker_.join();
-}
-
-void BackgroundSink::write(std::span<const unsigned char> bytes) {
-  std::unique_lock lock(mutex_);
-  changed_.wait(lock, [&] { return queued_bytes_ < kMaxQueued || error_; });
-  if (error_) std::rethrow_exception(error_);
-  queue_.emplace_back(bytes.begin(), bytes.end());
-  queued_bytes_ += bytes.size();
-  changed_.notify_all();
-}
-
-void BackgroundSink::restart() {
-  drain();
-  inner_.restart();  // the worker is idle until the next write
-}
-
-void BackgroundSink::drain() {
-  std::unique_lock lock(mutex_);
-  changed_.wait(lock, [&] { return (queue_.empty() && !busy_) || error_; });
-  if (error_) std::rethrow_exception(error_);
-}
-
-void BackgroundSink::run() {
-  std::unique_lock lock(mutex_);
-  for (;;) {
-    changed_.wait(lock, [&] { return !queue_.empty() || stopping_; });
-    if (stopping_) return;
-    std::vector<unsigned char> chunk = std::move(queue_.front());
-    queue_.pop_front();
-    queued_bytes_ -= chunk.size();
-    busy_ = true;
-    lock.unlock();
-    std::exception_ptr failure;
-    try {
-      inner_.write(chunk);
-    } catch (...) {
-      failure = std::current_exception();
-    }
-    lock.lock();
-    busy_ = false;
-    if (failure) {
-      error_ = failure;
-      queue_.clear();
-      queued_bytes_ = 0;
-    }
-    changed_.notify_all();
-  }
-}
-
-// ---- progress --------------------------------------------------------------------------------
-
-ProgressReporter::ProgressReporter(std::string what, std::function<void(const Progress&)> callback)
-    : what_(std::move(what)), callback_(std::move(callback)) {
-  const char* ci = std::getenv("CI");
-  const char* term = std::getenv("TERM");
-  terminal_ = !callback_ && ::isatty(STDERR_FILENO) == 1 &&
-              !(ci != nullptr && std::string(ci) == "true") &&
-              !(term != nullptr && std::string(term) == "dumb");
-}
-
-ProgressReporter::~ProgressReporter() {
-  if (terminal_ && shown_)
-    std::fputs("\n", stderr);  // an error message must not share the bar's line
-}
-
-void ProgressReporter::start(std::uint64_t already_have) {
-  progress_.bytes = already_have;
-  rate_origin_bytes_ = already_have;
-  rate_origin_ = Clock::now();
-}
-
-void ProgressReporter::update(std::uint64_t bytes, std::optional<std::uint64_t> total) {
-  progress_.bytes = bytes;
-  if (total) progress_.total = total;
-  const auto now = Clock::now();
-  const auto since_start = now - rate_origin_;
-  const auto since_emit = now - last_emit_;
-  const bool due = callback_   ? since_emit >= 100ms
-                   : terminal_ ? since_start >= 500ms && since_emit >= 100ms
-                               : since_start >= 1s && since_emit >= 5s;
-  if (!due) return;
-  last_emit_ = now;
-  emit(false);
-}
-
-void ProgressReporter::finish() {
-  if (callback_ || shown_) emit(true);
-  if (terminal_ && shown_) std::fputs("\n", stderr);
-  shown_ = false;
-}
-
-void ProgressReporter::emit(bool final) {
-  if (callback_) {
-    callback_(progress_);
-    return;
-  }
-  const double seconds = std::chrono::duration<double>(Clock::now() - rate_origin_).count();
-  const double rate =
-      seconds > 0 ? static_cast<double>(progress_.bytes - rate_origin_bytes_) / seconds : 0.0;
-  const std::string rate_text = human_bytes(static_cast<std::uint64_t>(rate)) + "/s";
-  const std::optional<std::uint64_t> total = progress_.total;
-  const double fraction =
-      total && *total > 0 ? static_cast<double>(progress_.bytes) / static_cast<double>(*total) : 0;
-  const std::string eta = total && rate > 0 && *total >= progress_.bytes
-                              ? human_duration(static_cast<double>(*total - progress_.bytes) / rate)
-                              : "?";
-  shown_ = true;
-  if (terminal_) {
-    constexpr int kWidth = 24;
-    const int filled = std::clamp(static_cast<int>(fraction * kWidth), 0, kWidth);
-    const std::string amount =
-        total ? fmt::format("{}/{}", human_bytes(progress_.bytes), human_bytes(*total))
-              : human_bytes(progress_.bytes);
-    const std::string bar =
-        total ? fmt::format("[{}{}] {:3.0f}% ", std::string(static_cast<std::size_t>(filled), '#'),
-                            std::string(static_cast<std::size_t>(kWidth - filled), '-'),
-                            100 * fraction)
-              : std::string();
-    fmt::print(stderr, "\rvmfest: {} {}{}  {}  ETA {}\x1b[K", what_, bar, amount, rate_text,
-               final ? "0:00" : eta);
-  } else if (final) {
-    fmt::print(stderr, "vmfest: {}: done, {} in {:.1f} s ({})\n", what_,
-               human_bytes(progress_.bytes), seconds, rate_text);
-  } else if (total) {
-    fmt::print(stderr, "vmfest: {}: {} of {} ({:.0f}%), {}, ETA {}\n", what_,
-               human_bytes(progress_.bytes), human_bytes(*total), 100 * fraction, rate_text, eta);
-  } else {
-    fmt::print(stderr, "vmfest: {}: {}, {}\n", what_, human_bytes(progress_.bytes), rate_text);
-  }
-  std::fflush(stderr);
-}
 
 // ---- cache -----------------------------------------------------------------------------------
 
@@ -227,6 +51,8 @@ void DownloadCache::discard() noexcept {
 // ---- reading files ---------------------------------------------------------------------------
 
 namespace {
+
+constexpr std::size_t kChunk = 1 << 20;
 
 // Sends the first `limit` bytes of `file` to `sink`; returns how many there were.
 std::uint64_t pump_file(const fs::path& file, std::uint64_t limit, ByteSink& sink,
@@ -264,229 +90,6 @@ void read_local(const fs::path& file, ByteSink& sink, ProgressReporter& progress
   progress.finish();
 }
 
-UrlParts parse_url(const std::string& url) {
-  std::unique_ptr<CURLU, decltype(&curl_url_cleanup)> handle(curl_url(), curl_url_cleanup);
-  if (!handle) throw SetupError("libcurl could not create a URL parser");
-  const CURLUcode status =
-      curl_url_set(handle.get(), CURLUPART_URL, url.c_str(), CURLU_NON_SUPPORT_SCHEME);
-  if (status != CURLUE_OK) {
-    throw InvalidArgument(
-        fmt::format("'{}' is not a valid URL: {}", url, curl_url_strerror(status)));
-  }
-  auto part = [&](CURLUPart which, unsigned int flags) {
-    char* text = nullptr;
-    if (curl_url_get(handle.get(), which, &text, flags) != CURLUE_OK || text == nullptr)
-      return std::string();
-    std::string value(text);
-    curl_free(text);
-    return value;
-  };
-  UrlParts parts{part(CURLUPART_SCHEME, 0), part(CURLUPART_PATH, CURLU_URLDECODE)};
-  std::transform(parts.scheme.begin(), parts.scheme.end(), parts.scheme.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return parts;
-}
-
-// ---- http ------------------------------------------------------------------------------------
-
-namespace {
-
-void ensure_curl_initialised() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-      throw SetupError("libcurl could not be initialised");
-    }
-  });
-}
-
-using CurlHandle = std::unique_ptr<CURL, decltype(&curl_easy_cleanup)>;
-using CurlHeaders = std::unique_ptr<curl_slist, decltype(&curl_slist_free_all)>;
-
-// What one HTTP request achieved.
-enum class Outcome { Done, StartOver, Broken };
-
-// One GET of the URL from `kept.size()` on; the bytes go to `kept` (for a later resume) and on to
-// the sink. Lives for one request.
-class HttpAttempt {
- public:
-  HttpAttempt(const std::string& url, OutputFile& kept, const DownloadCache& cache,
-              std::string validator, ByteSink& sink, ProgressReporter& progress,
-              const TransferLimits& limits)
-      : url_(url),
-        kept_(kept),
-        cache_(cache),
-        validator_(std::move(validator)),
-        sink_(sink),
-        progress_(progress),
-        offset_(kept.size()) {
-    CURL* curl = handle_.get();
-    if (curl == nullptr) throw SetupError("libcurl could not create a transfer handle");
-    curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(curl, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 1L);
-    curl_easy_setopt(curl, CURLOPT_MAXREDIRS, 10L);
-    curl_easy_setopt(curl, CURLOPT_FAILONERROR, 1L);
-    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);  // no SIGALRM games in a threaded test runner
-    curl_easy_setopt(curl, CURLOPT_USERAGENT, "vmfest");
-    curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(curl, CURLOPT_BUFFERSIZE, 512L * 1024);
-    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT,
-                     static_cast<long>(limits.connect_timeout.count()));
-    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, kLowSpeedBytes);
-    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, static_cast<long>(limits.stall_timeout.count()));
-    curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, curl_error_);
-    // No CURLOPT_ACCEPT_ENCODING: the bytes must arrive as served, so the sha256 is theirs.
-    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &HttpAttempt::on_data);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, this);
-    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, &HttpAttempt::on_header);
-    curl_easy_setopt(curl, CURLOPT_HEADERDATA, this);
-    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, &HttpAttempt::on_progress);
-    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, this);
-    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
-    if (offset_ > 0)
-      curl_easy_setopt(curl, CURLOPT_RESUME_FROM_LARGE, static_cast<curl_off_t>(offset_));
-    if (offset_ > 0 && !validator_.empty()) {
-      // The server sends the whole (new) file instead of the rest when the file has changed.
-      headers_.reset(curl_slist_append(nullptr, ("If-Range: " + validator_).c_str()));
-      curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers_.get());
-    }
-  }
-
-  Outcome run() {
-    const CURLcode result = curl_easy_perform(handle_.get());
-    if (error_) std::rethrow_exception(error_);
-    long status = 0;
-    curl_easy_getinfo(handle_.get(), CURLINFO_RESPONSE_CODE, &status);
-    if (result == CURLE_OK && !range_refused_) return Outcome::Done;
-    if (offset_ > 0 && (range_refused_ || result == CURLE_RANGE_ERROR || status == 416)) {
-      return Outcome::StartOver;
-    }
-    if (result == CURLE_HTTP_RETURNED_ERROR) {
-      throw SetupError(
-          fmt::format("downloading {} failed: the server answered HTTP {}; check "
-                      "the URL",
-                      url_, status));
-    }
-    message_ = fmt::format("downloading {} failed: {}", url_,
-                           *curl_error_ != '\0' ? curl_error_ : curl_easy_strerror(result));
-    const bool transient = result == CURLE_PARTIAL_FILE || result == CURLE_RECV_ERROR ||
-                           result == CURLE_SEND_ERROR || result == CURLE_GOT_NOTHING ||
-                           result == CURLE_OPERATION_TIMEDOUT || result == CURLE_HTTP2 ||
-                           result == CURLE_HTTP2_STREAM;
-    if (transient && received_ > 0) return Outcome::Broken;
-    if (kept_.size() > 0) return Outcome::Broken;  // the caller keeps the bytes for a later call
-    throw SetupError(message_ + "; check the URL and that the server is reachable");
-  }
-
-  [[nodiscard]] const std::string& message() const noexcept { return message_; }
-  [[nodiscard]] bool made_progress() const noexcept { return received_ > 0; }
-
- private:
-  // Decides, at the first body byte, whether this response is the one we asked for.
-  bool accept_response() {
-    long status = 0;
-    curl_easy_getinfo(handle_.get(), CURLINFO_RESPONSE_CODE, &status);
-    if (status >= 400) return false;  // FAILONERROR reports it
-    if (offset_ > 0 && status != 206) {
-      range_refused_ = true;
-      return false;
-    }
-    curl_off_t length = -1;
-    curl_easy_getinfo(handle_.get(), CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length);
-    if (length >= 0) total_ = offset_ + static_cast<std::uint64_t>(length);
-    if (offset_ == 0) {
-      // Remember the file's version for a later resume (strong validators only, RFC 9110 13.1.5).
-      const std::string validator =
-          !etag_.empty() && !etag_.starts_with("W/") ? etag_ : last_modified_;
-      if (validator.empty()) {
-        fs::remove(cache_.validator());
-      } else {
-        write_text_atomically(cache_.validator(), validator);
-      }
-    }
-    return true;
-  }
-
-  static std::size_t on_data(char* data, std::size_t size, std::size_t count, void* user) {
-    auto& self = *static_cast<HttpAttempt*>(user);
-    const std::size_t length = size * count;
-    try {
-      if (!self.checked_response_) {
-        self.checked_response_ = true;
-        if (!self.accept_response()) return CURL_WRITEFUNC_ERROR;
-      }
-      const std::span<const unsigned char> bytes(reinterpret_cast<const unsigned char*>(data),
-                                                 length);
-      self.kept_.append(bytes);
-      self.received_ += length;
-      self.sink_.write(bytes);
-      return length;
-    } catch (...) {
-      self.error_ = std::current_exception();
-      return CURL_WRITEFUNC_ERROR;
-    }
-  }
-
-  static std::size_t on_header(char* data, std::size_t size, std::size_t count, void* user) {
-    auto& self = *static_cast<HttpAttempt*>(user);
-    const std::string_view line(data, size * count);
-    auto value_of = [&](std::string_view name) -> std::optional<std::string> {
-      if (line.size() <= name.size() ||
-          !std::equal(name.begin(), name.end(), line.begin(),
-                      [](char a, char b) { return std::tolower(a) == std::tolower(b); })) {
-        return std::nullopt;
-      }
-      std::string value(line.substr(name.size()));
-      const auto first = value.find_first_not_of(" \t");
-      const auto last = value.find_last_not_of(" \t\r\n");
-      return first == std::string::npos ? std::string() : value.substr(first, last - first + 1);
-    };
-    if (line.starts_with("HTTP/")) {  // a new response (after a redirect): forget the last one's
-      self.etag_.clear();
-      self.last_modified_.clear();
-    } else if (auto etag = value_of("etag:")) {
-      self.etag_ = *etag;
-    } else if (auto modified = value_of("last-modified:")) {
-      self.last_modified_ = *modified;
-    }
-    return size * count;
-  }
-
-  static int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
-    auto& self = *static_cast<HttpAttempt*>(user);
-    try {
-      self.progress_.update(self.offset_ + self.received_, self.total_);
-      return 0;
-    } catch (...) {
-      self.error_ = std::current_exception();  // the caller's progress callback threw
-      return 1;
-    }
-  }
-
-  const std::string& url_;
-  OutputFile& kept_;
-  const DownloadCache& cache_;
-  std::string validator_;
-  ByteSink& sink_;
-  ProgressReporter& progress_;
-  const std::uint64_t offset_;
-  CurlHandle handle_{curl_easy_init(), curl_easy_cleanup};
-  CurlHeaders headers_{nullptr, curl_slist_free_all};
-  char curl_error_[CURL_ERROR_SIZE] = {};
-  std::exception_ptr error_;
-  std::string etag_;
-  std::string last_modified_;
-  std::optional<std::uint64_t> total_;
-  std::uint64_t received_ = 0;
-  bool checked_response_ = false;
-  bool range_refused_ = false;
-  std::string message_;
-};
-
-}  // namespace
-
 void download(const std::string& url, DownloadCache& cache, ByteSink& sink,
               const TransferLimits& limits, ProgressReporter& progress) {
   ensure_curl_initialised();
@@ -505,9 +108,9 @@ void download(const std::string& url, DownloadCache& cache, ByteSink& sink,
   progress.start(kept.size());
   for (int attempt = 1;; ++attempt) {
     HttpAttempt request(url, kept, cache, validator, sink, progress, limits);
-    const Outcome outcome = request.run();
-    if (outcome == Outcome::Done) break;
-    if (outcome == Outcome::StartOver) {
+    const HttpAttempt::Outcome outcome = request.run();
+    if (outcome == HttpAttempt::Outcome::Done) break;
+    if (outcome == HttpAttempt::Outcome::StartOver) {
       kept.resize(0);
       sink.restart();
       validator.clear();

@@ -3,63 +3,16 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
-#include <exception>
 #include <filesystem>
-#include <functional>
-#include <mutex>
-#include <optional>
-#include <span>
 #include <string>
-#include <thread>
-#include <vector>
 
 #include "../base/files.h"
+#include "byte_sink.h"
+#include "progress.h"
 #include "vmfest/error.h"
-#include "vmfest/model.h"
 
 namespace vmfest::detail {
-
-// Receives a source's bytes in order.
-class ByteSink {
- public:
-  virtual ~ByteSink() = default;
-  virtual void write(std::span<const unsigned char> bytes) = 0;
-  // Forget everything written: the source is sent again from its first byte (a server that
-  // could not resume, or whose file changed since the bytes we kept).
-  virtual void restart() = 0;
-};
-
-// Runs another sink's work on a thread of its own, so that decompressing, hashing and writing
-// overlap receiving. At most a few MiB wait in between.
-class BackgroundSink final : public ByteSink {
- public:
-  explicit BackgroundSink(ByteSink& inner);
-  BackgroundSink(const BackgroundSink&) = delete;
-  BackgroundSink& operator=(const BackgroundSink&) = delete;
-  ~BackgroundSink() override;  // drops what is still queued
-
-  // Queues a copy; throws the inner sink's error, if it failed on an earlier chunk.
-  void write(std::span<const unsigned char> bytes) override;
-  void restart() override;
-  // Waits until the inner sink has taken everything; throws its error, if any.
-  void drain();
-
- private:
-  void run();
-
-  ByteSink& inner_;
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  std::deque<std::vector<unsigned char>> queue_;
-  std::size_t queued_bytes_ = 0;
-  bool busy_ = false;  // the worker is inside inner_.write()
-  bool stopping_ = false;
-  std::exception_ptr error_;
-  std::thread worker_;  // last: it starts once the members above exist
-};
 
 // A transfer that broke off part-way; what arrived is kept and the next call resumes from there.
 class DownloadInterrupted : public SetupError {
@@ -72,35 +25,6 @@ struct TransferLimits {
   // Give up on a connection that delivers under 1 KiB/s for this long (a stalled server).
   std::chrono::seconds stall_timeout{60};
   int attempts = 4;  // within one call, when each broken attempt still made progress
-};
-
-// Progress of one source: the caller's callback if given, else a bar on a terminal (stderr is a
-// TTY and CI is not "true"), else a plain line every few seconds for logs.
-class ProgressReporter {
- public:
-  ProgressReporter(std::string what, std::function<void(const Progress&)> callback);
-  ProgressReporter(const ProgressReporter&) = delete;
-  ProgressReporter& operator=(const ProgressReporter&) = delete;
-  ~ProgressReporter();
-
-  // Bytes from here on count towards the rate (those before were kept from an earlier call).
-  void start(std::uint64_t already_have);
-  void update(std::uint64_t bytes, std::optional<std::uint64_t> total);
-  // The source has been read completely.
-  void finish();
-
- private:
-  using Clock = std::chrono::steady_clock;
-  void emit(bool final);
-
-  std::string what_;
-  std::function<void(const Progress&)> callback_;
-  bool terminal_ = false;
-  Progress progress_;
-  std::uint64_t rate_origin_bytes_ = 0;
-  Clock::time_point rate_origin_ = Clock::now();
-  Clock::time_point last_emit_;
-  bool shown_ = false;  // something was printed (so a closing line/newline is due)
 };
 
 // The bytes of one URL kept under `cache_root` between calls: `partial` while it downloads,
@@ -130,13 +54,5 @@ void download(const std::string& url, DownloadCache& cache, ByteSink& sink,
 
 // Sends every byte of a local file to `sink`.
 void read_local(const std::filesystem::path& file, ByteSink& sink, ProgressReporter& progress);
-
-struct UrlParts {
-  std::string scheme;  // lowercase: "http", "https", "file", ...
-  std::string path;    // percent-decoded, without query or fragment
-};
-// Splits a URL ("https://host/dir/name.qcow2.gz?x=1" -> "https", "/dir/name.qcow2.gz");
-// InvalidArgument when it is not a valid URL.
-UrlParts parse_url(const std::string& url);
 
 }  // namespace vmfest::detail

@@ -17,10 +17,13 @@
 #include "../base/subprocess.h"
 #include "../registry/registry_store.h"
 #include "archive.h"
+#include "byte_sink.h"
 #include "content_writer.h"
 #include "download.h"
 #include "model_disk.h"
 #include "output_file.h"
+#include "progress.h"
+#include "url.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"
 
