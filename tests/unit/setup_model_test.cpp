@@ -109,7 +109,11 @@ class TestData {
         "\"kernel\":\"vmlinuz\",\"initrd\":\"initrd.img\",\"cmdline\":\"console=ttyS0\"}},"
         "\"ssh\":{{\"user\":\"tester\",\"port\":2222}},\"ready_marker\":\"READY\"}}'"
         " > bundle/vmfest-model.json;"
-        "tar -czf bundle.tar.gz -C bundle .; tar -czf bundle-folder.tgz bundle",
+        "tar -czf bundle.tar.gz -C bundle .; tar -czf bundle-folder.tgz bundle;"
+        // A terabyte disk that packs into a few KiB: a sparse member (GNU tar --sparse).
+        "mkdir sparse; printf '{{\"disk\":\"huge.raw\"}}' > sparse/vmfest-model.json;"
+        "truncate -s 1T sparse/huge.raw; tar --sparse -cf sparse-bomb.tar -C sparse .;"
+        "rm -r sparse",
         quoted(dir_)));
     // Hostile tars, written entry by entry (GNU tar would clean the names up).
     const std::string make_tars = R"(
@@ -518,6 +522,18 @@ TEST_F(SetupModelTest, TarEntriesOutsideTheBundleAreRefused) {
   EXPECT_FALSE(fs::exists(home().models() / "escaped.txt"));
   EXPECT_FALSE(fs::exists(data().absolute_escape()));
   EXPECT_FALSE(fs::exists("/etc/escaped.txt"));
+  expect_nothing_left();
+}
+
+TEST_F(SetupModelTest, ASparseTarMemberCountsAtItsDeclaredSizeAndLeavesNothing) {
+  ASSERT_LT(fs::file_size(data() / "sparse-bomb.tar"), 1U << 20);
+  const std::string message =
+      message_of([&] { setup(server().url("-", "sparse-bomb.tar"), "sparse"); });
+  EXPECT_NE(message.find("unpacks to more than VMFEST_MAX_MODEL_SIZE (64.00 GiB)"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("'huge.raw' alone declares 1024.00 GiB"), std::string::npos) << message;
+  EXPECT_NE(message.find("nothing was registered"), std::string::npos) << message;
   expect_nothing_left();
 }
 

@@ -3,12 +3,15 @@
 #include <archive.h>
 #include <archive_entry.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
 #include <fmt/format.h>
 
+#include "content_writer.h"
 #include "output_file.h"
+#include "progress.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail {
@@ -96,6 +99,10 @@ void extract_tar(const fs::path& archive_path, const fs::path& into, const std::
     throw SetupError(fmt::format("{} is not a tar file vmfest can read: {}", what,
                                  archive_error_string(reader.get())));
   }
+  // What the members declare, counted before they are written: a sparse member of a terabyte
+  // packs into a few bytes, and the size limit must hold for what unpacking makes of it.
+  const std::uint64_t limit = max_model_size();
+  std::uint64_t declared = 0;
   archive_entry* entry = nullptr;
   for (;;) {
     const int status = archive_read_next_header(reader.get(), &entry);
@@ -110,8 +117,20 @@ void extract_tar(const fs::path& archive_path, const fs::path& into, const std::
       fs::create_directories(target);
     } else if (archive_entry_hardlink(entry) == nullptr &&
                archive_entry_filetype(entry) == AE_IFREG) {
-      unpack_file(reader.get(), target,
-                  archive_entry_size_is_set(entry) != 0 ? archive_entry_size(entry) : 0, what);
+      const la_int64_t size = archive_entry_size_is_set(entry) != 0
+                                  ? std::max<la_int64_t>(archive_entry_size(entry), 0)
+                                  : 0;
+      declared += static_cast<std::uint64_t>(size);
+      if (declared > limit) {
+        throw SetupError(fmt::format(
+            "{} unpacks to more than VMFEST_MAX_MODEL_SIZE ({}): '{}' alone declares {}, which "
+            "may be a sparse file of a few bytes in the tar; a bomb, or a bigger model than "
+            "allowed (set VMFEST_MAX_MODEL_SIZE, e.g. 200G, if it is genuine); nothing was "
+            "registered",
+            what, human_bytes(limit), name.string(),
+            human_bytes(static_cast<std::uint64_t>(size))));
+      }
+      unpack_file(reader.get(), target, size, what);
     } else {
       throw SetupError(
           fmt::format("{} holds '{}', which is {}: refusing to unpack it (bundles "

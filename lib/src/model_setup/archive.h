@@ -12,8 +12,8 @@ bool is_tar(std::span<const unsigned char> head);
 
 // Unpacks the tar file `archive` into the existing folder `into`. Only regular files and folders
 // with relative names inside `into` are accepted: an absolute name, a `..` component, a link or a
-// device is refused with SetupError naming the entry (`what` names the source). Sparse members
-// stay sparse.
+// device is refused with SetupError naming the entry (`what` names the source), and so is a tar
+// whose members declare more than max_model_size() in all. Sparse members stay sparse.
 void extract_tar(const std::filesystem::path& archive, const std::filesystem::path& into,
                  const std::string& what);
 
