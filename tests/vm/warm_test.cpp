@@ -148,6 +148,32 @@ TEST(Warm, AnImageWhoseMemoryWasAlteredIsRebuilt) {
   EXPECT_EQ(next.ssh().check("hostname").stdout_text, next.name() + "\n");
 }
 
+// A guest agent that does not answer once (here its channel's socket is hidden while the warm
+// build pings it) says nothing about the model: the instance runs on cold, nothing is
+// remembered, and the next instance builds the warm image. A profile of its own keeps this
+// test's image apart from the other tests'.
+TEST(Warm, AnAgentThatMissesOnePingIsAskedAgainByTheNextInstance) {
+  const vmfest::Profile profile = vmfest::Profile::custom(336, 1);
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::test_model();
+  request.profile = profile;
+  Instance first = Instance::create(request);
+  const fs::path channel = first.directory() / "agent.sock";
+  const fs::path hidden = first.directory() / "agent.sock.hidden";
+  first.on_progress([&](const vmfest::StartProgress& progress) {
+    if (progress.phase == "warm image" && fs::exists(channel)) fs::rename(channel, hidden);
+  });
+  first.start();
+  ASSERT_TRUE(fs::exists(hidden)) << "the warm build never reported its phase";
+  fs::rename(hidden, channel);
+  EXPECT_FALSE(first.resumed_warm());
+  EXPECT_EQ(first.ssh().check("hostname").stdout_text, first.name() + "\n");
+
+  Instance next = start_warm(profile);
+  EXPECT_TRUE(next.resumed_warm()) << "one missed ping turned warm clones off for good";
+  EXPECT_EQ(next.ssh().check("hostname").stdout_text, next.name() + "\n");
+}
+
 TEST(Warm, LifecycleWorksAsOnColdInstances) {
   Instance vm = start_warm();
   ASSERT_TRUE(vm.resumed_warm());

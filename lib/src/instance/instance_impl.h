@@ -119,7 +119,14 @@ struct Instance::Impl {
   void renew_machine();
   void deliver_identity();
   void fall_back_to_cold_boot(const std::string& why);
-  std::string prepare_agent();
+  // Whether the guest agent answers; a `definite` problem is the guest's for good (no agent runs,
+  // or it answers nonsense), any other may pass (an SSH hiccup, a ping lost on a loaded host).
+  struct AgentCheck {
+    std::string problem;  // empty: it answers
+    bool definite = false;
+    [[nodiscard]] bool ok() const noexcept { return problem.empty(); }
+  };
+  AgentCheck prepare_agent();
   // lock_image_build() for this instance, which says in the log and its progress (`phase`) that
   // another process is `building` the image when it waits for it.
   bool lock_image_build(std::optional<detail::FileLock>& lock, const std::filesystem::path& image,

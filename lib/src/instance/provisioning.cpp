@@ -138,8 +138,8 @@ void Instance::Impl::finish_layer_build() {
                  machine->accelerator() + ")");
     return;
   }
-  if (const std::string missing = prepare_agent(); !missing.empty()) {
-    keep_unsaved("after the steps, " + missing);
+  if (const AgentCheck agent = prepare_agent(); !agent.ok()) {
+    keep_unsaved("after the steps, " + agent.problem);
     return;
   }
   const fs::path parent = record.warm_image;

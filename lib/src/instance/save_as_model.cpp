@@ -48,7 +48,7 @@ Model Instance::save_as_model(const std::string& model_name) {
 
 // Empty when the guest is quiet for a save of its memory; otherwise why its memory stays out.
 std::string Instance::Impl::quiesce_for_memory_save() {
-  if (std::string missing = prepare_agent(); !missing.empty()) return missing;
+  if (AgentCheck agent = prepare_agent(); !agent.ok()) return agent.problem;
   const std::string reply = machine->agent_exchange(
       machine->warm_image_copies_memory() ? "quiesce\n" : "quiesce keep-cache\n",
       std::chrono::seconds(30));

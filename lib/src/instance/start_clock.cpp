@@ -19,6 +19,7 @@ void StartClock::begin(std::string instance) {
   begin_ = now;
   phase_begin_ = now;
   last_progress_ = now;
+  last_phase_.clear();
 }
 
 void StartClock::phase_done(const char* name) {
@@ -34,8 +35,10 @@ void StartClock::finish() { boot_seconds_ = seconds_between(begin_, Clock::now()
 void StartClock::report_progress(const char* phase, const std::filesystem::path& console_log) {
   if (!on_progress_) return;
   const auto now = Clock::now();
-  if (now - last_progress_ < std::chrono::seconds(1)) return;
+  // A new phase is news; the same one again, once a second at most.
+  if (phase == last_phase_ && now - last_progress_ < std::chrono::seconds(1)) return;
   last_progress_ = now;
+  last_phase_ = phase;
   StartProgress progress;
   progress.phase = phase;
   progress.elapsed_seconds = seconds_between(begin_, now);

@@ -21,8 +21,8 @@ class StartClock {
   void phase_done(const char* name);
   // The whole start is done: boot_seconds() is how long it took.
   void finish();
-  // Tells the progress callback (at most once a second) what the start waits for, with the last
-  // line of `console_log`.
+  // Tells the progress callback what the start waits for (at once when that changed, else at most
+  // once a second), with the last line of `console_log`.
   void report_progress(const char* phase, const std::filesystem::path& console_log);
 
   void on_progress(StartProgressCallback callback) { on_progress_ = std::move(callback); }
@@ -35,6 +35,7 @@ class StartClock {
   Clock::time_point begin_;
   Clock::time_point phase_begin_;
   Clock::time_point last_progress_;
+  std::string last_phase_;
   StartProgressCallback on_progress_;
   double boot_seconds_ = 0;
 };

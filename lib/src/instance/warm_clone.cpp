@@ -90,17 +90,20 @@ std::string Instance::Impl::fingerprint_still_of(const fs::path& model_warm_imag
   return fingerprint;
 }
 
-// Empty when the guest agent answers; otherwise why not.
-std::string Instance::Impl::prepare_agent() {
+Instance::Impl::AgentCheck Instance::Impl::prepare_agent() {
   try {
     if (!session->run(detail::kAwaitAgent).ok()) {
-      return "no vmfest-agent process runs in the guest (the image has neither cloud-init to "
-             "start it from the seed nor an agent of its own)";
+      return {
+          "no vmfest-agent process runs in the guest (the image has neither cloud-init to "
+          "start it from the seed nor an agent of its own)",
+          true};
     }
     const std::string reply = machine->agent_exchange("ping\n", seconds(5));
-    if (reply != "pong") return "the guest agent answered '" + reply + "' to a ping";
+    if (reply != "pong") return {"the guest agent answered '" + reply + "' to a ping", true};
   } catch (const Error& error) {
-    return std::string("no vmfest guest agent answered on the agent port: ") + error.what();
+    // An SSH hiccup or a ping that timed out on a loaded host says nothing about the guest.
+    return {std::string("no vmfest guest agent answered on the agent port: ") + error.what(),
+            false};
   }
   return {};
 }
@@ -156,10 +159,17 @@ void Instance::Impl::finish_warm_build() {
         record.name, machine->accelerator(), model.name);
     return;
   }
-  if (const std::string missing = prepare_agent(); !missing.empty()) {
+  if (const AgentCheck agent = prepare_agent(); !agent.ok()) {
+    if (!agent.definite) {
+      spdlog::warn(
+          "vmfest: the warm image of model '{}' is not saved from instance '{}', which runs on "
+          "cold: {}; the next instance tries again",
+          model.name, record.name, agent.problem);
+      return;
+    }
     spdlog::warn("vmfest: model '{}' cannot have warm clones: {}; its instances boot cold",
-                 model.name, missing);
-    detail::write_unsupported_manifest(image, fingerprint, missing);
+                 model.name, agent.problem);
+    detail::write_unsupported_manifest(image, fingerprint, agent.problem);
     return;
   }
   try {
