@@ -1,4 +1,7 @@
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -232,6 +235,39 @@ TEST_F(RegistryTest, WrongShapedInstanceRecordIsAnErrorNamingTheFileAndForceTake
   std::sort(reaped.begin(), reaped.end());
   EXPECT_EQ(reaped, (std::vector<std::string>{"elsewhere", "good"}));
   EXPECT_TRUE(vmfest::list_instances(home()).empty());
+}
+
+// Warm images hold what their guests held in memory, layers what their steps uploaded: a home
+// vmfest makes is its owner's alone, and one that other users can read is named with the fix.
+TEST_F(RegistryTest, ANewHomeIsItsOwnersAloneAndAReadableOneIsNamedOnce) {
+  const auto others = fs::perms::group_all | fs::perms::others_all;
+  vmfest::setup_model(make_qcow2("base.qcow2").string(), {}, home());
+  EXPECT_EQ(fs::status(home().root()).permissions() & others, fs::perms::none);
+  if (::geteuid() == 0) {
+    // As another user: the home cannot even be listed.
+    const auto nobody = vmfest::detail::run_tool(
+        vmfest::detail::find_program("setpriv", "util-linux"),
+        {"--reuid=65534", "--regid=65534", "--clear-groups", "ls", home().models().string()});
+    EXPECT_NE(nobody.exit_code, 0) << nobody.output;
+    EXPECT_NE(nobody.output.find("Permission denied"), std::string::npos) << nobody.output;
+  }
+
+  const vmfest::Home shared(root_ / "shared");
+  fs::create_directories(shared.root());
+  fs::permissions(shared.root(), fs::perms::owner_all | fs::perms::group_read |
+                                     fs::perms::group_exec | fs::perms::others_read |
+                                     fs::perms::others_exec);
+  auto warnings = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(8);
+  warnings->set_level(spdlog::level::warn);
+  spdlog::default_logger()->sinks().push_back(warnings);
+  vmfest::setup_model(make_qcow2("other.qcow2").string(), {}, shared);
+  vmfest::setup_model(make_qcow2("third.qcow2").string(), {}, shared);
+  spdlog::default_logger()->sinks().pop_back();
+  const std::vector<std::string> seen = warnings->last_formatted();
+  ASSERT_EQ(seen.size(), 1U) << "one warning per home and process";
+  EXPECT_NE(seen[0].find("can be read by other users (mode 0755)"), std::string::npos) << seen[0];
+  EXPECT_NE(seen[0].find("`chmod 700 " + shared.root().string() + "`"), std::string::npos)
+      << seen[0];
 }
 
 }  // namespace

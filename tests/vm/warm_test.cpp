@@ -10,6 +10,8 @@
 #include <map>
 #include <thread>
 
+#include <unistd.h>
+
 #include "vmfest/error.h"
 #include "vmfest/gtest/environment.h"
 #include "vmfest/instance.h"
@@ -172,6 +174,45 @@ TEST(Warm, AnAgentThatMissesOnePingIsAskedAgainByTheNextInstance) {
   Instance next = start_warm(profile);
   EXPECT_TRUE(next.resumed_warm()) << "one missed ping turned warm clones off for good";
   EXPECT_EQ(next.ssh().check("hostname").stdout_text, next.name() + "\n");
+}
+
+// A warm image is what its guest held in memory: no other user may read any of it, even where
+// the home itself lets them in. A profile of its own makes a new image.
+TEST(Warm, AnImageIsItsOwnersAlone) {
+  Instance vm = start_warm(vmfest::Profile::custom(352, 1));
+  ASSERT_TRUE(vm.resumed_warm());
+  const fs::path image = warm_image_of(vm);
+  ASSERT_FALSE(image.empty());
+  const auto others = fs::perms::group_all | fs::perms::others_all;
+  std::vector<fs::path> files{image};
+  for (const auto& entry : fs::directory_iterator(image)) files.push_back(entry.path());
+  ASSERT_GT(files.size(), 3U);
+  for (const fs::path& file : files) {
+    EXPECT_EQ(fs::status(file).permissions() & others, fs::perms::none) << file;
+  }
+  if (::geteuid() != 0) GTEST_SKIP() << "reading as another user needs root (setpriv)";
+  // As another user, with a way to each file that anyone may walk (a hard link in a folder of
+  // /tmp): only the file's own mode stands in the way.
+  const fs::path open_way = fs::temp_directory_path() / ("vmfest-open-way-" + vm.name());
+  fs::remove_all(open_way);
+  fs::create_directory(open_way);
+  fs::permissions(open_way, fs::perms::owner_all | fs::perms::others_exec);
+  const fs::path setpriv = vmfest::detail::find_program("setpriv", "util-linux");
+  for (const fs::path& file : files) {
+    if (fs::is_directory(file)) continue;
+    std::error_code linked;
+    fs::create_hard_link(file, open_way / file.filename(), linked);
+    if (linked) {
+      fs::remove_all(open_way);
+      GTEST_SKIP() << "cannot link " << file << " into " << open_way << ": " << linked.message();
+    }
+    const auto read =
+        vmfest::detail::run_tool(setpriv, {"--reuid=65534", "--regid=65534", "--clear-groups",
+                                           "cat", (open_way / file.filename()).string()});
+    EXPECT_NE(read.exit_code, 0) << file << ": " << read.output;
+    EXPECT_NE(read.output.find("Permission denied"), std::string::npos) << file << read.output;
+  }
+  fs::remove_all(open_way);
 }
 
 TEST(Warm, LifecycleWorksAsOnColdInstances) {

@@ -218,7 +218,7 @@ class QemuMachine final : public Machine {
     // file what each clone maps: never written again. QEMU 7.2 opens a memory file read-write
     // even for a private mapping, so that one stays writable by its owner; the manifest's hashes
     // guard both.
-    const auto read_only = fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read;
+    const auto read_only = fs::perms::owner_read;  // the guest's memory and disk: no one else's
     keep_durably(path(kDisk), image_directory / kWarmBase, read_only, config_.instance_name);
     keep_durably(state, state, read_only, config_.instance_name);
     if (mapped) {
@@ -252,7 +252,7 @@ class QemuMachine final : public Machine {
                      {"create", "-q", "-f", "qcow2", "-b", model.disk.string(), "-F", model.format,
                       base.string()},
                      fmt::format("making the warm image of model '{}'", model.name));
-    const auto read_only = fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read;
+    const auto read_only = fs::perms::owner_read;  // the guest's memory and disk: no one else's
     keep_durably(base, base, read_only, config_.instance_name);
     keep_durably(state, state, read_only, config_.instance_name);
     if (mapped) {

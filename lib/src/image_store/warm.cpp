@@ -172,7 +172,7 @@ std::string warm_manifest_sha256(const fs::path& directory) {
 void mark_warm_image_used(const fs::path& directory) {
   // Its own file: the manifest's hash is part of the key of the layers built on this image.
   const fs::path marker = directory / kLastUsed;
-  const int fd = ::open(marker.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+  const int fd = ::open(marker.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) {
     spdlog::debug("vmfest: cannot record the use of warm image {}: {}", directory.string(),
                   std::strerror(errno));
@@ -238,7 +238,8 @@ void write_warm_manifest(const fs::path& directory, const std::string& fingerpri
                              {"save_seconds", save_seconds},
                              {"files", files}};
   if (!layer.is_null()) manifest["layer"] = layer;
-  write_text_atomically(directory / kManifest, manifest.dump(2));
+  // A layer's steps may carry secrets (a password in a `run` step): its owner's alone.
+  write_text_atomically(directory / kManifest, manifest.dump(2), 0600);
 }
 
 void write_unsupported_manifest(const fs::path& directory, const std::string& fingerprint,
@@ -247,7 +248,8 @@ void write_unsupported_manifest(const fs::path& directory, const std::string& fi
   write_text_atomically(
       directory / kManifest,
       nlohmann::json{{"status", "unsupported"}, {"fingerprint", fingerprint}, {"reason", reason}}
-          .dump(2));
+          .dump(2),
+      0600);
 }
 
 }  // namespace vmfest::detail

@@ -265,6 +265,7 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
   validate_name(request.model, "model");
   const std::string name = request.name.empty() ? generated_name(request.model) : request.name;
   validate_name(name, "instance");
+  detail::prepare_home(home);
   fs::create_directories(home.instances());
   reap_once_per_process(home);
 

@@ -68,6 +68,7 @@ void Instance::Impl::save_memory_as_warm_image(const Model& saved) {
   const fs::path staging = detail::warm_build_folder(location.directory);
   fs::remove_all(staging);
   fs::create_directories(staging);
+  fs::permissions(staging, fs::perms::owner_all);  // the guest's memory: its owner's alone
   RemoveFolder remove_staging{staging};
   const auto begin = Clock::now();
   const nlohmann::json facts = machine->save_warm_image_of(saved, staging);

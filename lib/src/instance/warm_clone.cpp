@@ -124,6 +124,7 @@ void Instance::Impl::save_warm_image(const fs::path& image, const std::string& f
   const fs::path staging = detail::warm_build_folder(image);
   fs::remove_all(staging);
   fs::create_directories(staging);
+  fs::permissions(staging, fs::perms::owner_all);  // what the guest held: its owner's alone
   try {
     const auto begin = Clock::now();
     nlohmann::json facts = machine->save_warm_image(staging);

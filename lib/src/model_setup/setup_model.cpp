@@ -349,6 +349,7 @@ Model setup_model(const std::string& source_text, const SetupOptions& options, c
   const std::string name = model_name(source, options);
   validate_name(name, "model");
 
+  detail::prepare_home(home);
   fs::create_directories(home.models());
   // One installer per model name across processes; the others wait here and reuse its result.
   const fs::path lock_path = setup_lock_path(home, name);

@@ -1,10 +1,18 @@
 #include "vmfest/home.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <set>
 #include <string>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
+#include "registry_store.h"
 #include "vmfest/error.h"
 
 namespace vmfest {
@@ -40,6 +48,39 @@ Home Home::from_environment() {
   }
   return Home(fs::path(user_home) / ".local/share/vmfest");
 }
+
+namespace detail {
+
+const fs::path& prepare_home(const Home& home) {
+  const fs::path& root = home.root();
+  std::error_code error;
+  if (!fs::exists(root, error)) {
+    fs::create_directories(root.parent_path());
+    // Owner only from its first instant: no window in which another user could open it.
+    if (::mkdir(root.c_str(), 0700) != 0 && errno != EEXIST) {
+      throw Error(
+          fmt::format("cannot make vmfest's home {}: {}; set VMFEST_HOME to a folder you "
+                      "can write",
+                      root.string(), std::strerror(errno)));
+    }
+    return root;
+  }
+  struct stat info {};
+  if (::stat(root.c_str(), &info) != 0 || (info.st_mode & 0077) == 0) return root;
+  static std::mutex mutex;
+  static std::set<fs::path> told;
+  const std::lock_guard lock(mutex);
+  if (told.insert(root).second) {
+    spdlog::warn(
+        "vmfest: the home {} can be read by other users (mode {:04o}): its warm images hold what "
+        "their guests held in memory and its layers what their steps uploaded; `chmod 700 {}` "
+        "keeps them yours",
+        root.string(), info.st_mode & 07777, root.string());
+  }
+  return root;
+}
+
+}  // namespace detail
 
 void validate_name(const std::string& name, const char* what) {
   constexpr std::size_t kMaxLength = 64;

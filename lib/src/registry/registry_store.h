@@ -19,6 +19,11 @@ constexpr const char* kBundleManifest = "vmfest-model.json";  // in a bundle
 Model model_from_json(const nlohmann::json& json, const std::filesystem::path& directory);
 nlohmann::json model_to_json(const Model& model);
 
+// Makes the home's folder where it is missing, readable by its owner alone: warm images hold what
+// their guests held in memory, layers every file their steps uploaded. Says once per process, with
+// the fix, when an existing home can be read by other users. Returns the home's root.
+const std::filesystem::path& prepare_home(const Home& home);
+
 // Removes the staging folders of setups whose process died (the reaper's part for models).
 void remove_interrupted_setups(const Home& home);
 
