@@ -119,8 +119,17 @@ TEST(LibvirtHosts, AUriNamesItsHostAndTheWayToItsGuests) {
             "'/bin/my-ssh' -W 127.0.0.1:40022 -o BatchMode=yes -T -p 2222 -l 'ci' -i "
             "'/keys/my key' -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
             "-o LogLevel=ERROR 'hv1'");
-  EXPECT_THROW(lv::parse_host_uri("qemu+tcp://hv1/system").jump_command(1),
-               vmfest::InvalidArgument);
+  // A remote host without an SSH account is refused as it is read, before any domain runs.
+  for (const char* no_ssh :
+       {"qemu+tcp://hv1/system", "qemu+tls://hv1/system", "qemu://hv1/system"}) {
+    try {
+      (void)lv::parse_host_uri(no_ssh);
+      ADD_FAILURE() << no_ssh << " was accepted";
+    } catch (const vmfest::InvalidArgument& error) {
+      EXPECT_NE(std::string(error.what()).find("use qemu+ssh://user@hv1/system"), std::string::npos)
+          << error.what();
+    }
+  }
   EXPECT_THROW(lv::parse_host_uri("hv1"), vmfest::InvalidArgument);
   EXPECT_THROW(lv::parse_host_uri("qemu+ssh:///system"), vmfest::InvalidArgument);
 }

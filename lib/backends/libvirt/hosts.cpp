@@ -43,12 +43,6 @@ bool HostUri::local() const { return host.empty() || transport == "unix"; }
 
 std::string HostUri::jump_command(int guest_port) const {
   const std::string ssh = command.empty() ? std::string("ssh") : shell_quote(command);
-  if (transport != "ssh" && transport != "libssh") {
-    throw InvalidArgument(fmt::format(
-        "libvirt host {}: vmfest reaches a remote host's guests through SSH to that host, and "
-        "this URI has no SSH account (transport '{}'); use qemu+ssh://user@host/system",
-        uri, transport));
-  }
   std::string line = fmt::format("{} -W 127.0.0.1:{} -o BatchMode=yes -T", ssh, guest_port);
   if (port != 0) line += fmt::format(" -p {}", port);
   if (!user.empty()) line += " -l " + shell_quote(user);
@@ -94,6 +88,12 @@ HostUri parse_host_uri(const std::string& uri) {
   parsed.host = host_port;
   if (!parsed.transport.empty() && parsed.transport != "unix" && parsed.host.empty()) {
     bad_uri(uri, "transport '" + parsed.transport + "' needs a host");
+  }
+  // Refused here, before any domain runs: without an SSH account no guest could be reached.
+  if (!parsed.local() && parsed.transport != "ssh" && parsed.transport != "libssh") {
+    bad_uri(uri, fmt::format("vmfest reaches a remote host's guests through SSH to that host, "
+                             "and transport '{}' has no SSH account; use qemu+ssh://user@{}/system",
+                             parsed.transport.empty() ? "tls" : parsed.transport, parsed.host));
   }
   std::istringstream pairs(query);
   for (std::string pair; std::getline(pairs, pair, '&');) {

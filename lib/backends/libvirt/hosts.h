@@ -23,12 +23,12 @@ struct HostUri {
   [[nodiscard]] bool local() const;
   // The command that carries an SSH connection to 127.0.0.1:`port` on the host (OpenSSH's
   // `ssh -W` over the URI's own SSH account, through the URI's ssh command if it names one),
-  // quoted for /bin/sh. InvalidArgument for a remote
-  // transport without SSH (tcp, tls): vmfest would have no way to the guest.
+  // quoted for /bin/sh.
   [[nodiscard]] std::string jump_command(int port) const;
 };
 
-// Reads one URI; InvalidArgument when it is not of the form driver[+transport]://[user@]host/path.
+// Reads one URI; InvalidArgument when it is not of the form driver[+transport]://[user@]host/path,
+// or names a remote host without an SSH account (tcp, tls): vmfest would have no way to its guests.
 HostUri parse_host_uri(const std::string& uri);
 
 // $VMFEST_LIBVIRT_URI split at commas (default "qemu:///system"), each parsed.
