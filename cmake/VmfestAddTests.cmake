@@ -85,8 +85,10 @@ function(vmfest_add_tests)
     # Set by vmfestConfig.cmake: the installed default-model script, wherever the package went.
     list(APPEND environment "VMFEST_MODEL_SCRIPT=${VMFEST_MODEL_SCRIPT}")
   endif()
-  # A test starved of VM slots (other jobs on the host hold them) fails naming the holders well
-  # before ctest's timeout would kill it without a word.
+  # vmfest's waits (a VM slot, a guest's readiness) end before ctest's timeout would kill the test
+  # without a word: it fails with vmfest's error, the console's tail and its artifacts. A test
+  # starved of VM slots (other jobs on the host hold them) fails naming the holders at half time.
+  list(APPEND environment "VMFEST_TEST_TIMEOUT=${ARG_TIMEOUT}")
   math(EXPR slot_wait "${ARG_TIMEOUT} / 2")
   list(APPEND environment "VMFEST_SLOT_WAIT=${slot_wait}")
   list(APPEND environment ${ARG_ENVIRONMENT})

@@ -266,4 +266,40 @@ TEST_F(Harness, ThreeRunsOfFourShardsAtOnceNeitherCollideNorExceedTheCap) {
   EXPECT_EQ(running_vms(), 0);
 }
 
+// A guest that never comes up (its model waits for a console marker no boot prints) fails its test
+// with vmfest's own error, the console's tail and the test's artifacts, before the test runner's
+// timeout (vmfest_add_tests hands it over as VMFEST_TEST_TIMEOUT) would kill it without a word.
+TEST_F(Harness, AGuestThatNeverComesUpFailsBeforeTheTestTimeoutWithItsConsoleTail) {
+  const fs::path bundle = root_ / "never-ready";
+  fs::copy(default_model_, bundle, fs::copy_options::recursive);
+  const fs::path manifest = bundle / "vmfest-model.json";
+  std::string description = read_file(manifest);
+  const auto marker = description.find("\"ready_marker\":\"");
+  ASSERT_NE(marker, std::string::npos) << description;
+  description.insert(marker + std::string_view("\"ready_marker\":\"").size(), "NEVER-PRINTED-");
+  fs::remove(manifest);
+  std::ofstream(manifest) << description;
+  const fs::path artifacts = root_ / "artifacts";
+  constexpr auto kTestTimeout = 60s;
+
+  const auto begin = std::chrono::steady_clock::now();
+  auto child = run_child("Child.Passes", "child.out",
+                         {"VMFEST_DEFAULT_MODEL=" + bundle.string(),
+                          fmt::format("VMFEST_TEST_TIMEOUT={}", kTestTimeout.count()),
+                          "VMFEST_ARTIFACTS=" + artifacts.string()});
+  EXPECT_EQ(child->wait(), 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - begin, kTestTimeout);
+  const std::string output = child->output();
+  EXPECT_NE(output.find("did not become ready: the guest did not print its ready marker "
+                        "'NEVER-PRINTED-"),
+            std::string::npos)
+      << output;
+  EXPECT_NE(output.find("to fail before the test runner's timeout (VMFEST_TEST_TIMEOUT=60)"),
+            std::string::npos)
+      << output;
+  EXPECT_NE(output.find("last lines of the console log"), std::string::npos) << output;
+  EXPECT_TRUE(fs::exists(artifacts / "Child.Passes")) << output;
+  EXPECT_TRUE(instance_names().empty()) << "the failed test's instance was left";
+}
+
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <string>
 
@@ -30,6 +31,30 @@ TEST(Settings, AWholeNumberIsReadWithinItsRangeAndAnythingElseIsRefusedByName) {
     }
   }
   ::unsetenv("VMFEST_TEST_SETTING");
+}
+
+// vmfest_add_tests hands ctest's TIMEOUT to the test as VMFEST_TEST_TIMEOUT: vmfest's waits end
+// a margin before ctest would kill the test, and never below a second.
+TEST(Settings, WaitsEndWithinTheTestBudget) {
+  using std::chrono::milliseconds;
+  using std::chrono::minutes;
+  using std::chrono::seconds;
+  using vmfest::detail::within_test_budget;
+  ::unsetenv("VMFEST_TEST_TIMEOUT");
+  EXPECT_EQ(within_test_budget(minutes(10)), minutes(10));
+  ::setenv("VMFEST_TEST_TIMEOUT", "100", 1);
+  // 100 s less a margin of 15 s, less what this process has run so far.
+  const milliseconds left = within_test_budget(minutes(10));
+  EXPECT_LE(left, seconds(85));
+  EXPECT_GT(left, seconds(60));
+  EXPECT_EQ(within_test_budget(seconds(5)), seconds(5));
+  ::setenv("VMFEST_TEST_TIMEOUT", "1000", 1);  // a tenth is the margin past 150 s
+  EXPECT_LE(within_test_budget(minutes(30)), seconds(900));
+  ::setenv("VMFEST_TEST_TIMEOUT", "5", 1);  // spent before it began: a second still
+  EXPECT_EQ(within_test_budget(minutes(10)), seconds(1));
+  ::setenv("VMFEST_TEST_TIMEOUT", "soon", 1);
+  EXPECT_THROW(within_test_budget(minutes(10)), vmfest::InvalidArgument);
+  ::unsetenv("VMFEST_TEST_TIMEOUT");
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Settings read from the environment (VMFEST_*).
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <string_view>
 
@@ -12,5 +13,17 @@ namespace vmfest::detail {
 // seconds from 1 to 3600".
 std::optional<long> whole_number_setting(const char* name, long min, long max,
                                          std::string_view unit = "");
+
+// $VMFEST_TEST_TIMEOUT: the seconds a test runner (ctest, through vmfest_add_tests) gives this
+// process before it kills it without a word. vmfest's own waits end before that, so that a test
+// fails with vmfest's error, its console tail and its artifacts instead.
+struct TestBudget {
+  std::chrono::seconds timeout;
+  // What is left for waiting: the time to the kill, less a margin to fail, report and clean up.
+  [[nodiscard]] std::chrono::milliseconds left() const;
+};
+std::optional<TestBudget> test_budget();
+// `wait` bounded by what the test budget leaves (at least 1 s), if there is one.
+std::chrono::milliseconds within_test_budget(std::chrono::milliseconds wait);
 
 }  // namespace vmfest::detail

@@ -155,7 +155,7 @@ VmSlot acquire_vm_slot(const std::string& instance_name, std::chrono::millisecon
 // so a test starved of slots fails with the holders named instead of being killed by ctest.
 std::chrono::milliseconds slot_timeout() {
   const auto seconds = whole_number_setting("VMFEST_SLOT_WAIT", 1, 86400, "of seconds");
-  return seconds ? std::chrono::seconds(*seconds) : std::chrono::minutes(10);
+  return within_test_budget(seconds ? std::chrono::seconds(*seconds) : std::chrono::minutes(10));
 }
 
 }  // namespace vmfest::detail

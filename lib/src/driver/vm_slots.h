@@ -45,7 +45,7 @@ std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_na
                                      std::chrono::milliseconds timeout);
 
 // How long a start waits for room to run a VM: a free slot here, a remote host under its cap
-// ($VMFEST_SLOT_WAIT seconds, else 10 minutes).
+// ($VMFEST_SLOT_WAIT seconds, else 10 minutes), within the test budget (base/settings.h).
 std::chrono::milliseconds slot_timeout();
 
 }  // namespace vmfest::detail

@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "../base/files.h"
+#include "../base/settings.h"
 #include "../registry/boot_times.h"
 #include "vmfest/error.h"
 
@@ -57,6 +58,11 @@ enum Rank { kTimedOut = 1, kConnection = 2, kGuestSaid = 3 };
 }  // namespace
 
 seconds ReadinessWaiter::timeout() const {
+  return std::max(seconds(1),
+                  std::chrono::duration_cast<seconds>(within_test_budget(wanted_timeout())));
+}
+
+seconds ReadinessWaiter::wanted_timeout() const {
   if (requested_.count() > 0) return requested_;
   const auto usual = usual_cold_boot(guest_.home, guest_.model, guest_.machine.accelerator());
   if (!usual) return kFirstBootTimeout;
@@ -73,9 +79,9 @@ void ReadinessWaiter::fail(const std::string& why) const {
                           *usual)
             : fmt::format("no earlier boot of this model under {} is recorded", accelerator);
   throw NotReadyError(
-      fmt::format("instance '{}' (model '{}', accelerator {}) did not become ready: {} ({}). "
+      fmt::format("instance '{}' (model '{}', accelerator {}) did not become ready: {} ({}{}). "
                   "Console log: {}",
-                  guest_.instance, model.name, accelerator, why, history,
+                  guest_.instance, model.name, accelerator, why, history, budget_note_,
                   guest_.machine.console_log().string()) +
           (accelerator == "kvm"
                ? ". If this host's KVM cannot run the guest, VMFEST_ACCEL=tcg avoids it"
@@ -103,7 +109,14 @@ void ReadinessWaiter::wait_for_marker(Clock::time_point deadline, seconds timeou
 }
 
 ssh::Session ReadinessWaiter::wait(bool cold) {
+  const seconds wanted = wanted_timeout();
   const seconds timeout = this->timeout();
+  if (timeout < wanted) {
+    budget_note_ = fmt::format(
+        "; vmfest cut its wait from {} s to {} s to fail before the test runner's timeout "
+        "(VMFEST_TEST_TIMEOUT={})",
+        wanted.count(), timeout.count(), test_budget()->timeout.count());
+  }
   const auto launched = Clock::now();
   const auto deadline = launched + timeout;
   const bool has_marker = cold && !guest_.model.ready_marker.empty();

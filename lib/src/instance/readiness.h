@@ -30,7 +30,8 @@ class ReadinessWaiter {
   ReadinessWaiter(WaitedGuest guest, std::chrono::seconds requested, StartClock& clock)
       : guest_(std::move(guest)), requested_(requested), clock_(clock) {}
 
-  // How long the guest may take to answer.
+  // How long the guest may take to answer: the request's timeout or one fitted to the model's
+  // recorded boots, cut to what the test budget leaves (base/settings.h).
   [[nodiscard]] std::chrono::seconds timeout() const;
   // Waits until an SSH command succeeds and returns the session that ran it. `cold`: a booting
   // guest, so wait for the model's console marker first and for cloud-init to finish; a resumed
@@ -38,12 +39,14 @@ class ReadinessWaiter {
   ssh::Session wait(bool cold);
 
  private:
+  [[nodiscard]] std::chrono::seconds wanted_timeout() const;
   [[noreturn]] void fail(const std::string& why) const;
   void wait_for_marker(Clock::time_point deadline, std::chrono::seconds timeout);
 
   WaitedGuest guest_;
   std::chrono::seconds requested_;
   StartClock& clock_;
+  std::string budget_note_;  // how the test budget cut this wait, for its error
 };
 
 }  // namespace vmfest::detail
