@@ -74,9 +74,14 @@ namespaced() { awk -v p="$pool" '$5 == p && / - tmpfs / {f = 1} END {exit !f}' "
 [[ ${1:-} = start && $# = 3 || ${1:-} = stop && $# = 2 ]] || usage
 mkdir -p "$2"
 state=$(cd "$2" && pwd) # absolute: sshd re-executes itself and needs absolute paths
+# The one file of STATE_DIR that $user reads (as sshd reads AuthorizedKeysFile: as the user logging
+# in) lives where $user can reach it whatever holds STATE_DIR (a clone in root's 0700 home): under
+# /run, in a folder per STATE_DIR, so two build trees' sshds keep their own keys.
+keys=/run/vmfest-hv/$(printf '%s' "$state" | sha256sum | cut -c1-16)
 if [ "$1" = stop ]; then
   pid=$(pid_of "$state/sshd.pid" sshd)
   if [ -n "$pid" ]; then stop_pid "$pid" sshd "stop $state"; else say "no sshd runs for $state"; fi
+  rm -rf "$keys"
   pid=$(pid_of /run/libvirtd.pid libvirtd)
   if [ -n "$pid" ] && [ "$pid" = "$(cat "$state/libvirtd.started" 2>/dev/null)" ]; then
     domains=$(vsh list --name 2>/dev/null) || kill_hung_daemon "$pid"
@@ -168,16 +173,16 @@ install -d -m 0755 /run/sshd # privilege separation directory
 for key in ssh_host_ed25519_key client_ed25519; do
   [ -f "$state/$key" ] || ssh-keygen -q -t ed25519 -N '' -C "vmfest-$key" -f "$state/$key"
 done
-install -m 0644 "$state/client_ed25519.pub" "$state/authorized_keys"
+install -d -m 0755 "$(dirname "$keys")" "$keys"
+install -m 0644 "$state/client_ed25519.pub" "$keys/authorized_keys"
 echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$state/ssh_host_ed25519_key.pub")" >"$state/known_hosts"
-# sshd reads AuthorizedKeysFile as the user logging in; StrictModes no only skips the owner checks.
-runuser -u "$user" -- test -r "$state/authorized_keys" ||
-  die "$user cannot read $state/authorized_keys: STATE_DIR must be reachable by others"
+# StrictModes no only skips sshd's owner checks: the user must still be able to read the file.
+runuser -u "$user" -- test -r "$keys/authorized_keys" || die "$user cannot read $keys/authorized_keys"
 cat >"$state/sshd_config.new" <<EOF
 ListenAddress 127.0.0.1:$port
 HostKey "$state/ssh_host_ed25519_key"
 PidFile "$state/sshd.pid"
-AuthorizedKeysFile "$state/authorized_keys"
+AuthorizedKeysFile "$keys/authorized_keys"
 AllowUsers $user
 PasswordAuthentication no
 KbdInteractiveAuthentication no
