@@ -68,9 +68,14 @@ TEST_F(ReapLeftovers, WorkStillUnderWayStays) {
   // A new instance's folder in the moment before its creator (this process) takes its lock.
   const fs::path creating =
       folder(home_.instances() / fmt::format(".new-my-vm-{}-0badcafe", ::getpid()));
+  // ... and one in the moment after it made the lock file, before it locked it: a reaper that
+  // took the lock then removed the folder under its creator (seen with 12 processes at once).
+  const fs::path locking =
+      folder(home_.instances() / fmt::format(".new-my-vm-{}-1badcafe", ::getpid()));
+  std::ofstream(locking / vmfest::detail::kOwnerLock).close();
 
   EXPECT_TRUE(vmfest::reap_leaked_instances(home_).empty());
-  for (const fs::path& path : {staging, building, alive, creating}) {
+  for (const fs::path& path : {staging, building, alive, creating, locking}) {
     EXPECT_TRUE(fs::exists(path)) << path << " was removed while its owner lives";
   }
 }

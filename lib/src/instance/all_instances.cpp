@@ -146,9 +146,11 @@ std::vector<std::string> reap_leaked_instances(const Home& home, const ReapOptio
     const fs::path directory = entry.path();
     if (!entry.is_directory()) continue;
     try {
+      // A new instance's folder while its creator lives: it makes the lock file, then locks it,
+      // then writes the record and renames the folder into place. A reaper that took the lock
+      // between the first two steps would remove a folder under its creator.
+      if (detail::instance_creation_under_way(directory.filename().string())) continue;
       if (!fs::exists(directory / detail::kOwnerLock)) {
-        // A new instance's folder before its creator took the lock.
-        if (detail::instance_creation_under_way(directory.filename().string())) continue;
         // Every instance folder has its lock from birth (see create): without it, this is what
         // a destroy killed halfway left, its VM already killed.
         spdlog::info("vmfest: removing {}, left by an interrupted destroy", directory.string());
