@@ -1,9 +1,11 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -87,6 +89,60 @@ TEST_F(VmSlots, TwoGroupsFillingTheCapTakeTurnsInsteadOfDeadlocking) {
   first.join();
   second.join();
   EXPECT_EQ(most_holding, 1) << "two groups of 2 shared a cap of 2";
+}
+
+// Hold and wait across processes: two tests each hold one running VM of a cap of 2 and each start
+// a second. Neither would ever free its slot; one goes past the cap, then the other follows it.
+TEST_F(VmSlots, TwoProcessesEachHoldingOneAndWaitingForAnotherBothGoOn) {
+  int ready[2];
+  int result[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(result), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int index = -1;
+    try {
+      auto first = acquire_vm_slot("child-1", 1s);
+      first.settle();  // its VM is up: the child now only waits
+      char byte = 'r';
+      if (::write(ready[1], &byte, 1) != 1) ::_exit(3);
+      index = acquire_vm_slot("child-2", 30s).index();
+    } catch (...) {
+      ::_exit(2);
+    }
+    ::_exit(::write(result[1], &index, sizeof index) == sizeof index ? 0 : 4);
+  }
+  char byte = 0;
+  ASSERT_EQ(::read(ready[0], &byte, 1), 1);
+  const auto began = std::chrono::steady_clock::now();
+  int parent_index = -1;
+  {
+    auto first = acquire_vm_slot("parent-1", 1s);
+    first.settle();
+    parent_index = acquire_vm_slot("parent-2", 30s).index();
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
+  int child_index = -1;
+  ASSERT_EQ(::read(result[0], &child_index, sizeof child_index),
+            static_cast<ssize_t>(sizeof child_index));
+  for (int fd : {ready[0], ready[1], result[0], result[1]}) ::close(fd);
+  // Exactly one went past the cap of 2 (index 2 and up); the other took the slot it freed.
+  EXPECT_EQ((parent_index >= 2) + (child_index >= 2), 1)
+      << "parent got slot " << parent_index << ", child slot " << child_index;
+  EXPECT_LT(std::chrono::steady_clock::now() - began, 20s) << "the stall was not broken promptly";
+}
+
+// A process whose VM is still starting works for the host: a wait beside it is no stall and keeps
+// to the cap. Once the VM is up and the same process waits for another, nothing can free a slot.
+TEST_F(VmSlots, OnlyAWaitWithEveryHeldVmUpGoesPastTheCap) {
+  ::setenv("VMFEST_MAX_VMS", "1", 1);
+  auto booting = acquire_vm_slot("booting", 1s);
+  EXPECT_THROW((void)acquire_vm_slot("beside", 5s), vmfest::StateError);
+  booting.settle();
+  EXPECT_EQ(acquire_vm_slot("next", 10s).index(), 1) << "the second VM goes past the cap of 1";
 }
 
 TEST_F(VmSlots, AGroupLargerThanTheCapIsRefusedAtOnce) {

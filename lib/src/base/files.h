@@ -55,4 +55,8 @@ class FileLock {
   int fd_ = -1;
 };
 
+// Whether some process holds the FileLock on `path` now (false when the file does not exist).
+// Asks with a shared lock, so two processes asking at once never mistake each other for holders.
+bool lock_file_held(const std::filesystem::path& path);
+
 }  // namespace vmfest::detail

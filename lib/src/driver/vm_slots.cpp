@@ -8,6 +8,8 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -88,10 +90,105 @@ fs::path slots_directory() {
 
 namespace {
 
+fs::path slot_file(const fs::path& directory, int index) {
+  return directory / fmt::format("slot-{}.lock", index);
+}
+
+// Slots granted past the cap to break a stall, numbered from 0.
+fs::path beyond_cap_file(const fs::path& directory, int index) {
+  return directory / fmt::format("beyond-cap-{}.lock", index);
+}
+
+// Held by a process while it waits for a slot with all the VMs it holds up (so it works on none).
+fs::path stalled_mark(const fs::path& directory, pid_t pid) {
+  return directory / fmt::format("stalled-{}.lock", pid);
+}
+
+// What this process tells the others about itself: whether it is stalled. Waits and starting slots
+// of all its threads count, so a process booting one VM while another thread waits is not.
+class ProcessSlotState {
+ public:
+  static ProcessSlotState& instance() {
+    static ProcessSlotState state;
+    return state;
+  }
+  void begin_wait(const fs::path& directory) {
+    std::lock_guard guard(mutex_);
+    ++waiting_;
+    if (mark_ && directory != directory_) {  // another VMFEST_SLOTS_DIR: mark there instead
+      mark_->remove_file();
+      mark_.reset();
+    }
+    directory_ = directory;
+    publish();
+  }
+  void end_wait() {
+    std::lock_guard guard(mutex_);
+    --waiting_;
+    publish();
+  }
+  void add_starting(int count) {
+    std::lock_guard guard(mutex_);
+    starting_ += count;
+    publish();
+  }
+
+ private:
+  // Never throws: without the mark, other processes just do not see this one as stalled.
+  void publish() noexcept {
+    const bool stalled = waiting_ > 0 && starting_ == 0;
+    if (!stalled && mark_) {
+      mark_->remove_file();
+      mark_.reset();
+    } else if (stalled && !mark_) {
+      try {
+        mark_.emplace(stalled_mark(directory_, ::getpid()), FileLock::Mode::Wait);
+      } catch (const std::exception& error) {
+        spdlog::warn("vmfest: cannot mark this process as waiting for a VM slot: {}", error.what());
+      }
+    }
+  }
+  std::mutex mutex_;
+  int waiting_ = 0;
+  int starting_ = 0;
+  fs::path directory_;
+  std::optional<FileLock> mark_;
+};
+
+// While a thread waits for slots.
+class WaitScope {
+ public:
+  explicit WaitScope(const fs::path& directory) {
+    ProcessSlotState::instance().begin_wait(directory);
+  }
+  WaitScope(const WaitScope&) = delete;
+  WaitScope& operator=(const WaitScope&) = delete;
+  ~WaitScope() { ProcessSlotState::instance().end_wait(); }
+};
+
+std::optional<pid_t> holder_pid(const fs::path& file) {
+  std::ifstream in(file);
+  std::string word;
+  pid_t pid = 0;
+  if (in >> word >> pid && word == "pid" && pid > 0) return pid;
+  return std::nullopt;
+}
+
+std::vector<fs::path> held_beyond_cap_files(const fs::path& directory) {
+  std::vector<fs::path> held;
+  for (int index = 0; fs::exists(beyond_cap_file(directory, index)); ++index) {
+    if (lock_file_held(beyond_cap_file(directory, index)))
+      held.push_back(beyond_cap_file(directory, index));
+  }
+  return held;
+}
+
 std::string holders(const fs::path& directory, int count) {
+  std::vector<fs::path> files = held_beyond_cap_files(directory);
+  for (int index = 0; index < count; ++index) files.push_back(slot_file(directory, index));
   std::string text;
-  for (int index = 0; index < count; ++index) {
-    std::ifstream in(directory / fmt::format("slot-{}.lock", index));
+  for (const fs::path& file : files) {
+    std::ifstream in(file);
     std::string holder;
     std::getline(in, holder);
     if (!holder.empty()) text += (text.empty() ? "" : ", ") + holder;
@@ -99,7 +196,82 @@ std::string holders(const fs::path& directory, int count) {
   return text.empty() ? "unknown" : text;
 }
 
+// A stall: this process holds slots, and every process holding one (of the cap's `busy` and those
+// beyond the cap) waits for another with all its VMs up. Nobody will free a slot then.
+bool host_stalled(const fs::path& directory, const std::vector<fs::path>& busy) {
+  std::vector<fs::path> held = held_beyond_cap_files(directory);
+  held.insert(held.end(), busy.begin(), busy.end());
+  bool holds_one = false;
+  for (const fs::path& file : held) {
+    const std::optional<pid_t> pid = holder_pid(file);
+    // A holder whose starter has exited (a `vmfest start` VM) runs on its own: not a stall.
+    if (!pid || !lock_file_held(stalled_mark(directory, *pid))) return false;
+    holds_one = holds_one || *pid == ::getpid();
+  }
+  return holds_one;
+}
+
+// One try at the cap's slots: those taken (up to `wanted`) and the files of those held by others.
+struct Attempt {
+  std::vector<VmSlot> taken;
+  std::vector<fs::path> busy;
+};
+
+Attempt try_slots(const fs::path& directory, int count,
+                  const std::vector<std::string>& instance_names) {
+  Attempt attempt;
+  for (int index = 0; index < count && attempt.taken.size() < instance_names.size(); ++index) {
+    FileLock lock(slot_file(directory, index), FileLock::Mode::TryOnce);
+    if (!lock.held()) {
+      attempt.busy.push_back(slot_file(directory, index));
+      continue;
+    }
+    lock.describe_holder(
+        fmt::format("pid {} instance {}\n", ::getpid(), instance_names[attempt.taken.size()]));
+    attempt.taken.emplace_back(std::move(lock), index);
+  }
+  return attempt;
+}
+
+// Under the breaker lock, so only one waiter at a time decides: the first to go past the cap is
+// no longer stalled when the next one looks. Empty when the stall is over.
+std::vector<VmSlot> break_stall(const fs::path& directory, int count,
+                                const std::vector<std::string>& instance_names) {
+  FileLock breaker(directory / "breaker.lock", FileLock::Mode::Wait);
+  Attempt attempt = try_slots(directory, count, instance_names);
+  if (attempt.taken.size() == instance_names.size()) return std::move(attempt.taken);
+  if (!host_stalled(directory, attempt.busy)) return {};
+  const std::string stalled_holders = holders(directory, count);
+  for (int index = 0; attempt.taken.size() < instance_names.size(); ++index) {
+    FileLock lock(beyond_cap_file(directory, index), FileLock::Mode::TryOnce);
+    if (!lock.held()) continue;
+    lock.describe_holder(
+        fmt::format("pid {} instance {}\n", ::getpid(), instance_names[attempt.taken.size()]));
+    attempt.taken.emplace_back(std::move(lock), count + index);
+  }
+  spdlog::warn(
+      "vmfest: instance '{}' starts beyond the host's cap of {} VMs (VMFEST_MAX_VMS): every slot "
+      "is held by a process that waits for another with its VMs up ({}), so none would ever be "
+      "freed. Start the VMs a test needs together (vmfest::start_all or a group fixture) to keep "
+      "within the cap",
+      instance_names.front(), count, stalled_holders);
+  return std::move(attempt.taken);
+}
+
 }  // namespace
+
+VmSlot::VmSlot(VmSlot&& other) noexcept
+    : lock_(std::move(other.lock_)), index_(other.index_), starting_(other.starting_) {
+  other.starting_ = false;
+}
+
+VmSlot::~VmSlot() { settle(); }
+
+void VmSlot::settle() noexcept {
+  if (!starting_) return;
+  starting_ = false;
+  ProcessSlotState::instance().add_starting(-1);
+}
 
 std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_names,
                                      std::chrono::milliseconds timeout) {
@@ -112,38 +284,47 @@ std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_na
         wanted, instance_names.front(), count, wanted));
   }
   const fs::path directory = slots_directory();
+  auto granted = [&](std::vector<VmSlot> slots) {
+    ProcessSlotState::instance().add_starting(wanted);
+    for (VmSlot& slot : slots) slot.starting_ = true;
+    return slots;
+  };
+  Attempt attempt = try_slots(directory, count, instance_names);
+  if (static_cast<int>(attempt.taken.size()) == wanted) return granted(std::move(attempt.taken));
+
+  const WaitScope waiting(directory);
+  spdlog::info("vmfest: instance '{}' waits for {} free VM slot(s) (cap {})",
+               instance_names.front(), wanted, count);
   const auto deadline = Clock::now() + timeout;
+  std::optional<Clock::time_point> stalled_since;
   std::minstd_rand jitter(static_cast<unsigned>(::getpid()));
-  bool told = false;
   while (true) {
-    std::vector<VmSlot> taken;
-    for (int index = 0; index < count && static_cast<int>(taken.size()) < wanted; ++index) {
-      const fs::path file = directory / fmt::format("slot-{}.lock", index);
-      FileLock lock(file, FileLock::Mode::TryOnce);
-      if (!lock.held()) continue;
-      lock.describe_holder(
-          fmt::format("pid {} instance {}\n", ::getpid(), instance_names[taken.size()]));
-      taken.emplace_back(std::move(lock), index);
-    }
-    if (static_cast<int>(taken.size()) == wanted) return taken;
-    taken.clear();  // all or none: give back a partial set before waiting
+    attempt.taken.clear();  // all or none: give back a partial set before waiting
     if (Clock::now() >= deadline) {
       throw StateError(fmt::format(
           "instance '{}' waited {} s for {} of the host's {} VM slots (VMFEST_MAX_VMS); held by: "
           "{}. Raise VMFEST_MAX_VMS, run fewer VM tests at once, or stop the instances left "
-          "running "
-          "(`vmfest ls`, then `vmfest power-down` or `vmfest destroy`; `vmfest reap` for those "
-          "of dead test processes)",
+          "running (`vmfest ls`, then `vmfest power-down` or `vmfest destroy`; `vmfest reap` for "
+          "those of dead test processes)",
           instance_names.front(), std::chrono::duration_cast<std::chrono::seconds>(timeout).count(),
           wanted, count, holders(directory, count)));
     }
-    if (!told) {
-      spdlog::info("vmfest: instance '{}' waits for {} free VM slot(s) (cap {})",
-                   instance_names.front(), wanted, count);
-      told = true;
-    }
     // Jittered, so that two groups released by the same exit do not keep colliding.
     std::this_thread::sleep_for(std::chrono::milliseconds(50 + jitter() % 100));
+    attempt = try_slots(directory, count, instance_names);
+    if (static_cast<int>(attempt.taken.size()) == wanted) return granted(std::move(attempt.taken));
+    attempt.taken.clear();
+    // A stall that lasts, not the moment between one holder's VM being up and its next start.
+    constexpr auto kStallGrace = std::chrono::seconds(3);
+    if (!host_stalled(directory, attempt.busy)) {
+      stalled_since.reset();
+    } else if (!stalled_since) {
+      stalled_since = Clock::now();
+    } else if (Clock::now() - *stalled_since >= kStallGrace) {
+      std::vector<VmSlot> beyond = break_stall(directory, count, instance_names);
+      if (!beyond.empty()) return granted(std::move(beyond));
+      stalled_since.reset();
+    }
   }
 }
 

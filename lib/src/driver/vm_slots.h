@@ -17,14 +17,23 @@ namespace vmfest::detail {
 class VmSlot {
  public:
   VmSlot(FileLock lock, int index) : lock_(std::move(lock)), index_(index) {}
+  VmSlot(VmSlot&& other) noexcept;
+  VmSlot& operator=(VmSlot&&) = delete;
+  ~VmSlot();
   [[nodiscard]] int index() const noexcept { return index_; }
   // The slot's locked file: a VM process that inherits it keeps the slot taken for as long as it
   // runs, whether or not the process that started it is still there (see Machine::launch).
   [[nodiscard]] int descriptor() const noexcept { return lock_.descriptor(); }
+  // The VM is up and this process no longer works to start it. Until then (and for a slot never
+  // settled) a wait of this process for another slot is not a stall: its VM is still booting.
+  void settle() noexcept;
 
  private:
+  friend std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>&,
+                                              std::chrono::milliseconds);
   FileLock lock_;
   int index_;
+  bool starting_ = false;
 };
 
 // $VMFEST_MAX_VMS, else min(cores, memory / 512 MiB), at least 1.
@@ -41,6 +50,10 @@ VmSlot acquire_vm_slot(const std::string& instance_name, std::chrono::millisecon
 // One slot per name, all or none: instances that must run together (a group on a private network)
 // never hold part of the cap while waiting for the rest, so two groups cannot deadlock each other.
 // InvalidArgument when more are asked than the cap allows at all.
+// Processes that start their VMs one at a time can still hold and wait: two tests each holding one
+// idle VM of a cap of 2 and each waiting for a second. When every slot is held by a process that
+// is itself waiting with all its VMs up, for a few seconds, nothing will ever free one: one waiter
+// then starts beyond the cap, with a warning, so the run goes on at the speed of the CPUs.
 std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_names,
                                      std::chrono::milliseconds timeout);
 

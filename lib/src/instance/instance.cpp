@@ -397,6 +397,7 @@ void Instance::start() {
       impl_->run_provision_steps(0);
     }
     impl_->build.steps_pending_after_boot = false;
+    impl_->slot->settle();
   } catch (...) {
     // A start that failed stops what it started: the VM of a detached instance (`vmfest start`)
     // would otherwise run on, unwatched, holding its VM slot.
