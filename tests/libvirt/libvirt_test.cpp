@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -239,6 +240,40 @@ TEST(Libvirt, ReapRemovesWhatAnInstanceWithoutAFolderLeftOnTheHost) {
   vmfest::reap_leaked_instances();
   EXPECT_FALSE(domain_exists(first_uri(), "-" + name));
   EXPECT_TRUE(volumes_with(first_uri(), "-" + name).empty());
+}
+
+// A domain that will not stop is an error naming it and libvirt's reason, not a stop taken for
+// done: here through a read-only connection, which libvirt refuses to let stop anything. A domain
+// that is already gone is stopped.
+TEST(Libvirt, ADomainThatCannotBeStoppedIsAnErrorWithItsCause) {
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::test_model();
+  Instance instance = Instance::create(request);
+  instance.start();
+  const lv::Connection read_only(virConnectOpenReadOnly(first_uri().c_str()));
+  ASSERT_TRUE(read_only) << lv::last_error();
+  std::optional<lv::Domain> domain;
+  for (lv::Domain& candidate : lv::list_domains(read_only.get(), first_uri())) {
+    if (std::string(virDomainGetName(candidate.get())).ends_with("-" + instance.name()))
+      domain = std::move(candidate);
+  }
+  ASSERT_TRUE(domain) << "no domain of instance " << instance.name();
+  const lv::Connection connection = lv::connect(first_uri());
+  const std::optional<lv::Domain> writable =
+      lv::find_domain(connection.get(), virDomainGetName(domain->get()), first_uri());
+  ASSERT_TRUE(writable);
+  try {
+    lv::destroy_domain(domain->get(), first_uri());
+    ADD_FAILURE() << "a read-only connection stopped a domain";
+  } catch (const vmfest::BackendError& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("could not stop domain"), std::string::npos) << message;
+    EXPECT_NE(message.find(instance.name()), std::string::npos) << message;
+    EXPECT_NE(message.find("read only"), std::string::npos) << "libvirt's reason: " << message;
+  }
+  EXPECT_EQ(instance.state(), vmfest::InstanceState::Running);
+  instance.destroy();
+  EXPECT_NO_THROW(lv::destroy_domain(writable->get(), first_uri()));
 }
 
 // Both URIs of VMFEST_LIBVIRT_URI (the registration gives two) take instances, least loaded first,

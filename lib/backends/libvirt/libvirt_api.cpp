@@ -155,6 +155,15 @@ std::optional<Volume> find_volume(virStoragePoolPtr pool, const std::string& nam
                                fmt::format("libvirt: could not look up volume '{}'", name), uri);
 }
 
+void destroy_domain(virDomainPtr domain, const std::string& uri) {
+  if (virDomainDestroy(domain) == 0) return;
+  const int code = last_error_code();
+  if (code == VIR_ERR_OPERATION_INVALID || code == VIR_ERR_NO_DOMAIN) return;  // not running
+  const std::string why = last_error();  // before the next call of libvirt resets it
+  throw BackendError(fmt::format("libvirt: could not stop domain '{}' on {}: {}",
+                                 virDomainGetName(domain), uri, why));
+}
+
 std::vector<Domain> list_domains(virConnectPtr connection, const std::string& uri, unsigned flags) {
   virDomainPtr* domains = nullptr;
   const int count = virConnectListAllDomains(connection, &domains, flags);

@@ -65,6 +65,11 @@ std::optional<Domain> find_domain(virConnectPtr connection, const std::string& n
 std::optional<Volume> find_volume(virStoragePoolPtr pool, const std::string& name,
                                   const std::string& uri);
 
+// Stops a domain at once (virDomainDestroy). A domain that is not running, or gone, is done;
+// BackendError naming it and libvirt's reason when it still runs (a read-only connection, a
+// hypervisor that does not answer).
+void destroy_domain(virDomainPtr domain, const std::string& uri);
+
 // The host's domains (virConnectListAllDomains `flags`: 0 for all, running or not).
 std::vector<Domain> list_domains(virConnectPtr connection, const std::string& uri,
                                  unsigned flags = 0);

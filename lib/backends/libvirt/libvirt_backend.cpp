@@ -10,6 +10,8 @@
 
 #include <mutex>
 #include <random>
+#include <set>
+#include <string_view>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -155,9 +157,13 @@ class LibvirtMachine final : public Machine {
     console_.reset();
     console_ = std::make_unique<ConsoleLog>(connection(), domain.get(), console_log(), host_.uri);
     if (virDomainResume(domain.get()) < 0) {
-      const std::string why = last_error();
+      std::string why = last_error();
       close_console();
-      virDomainDestroy(domain.get());
+      try {
+        destroy_domain(domain.get(), host_.uri);
+      } catch (const BackendError& error) {
+        why += fmt::format(" (and it still runs: {})", error.what());
+      }
       throw BackendError(
           fmt::format("libvirt: could not run domain '{}' on {}: {}", domain_, host_.uri, why));
     }
@@ -185,7 +191,7 @@ class LibvirtMachine final : public Machine {
   void kill() noexcept override {
     close_console();
     try {
-      if (auto domain = find()) virDomainDestroy(domain->get());
+      if (auto domain = find()) destroy_domain(domain->get(), host_.uri);
     } catch (const std::exception& error) {
       spdlog::warn("vmfest: could not stop libvirt domain '{}' of instance '{}': {}", domain_,
                    config_.instance_name, error.what());
@@ -342,15 +348,25 @@ class LibvirtBackend final : public Backend {
     };
     for (const HostUri& host : configured_hosts()) {
       Connection connection = connect(host.uri);
+      std::set<std::string> still_running;  // their disks stay: the domain still uses them
       for (const Domain& domain : list_domains(connection.get(), host.uri)) {
         const std::string name = virDomainGetName(domain.get());
         if (!orphan(name, "")) continue;
-        virDomainDestroy(domain.get());
-        removed.push_back(fmt::format("libvirt domain '{}' on {}", name, host.uri));
+        try {
+          destroy_domain(domain.get(), host.uri);
+          removed.push_back(fmt::format("libvirt domain '{}' on {}", name, host.uri));
+        } catch (const BackendError& error) {
+          spdlog::warn("vmfest: the orphaned domain '{}' still runs, so its volumes stay: {}", name,
+                       error.what());
+          still_running.insert(name);
+        }
       }
       StoragePool pool(connection.get(), host.uri);
       for (const std::string& name : pool.volume_names()) {
         if (!orphan(name, kDiskSuffix) && !orphan(name, kSeedSuffix)) continue;
+        const std::string_view suffix = name.ends_with(kDiskSuffix) ? kDiskSuffix : kSeedSuffix;
+        const std::string owner = name.substr(0, name.size() - suffix.size());
+        if (still_running.contains(owner)) continue;
         pool.remove(name);
         removed.push_back(fmt::format("libvirt volume '{}' on {}", name, host.uri));
       }
