@@ -8,9 +8,17 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <optional>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <unistd.h>
+
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "vmfest/error.h"
 #include "vmfest/gtest/environment.h"
@@ -159,6 +167,53 @@ TEST(Warm, AnImageWhoseMemoryWasAlteredIsRebuilt) {
   EXPECT_EQ(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Ready);
   EXPECT_NE(vmfest::detail::sha256_file(altered), altered_hash);
   EXPECT_EQ(next.ssh().check("hostname").stdout_text, next.name() + "\n");
+}
+
+// A warm image QEMU refuses at the resume (here its state cut in half, the manifest rewritten to
+// match: what a disk fault or another QEMU build can leave behind) costs the instance a cold boot,
+// not its start. The log says why, the image goes, and the next instance builds it afresh. A
+// profile of its own keeps this test's image apart from the other tests'.
+TEST(Warm, AnImageQemuCannotResumeFallsBackToAColdBootAndIsRebuilt) {
+  const vmfest::Profile profile = vmfest::Profile::custom(368, 1);
+  remove_warm_image(profile);
+  const fs::path image = warm_image_of(start_warm(profile));
+  ASSERT_FALSE(image.empty());
+  const fs::path state = image / "state";
+  fs::permissions(state, fs::perms::owner_read | fs::perms::owner_write);
+  fs::resize_file(state, fs::file_size(state) / 2);
+  const auto manifest = nlohmann::json::parse(vmfest::detail::read_text(image / "manifest.json"));
+  fs::remove(image / "last-used");  // files of the image, as a fresh save leaves them
+  fs::remove(image / "manifest.json");
+  vmfest::detail::write_warm_manifest(image, manifest["fingerprint"], manifest["backend"],
+                                      manifest["save_seconds"]);
+  ASSERT_EQ(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Ready);
+
+  auto warnings = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(16);
+  warnings->set_level(spdlog::level::warn);
+  spdlog::default_logger()->sinks().push_back(warnings);
+  std::optional<Instance> fallen;
+  EXPECT_NO_THROW(fallen.emplace(start_warm(profile)));
+  spdlog::default_logger()->sinks().pop_back();
+  ASSERT_TRUE(fallen);
+  EXPECT_FALSE(fallen->resumed_warm());
+  EXPECT_EQ(fallen->ssh().check("hostname").stdout_text, fallen->name() + "\n");
+  const std::vector<std::string> seen = warnings->last_formatted();
+  EXPECT_TRUE(std::any_of(seen.begin(), seen.end(), [&](const std::string& line) {
+    return line.find(fallen->name()) != std::string::npos &&
+           line.find(vmfest::testing::test_model()) != std::string::npos &&
+           line.find("cold boot") != std::string::npos;
+  })) << "no warning names the instance, its model and the fall-back";
+  EXPECT_NE(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Ready)
+      << "the image QEMU refused is still there";
+  EXPECT_FALSE(fs::exists(vmfest::detail::warm_build_folder(image)));
+  fallen.reset();  // its VM slot, for the next one
+
+  Instance next = start_warm(profile);
+  const auto& phases = next.start_phases();
+  EXPECT_TRUE(std::any_of(phases.begin(), phases.end(), [](const vmfest::StartPhase& phase) {
+    return phase.name == "warm image";
+  })) << "the refused image was not rebuilt";
+  EXPECT_TRUE(next.resumed_warm());
 }
 
 // A guest agent that does not answer once (here its channel's socket is hidden while the warm

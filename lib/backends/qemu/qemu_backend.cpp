@@ -114,9 +114,12 @@ class QemuMachine final : public Machine {
     accelerator_ = choice.name;
     // Only the first launch of a warm clone resumes the image; later ones boot its disk.
     resuming_ = !config_.warm_image.empty() && !warm_restored_;
-    start_process();
+    if (resuming_) {
+      resume_warm_image();
+    } else {
+      start_process();
+    }
     spdlog::debug("instance {}: QEMU (pid {}) answers on QMP", config_.instance_name, pid_);
-    if (resuming_) resume_warm_state();
     if (accelerator_ != "kvm") return;
     if (fall_back_to_tcg_if_silent(choice, kvm_launch())) restart_under_tcg();
   }
@@ -433,14 +436,35 @@ class QemuMachine final : public Machine {
     start_process();
   }
 
-  // Loads the warm image's memory state into the just-started (incoming) QEMU and runs it.
-  void resume_warm_state() {
+  // Starts QEMU on the warm image and loads its saved memory state. WarmResumeError, the VM
+  // stopped, when either fails; a state QEMU refuses is the image's fault.
+  void resume_warm_image() {
+    try {
+      start_process();
+    } catch (const Error& error) {
+      throw WarmResumeError(
+          fmt::format("instance '{}': QEMU did not start to resume warm image {}: {}",
+                      config_.instance_name, config_.warm_image.string(), error.what()),
+          false);
+    }
+    try {
+      load_warm_state();
+    } catch (const Error& error) {
+      kill();
+      std::string qemu_said = tail_lines(path(kQemuLog), 5);
+      while (!qemu_said.empty() && qemu_said.back() == '\n') qemu_said.pop_back();
+      throw WarmResumeError(
+          fmt::format("instance '{}': QEMU refused the saved state of warm image {} ({}): {}",
+                      config_.instance_name, config_.warm_image.string(), error.what(), qemu_said),
+          true);
+    }
+  }
+
+  void load_warm_state() {
     QmpClient client = qmp();
     if (!load_state(client, config_.warm_image / kWarmState, memory_in_file(),
                     [&] { return alive(); })) {
-      throw BackendError(fmt::format("instance '{}': resuming the warm image {} failed: {}",
-                                     config_.instance_name, config_.warm_image.string(),
-                                     tail_lines(path(kQemuLog), 5)));
+      throw BackendError("QEMU exited while loading it, or the load outran its timeout");
     }
     spdlog::debug("instance {}: warm state loaded", config_.instance_name);
     // The image was saved from a stopped VM, so it arrives paused.

@@ -97,6 +97,10 @@ struct Instance::Impl {
   // After this instance's cold boot: saves it as the warm image (when its guest agent answers) and
   // resumes it from there; never fails the start (a guest that cannot be saved runs on cold).
   void finish_warm_build();
+  // Launches the VM (a start's, or a relaunch on the image the start just saved). False when it
+  // was to resume a warm image and could not: the instance has then booted cold instead, its
+  // steps run, and the image is gone if it was at fault.
+  bool launch_or_boot_cold();
   // After a launch that resumed a warm image: identity, then ready; a cold boot if that fails.
   void complete_warm_resume();
 

@@ -157,10 +157,7 @@ void Instance::Impl::finish_layer_build() {
   build.steps_inherited = build.steps.size();
   resumed_warm = false;
   use_warm_image(layer);
-  machine->launch(&slot.value());
-  clock.phase_done("launch");
-  save_record();
-  complete_warm_resume();
+  if (launch_or_boot_cold()) complete_warm_resume();
 }
 
 }  // namespace vmfest

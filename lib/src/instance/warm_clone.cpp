@@ -185,10 +185,24 @@ void Instance::Impl::finish_warm_build() {
   }
   clock.phase_done("warm image");
   use_warm_image(image);
-  machine->launch(&slot.value());
+  if (launch_or_boot_cold()) complete_warm_resume();
+}
+
+bool Instance::Impl::launch_or_boot_cold() {
+  try {
+    machine->launch(&slot.value());
+  } catch (const detail::WarmResumeError& error) {
+    const fs::path image = record.warm_image;
+    const bool discarded = error.image_at_fault() && detail::discard_warm_image(image);
+    fall_back_to_cold_boot(
+        fmt::format("resuming a warm image of model '{}' failed: {}{}", model.name, error.what(),
+                    discarded ? "; the image is removed, and the next instance rebuilds it" : ""));
+    return false;
+  }
   clock.phase_done("launch");
+  record.started = true;
   save_record();
-  complete_warm_resume();
+  return true;
 }
 
 void Instance::Impl::complete_warm_resume() {
@@ -244,6 +258,7 @@ void Instance::Impl::fall_back_to_cold_boot(const std::string& why) {
   machine = backend->machine(detail::machine_config(home, record, model), nlohmann::json());
   machine->create_disk();
   machine->launch(&slot.value());
+  record.started = true;
   save_record();
   wait_until_ready(true);
   // The model's own disk: every step the warm image held runs again.
