@@ -281,4 +281,38 @@ TEST(SaveAsModel, ARunningInstanceBecomesAModelThatClonesLikeAnyOther) {
   vmfest::ModelRegistry().remove(model_name);
 }
 
+// A saved model's warm image holds the guest's memory in its state, where a layer build maps a
+// copy of the memory file: provisioning steps on it work all the same, and build a layer that the
+// next instance with these steps resumes.
+TEST(SaveAsModel, ProvisioningStepsRunOnASavedModel) {
+  const std::string token = fresh_token();
+  const std::string model_name = "saved-" + token;
+  {
+    vmfest::InstanceRequest request;
+    request.model = vmfest::testing::test_model();
+    Instance source = Instance::create(request);
+    source.start();
+    source.ssh().check("echo " + token + " > saved-on-disk");
+    source.save_as_model(model_name);
+  }
+  vmfest::InstanceRequest request;
+  request.model = model_name;
+  request.provision = {ProvisionStep::run("echo " + token + " > provisioned")};
+  {
+    Instance first = Instance::create(request);
+    ASSERT_NO_THROW(first.start());
+    EXPECT_EQ(first.ssh().check("cat saved-on-disk provisioned").stdout_text,
+              token + "\n" + token + "\n");
+    EXPECT_TRUE(first.resumed_warm()) << "the saved model's image was not resumed";
+  }
+  {
+    Instance second = Instance::create(request);
+    second.start();
+    EXPECT_TRUE(second.resumed_warm());
+    EXPECT_FALSE(had_phase(second, "provision")) << "the layer was not saved";
+    EXPECT_EQ(second.ssh().check("cat provisioned").stdout_text, token + "\n");
+  }
+  vmfest::ModelRegistry().remove(model_name);
+}
+
 }  // namespace

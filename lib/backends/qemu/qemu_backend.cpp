@@ -212,7 +212,8 @@ class QemuMachine final : public Machine {
     const bool mapped = memory_in_file();
     QmpClient client = qmp();
     client.execute("stop");
-    // The memory is in its file already: the state is left with the devices' (hundreds of KiB).
+    // Memory in a file of its own is there already: the state is left with the devices' (hundreds
+    // of KiB). A layer build on an image whose state holds the memory saves it in the state too.
     const fs::path state = image_directory / kWarmState;
     save_state(client, state, mapped, step("saving the warm image"));
     client.execute("quit");
@@ -224,6 +225,7 @@ class QemuMachine final : public Machine {
     const auto read_only = fs::perms::owner_read;  // the guest's memory and disk: no one else's
     keep_durably(path(kDisk), image_directory / kWarmBase, read_only, config_.instance_name);
     keep_durably(state, state, read_only, config_.instance_name);
+    if (mapped && !memory_in_own_file()) return memory_in_state_facts(image_directory);
     if (mapped) {
       const fs::path memory = image_directory / kMemoryFile;
       keep_durably(path(kMemoryFile), memory, fs::perms::owner_read | fs::perms::owner_write,
@@ -258,19 +260,32 @@ class QemuMachine final : public Machine {
     const auto read_only = fs::perms::owner_read;  // the guest's memory and disk: no one else's
     keep_durably(base, base, read_only, config_.instance_name);
     keep_durably(state, state, read_only, config_.instance_name);
-    if (mapped) {
-      const fs::path memory = image_directory / kMemoryFile;
-      write_text_atomically(memory, "", 0600);
-      fs::resize_file(memory, static_cast<std::uintmax_t>(config_.profile.memory_mib) << 20);
-      keep_durably(memory, memory, fs::perms::owner_read | fs::perms::owner_write,
-                   config_.instance_name);
+    if (!mapped) {
+      nlohmann::json facts = warm_image_facts(mapped);
+      facts["memory_in_state"] = true;
+      return facts;
     }
-    nlohmann::json facts = warm_image_facts(mapped);
+    return memory_in_state_facts(image_directory);
+  }
+
+  // Completes a mapped image whose state holds the guest's private memory: the memory file its
+  // clones map is left empty (holes), and the marker says a layer build must map it privately.
+  nlohmann::json memory_in_state_facts(const fs::path& image_directory) {
+    const fs::path memory = image_directory / kMemoryFile;
+    write_text_atomically(memory, "", 0600);
+    fs::resize_file(memory, static_cast<std::uintmax_t>(config_.profile.memory_mib) << 20);
+    keep_durably(memory, memory, fs::perms::owner_read | fs::perms::owner_write,
+                 config_.instance_name);
+    write_text_atomically(image_directory / kMemoryInState, "", 0400);
+    nlohmann::json facts = warm_image_facts(true);
     facts["memory_in_state"] = true;
     return facts;
   }
 
-  [[nodiscard]] bool warm_image_copies_memory() const override { return !memory_in_file(); }
+  [[nodiscard]] bool warm_image_copies_memory() const override {
+    // A layer build on an image whose state holds the memory saves its layer that way too.
+    return !memory_in_file() || (config_.saves_warm_image && !memory_in_own_file());
+  }
 
   std::string agent_exchange(const std::string& request, milliseconds timeout) override {
     try {
@@ -343,8 +358,18 @@ class QemuMachine final : public Machine {
     return (resuming_ || config_.saves_warm_image) && warm_memory() == WarmMemory::Mapped;
   }
 
+  // The guest's RAM is a file of this VM's own, mapped shared, which a save keeps as the image's
+  // memory (see LaunchSettings): a boot that becomes a warm image, and a layer build on an image
+  // whose memory is in its file (a copy of it).
+  [[nodiscard]] bool memory_in_own_file() const {
+    if (!memory_in_file()) return false;
+    if (!resuming_) return true;
+    return config_.saves_warm_image && !fs::exists(config_.warm_image / kMemoryInState);
+  }
+
   std::vector<std::string> arguments() const {
-    return qemu_arguments(config_, {port_, accelerator_, resuming_, memory_in_file()});
+    return qemu_arguments(config_,
+                          {port_, accelerator_, resuming_, memory_in_file(), memory_in_own_file()});
   }
 
   // Starts qemu; true once its QMP socket answers, false when the SSH port was taken meanwhile.
@@ -353,7 +378,7 @@ class QemuMachine final : public Machine {
     // A boot that becomes a warm image starts on fresh memory, not an earlier attempt's; a layer
     // build (it resumes a warm image and saves another) on a copy of the image's memory.
     fs::remove(path(kMemoryFile));
-    if (resuming_ && config_.saves_warm_image && memory_in_file()) {
+    if (resuming_ && memory_in_own_file()) {
       copy_sparse_file(config_.warm_image / kMemoryFile, path(kMemoryFile), 0600);
     }
     // QEMU binds the private card's port socket and leaves it behind when it exits.
