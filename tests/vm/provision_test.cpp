@@ -315,4 +315,40 @@ TEST(SaveAsModel, ProvisioningStepsRunOnASavedModel) {
   vmfest::ModelRegistry().remove(model_name);
 }
 
+// A save that fails, whose guest then cannot run on either (here its host key is gone, so it
+// cannot have its identity back), fails with the save's own error, kept as the cause, and says
+// what became of the instance. The save fails because the model's folder is taken by a file.
+TEST(SaveAsModel, AFailedSaveKeepsItsCauseWhenTheGuestCannotRunOn) {
+  const std::string model_name = "saved-" + fresh_token();
+  const fs::path taken = vmfest::Home::from_environment().models() / model_name;
+  std::ofstream(taken) << "not a model\n";
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::test_model();
+  Instance source = Instance::create(request);
+  source.start();
+  fs::remove(source.directory() / vmfest::detail::kHostKeyDropbear);
+  try {
+    source.save_as_model(model_name);
+    ADD_FAILURE() << "the save did not fail";
+  } catch (const vmfest::ModelError& error) {
+    const std::string message = error.what();
+    EXPECT_NE(
+        message.find("cannot save instance '" + source.name() + "' as model '" + model_name + "'"),
+        std::string::npos)
+        << message;
+    EXPECT_NE(message.find(vmfest::detail::kHostKeyDropbear), std::string::npos) << message;
+    EXPECT_NE(message.find("vmfest destroy " + source.name()), std::string::npos) << message;
+    try {
+      std::rethrow_if_nested(error);
+      ADD_FAILURE() << "the save's own error is not kept as the cause";
+    } catch (const std::exception& cause) {
+      EXPECT_NE(message.find(cause.what()), std::string::npos) << message;
+      EXPECT_NE(std::string(cause.what()).find(model_name), std::string::npos) << cause.what();
+    }
+  } catch (const std::exception& error) {
+    ADD_FAILURE() << "not a ModelError: " << error.what();
+  }
+  fs::remove(taken);
+}
+
 }  // namespace
