@@ -14,6 +14,9 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <spdlog/sinks/ringbuffer_sink.h>
@@ -56,6 +59,21 @@ void remove_warm_image(const vmfest::Profile& profile) {
   request.profile = profile;
   const fs::path image = warm_image_of(Instance::create(request));
   if (!image.empty()) fs::remove_all(image);
+}
+
+// Sets or clears the immutable attribute of `folder` (chattr +i), which stops even root from
+// removing it or anything in it. False where the file system or the process cannot.
+bool set_immutable(const fs::path& folder, bool immutable) {
+  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  int flags = 0;
+  bool done = ::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0;
+  if (done) {
+    flags = immutable ? (flags | FS_IMMUTABLE_FL) : (flags & ~FS_IMMUTABLE_FL);
+    done = ::ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0;
+  }
+  ::close(fd);
+  return done;
 }
 
 // The sha256 of every file of a warm image but its manifest.
@@ -214,6 +232,43 @@ TEST(Warm, AnImageQemuCannotResumeFallsBackToAColdBootAndIsRebuilt) {
     return phase.name == "warm image";
   })) << "the refused image was not rebuilt";
   EXPECT_TRUE(next.resumed_warm());
+}
+
+// Whatever stops the save of a warm image, a file system error included (here its staging folder
+// cannot be removed: it is immutable), costs the instance only its warm image: it runs on cold, and
+// the log says why. A profile of its own keeps this test's image apart from the other tests'.
+TEST(Warm, AFileSystemErrorWhileSavingTheImageLetsTheInstanceRunOnCold) {
+  const vmfest::Profile profile = vmfest::Profile::custom(384, 1);
+  remove_warm_image(profile);
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::test_model();
+  request.profile = profile;
+  Instance first = Instance::create(request);
+  const fs::path image = vmfest::detail::read_instance_record(first.directory())->warm_build;
+  ASSERT_FALSE(image.empty());
+  const fs::path staging = vmfest::detail::warm_build_folder(image);
+  bool blocked = false;
+  first.on_progress([&](const vmfest::StartProgress& progress) {
+    if (progress.phase != "warm image" || blocked) return;
+    fs::create_directories(staging);
+    blocked = set_immutable(staging, true);
+  });
+  auto warnings = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(16);
+  warnings->set_level(spdlog::level::warn);
+  spdlog::default_logger()->sinks().push_back(warnings);
+  EXPECT_NO_THROW(first.start());
+  spdlog::default_logger()->sinks().pop_back();
+  set_immutable(staging, false);
+  fs::remove_all(staging);
+  if (!blocked) GTEST_SKIP() << "this file system or process cannot make a folder immutable";
+  EXPECT_FALSE(first.resumed_warm());
+  EXPECT_EQ(first.ssh().check("hostname").stdout_text, first.name() + "\n");
+  EXPECT_NE(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Ready);
+  const std::vector<std::string> seen = warnings->last_formatted();
+  EXPECT_TRUE(std::any_of(seen.begin(), seen.end(), [&](const std::string& line) {
+    return line.find(first.name()) != std::string::npos &&
+           line.find(staging.filename().string()) != std::string::npos;
+  })) << "no warning names the instance and the folder that failed";
 }
 
 // A guest agent that does not answer once (here its channel's socket is hidden while the warm

@@ -112,7 +112,8 @@ struct Instance::Impl {
   // it in this start.
   void prepare_layer_start();
   // Once ready: runs the steps this instance's image lacks, then saves the result as the layer
-  // and resumes it with this instance's own identity. A failing step throws ProvisionError.
+  // and resumes it with this instance's own identity. A failing step throws ProvisionError; a
+  // layer that cannot be saved never fails the start (the instance runs on unsaved).
   void finish_layer_build();
   // Runs steps [first, end) of the request in the guest; ProvisionError for the first that fails.
   void run_provision_steps(std::size_t first);

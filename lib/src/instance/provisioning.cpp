@@ -132,22 +132,23 @@ void Instance::Impl::finish_layer_build() {
     keep_unsaved("it booted cold instead of resuming the image the layer builds on");
     return;
   }
-  const std::string fingerprint = fingerprint_still_of(build.layer_base);
-  if (fingerprint.empty()) {
-    keep_unsaved("the hypervisor setup changed while it ran (accelerator now " +
-                 machine->accelerator() + ")");
-    return;
-  }
-  if (const AgentCheck agent = prepare_agent(); !agent.ok()) {
-    keep_unsaved("after the steps, " + agent.problem);
-    return;
-  }
-  const fs::path parent = record.warm_image;
+  // Whatever stops the save (a file system error included) costs only the layer.
   try {
+    const std::string fingerprint = fingerprint_still_of(build.layer_base);
+    if (fingerprint.empty()) {
+      keep_unsaved("the hypervisor setup changed while it ran (accelerator now " +
+                   machine->accelerator() + ")");
+      return;
+    }
+    if (const AgentCheck agent = prepare_agent(); !agent.ok()) {
+      keep_unsaved("after the steps, " + agent.problem);
+      return;
+    }
+    const fs::path parent = record.warm_image;
     save_warm_image(
         layer, fingerprint,
         detail::layer_manifest(parent, build.steps, build.steps_inherited, provision_seconds));
-  } catch (const Error& error) {
+  } catch (const std::exception& error) {
     keep_unsaved(error.what());
     if (machine->state() == InstanceState::Running) return;
     fall_back_to_cold_boot(std::string("saving its layer stopped it: ") + error.what());

@@ -150,35 +150,38 @@ void Instance::Impl::finish_warm_build() {
     ~Release() { lock.reset(); }
   } release{build.warm_lock};
   report_progress("warm image");
-  // This boot can change what the image depends on (a backend falls back from a KVM that cannot
-  // run the guest to TCG): then its state is not the image's.
-  const std::string fingerprint = fingerprint_still_of(image);
-  if (fingerprint.empty()) {
-    spdlog::warn(
-        "vmfest: the hypervisor setup changed while instance '{}' booted (accelerator now {}); "
-        "it runs on cold, and the next instance builds the warm image of model '{}'",
-        record.name, machine->accelerator(), model.name);
-    return;
-  }
-  if (const AgentCheck agent = prepare_agent(); !agent.ok()) {
-    if (!agent.definite) {
+  // Never fails the start, whatever stops the save (a file system error included): the instance
+  // runs on cold, or boots cold again if the save stopped its VM.
+  try {
+    // This boot can change what the image depends on (a backend falls back from a KVM that cannot
+    // run the guest to TCG): then its state is not the image's.
+    const std::string fingerprint = fingerprint_still_of(image);
+    if (fingerprint.empty()) {
       spdlog::warn(
-          "vmfest: the warm image of model '{}' is not saved from instance '{}', which runs on "
-          "cold: {}; the next instance tries again",
-          model.name, record.name, agent.problem);
+          "vmfest: the hypervisor setup changed while instance '{}' booted (accelerator now {}); "
+          "it runs on cold, and the next instance builds the warm image of model '{}'",
+          record.name, machine->accelerator(), model.name);
       return;
     }
-    spdlog::warn("vmfest: model '{}' cannot have warm clones: {}; its instances boot cold",
-                 model.name, agent.problem);
-    detail::write_unsupported_manifest(image, fingerprint, agent.problem);
-    return;
-  }
-  try {
+    if (const AgentCheck agent = prepare_agent(); !agent.ok()) {
+      if (!agent.definite) {
+        spdlog::warn(
+            "vmfest: the warm image of model '{}' is not saved from instance '{}', which runs on "
+            "cold: {}; the next instance tries again",
+            model.name, record.name, agent.problem);
+        return;
+      }
+      spdlog::warn("vmfest: model '{}' cannot have warm clones: {}; its instances boot cold",
+                   model.name, agent.problem);
+      detail::write_unsupported_manifest(image, fingerprint, agent.problem);
+      return;
+    }
     save_warm_image(image, fingerprint);
-  } catch (const Error& error) {
-    // Never fails the start: the instance boots cold again if its VM is gone.
-    spdlog::warn("vmfest: could not save the warm image of model '{}' from instance '{}': {}",
-                 model.name, record.name, error.what());
+  } catch (const std::exception& error) {
+    spdlog::warn(
+        "vmfest: could not save the warm image of model '{}' from instance '{}': {}; the next "
+        "instance tries again",
+        model.name, record.name, error.what());
     if (machine->state() == InstanceState::Running) return;
     fall_back_to_cold_boot(std::string("saving its warm image stopped it: ") + error.what());
     return;
