@@ -462,11 +462,12 @@ class QemuMachine final : public Machine {
   }
 
   // Starts QEMU on the warm image and loads its saved memory state. WarmResumeError, the VM
-  // stopped, when either fails; a state QEMU refuses is the image's fault.
+  // stopped, when either fails; the image is at fault when QEMU refused its state (and said so),
+  // not when the host failed the resume (a QMP timeout on a loaded host).
   void resume_warm_image() {
     try {
       start_process();
-    } catch (const Error& error) {
+    } catch (const std::exception& error) {
       throw WarmResumeError(
           fmt::format("instance '{}': QEMU did not start to resume warm image {}: {}",
                       config_.instance_name, config_.warm_image.string(), error.what()),
@@ -474,14 +475,17 @@ class QemuMachine final : public Machine {
     }
     try {
       load_warm_state();
-    } catch (const Error& error) {
+    } catch (const std::exception& error) {
       kill();
+      const bool refused =
+          read_text_if_exists(path(kQemuLog)).find("load of migration failed") != std::string::npos;
       std::string qemu_said = tail_lines(path(kQemuLog), 5);
       while (!qemu_said.empty() && qemu_said.back() == '\n') qemu_said.pop_back();
       throw WarmResumeError(
-          fmt::format("instance '{}': QEMU refused the saved state of warm image {} ({}): {}",
-                      config_.instance_name, config_.warm_image.string(), error.what(), qemu_said),
-          true);
+          fmt::format("instance '{}': {} warm image {} ({}): {}", config_.instance_name,
+                      refused ? "QEMU refused the saved state of" : "QEMU could not resume",
+                      config_.warm_image.string(), error.what(), qemu_said),
+          refused);
     }
   }
 
