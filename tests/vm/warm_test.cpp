@@ -61,6 +61,17 @@ void remove_warm_image(const vmfest::Profile& profile) {
   if (!image.empty()) fs::remove_all(image);
 }
 
+// How many processes have `folder` as their working directory (QEMU runs in its instance's).
+std::size_t processes_working_in(const fs::path& folder) {
+  std::size_t count = 0;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator("/proc", error)) {
+    std::error_code unreadable;
+    if (fs::read_symlink(entry.path() / "cwd", unreadable) == folder) ++count;
+  }
+  return count;
+}
+
 // Sets or clears the immutable attribute of `folder` (chattr +i), which stops even root from
 // removing it or anything in it. False where the file system or the process cannot.
 bool set_immutable(const fs::path& folder, bool immutable) {
@@ -224,6 +235,8 @@ TEST(Warm, AnImageQemuCannotResumeFallsBackToAColdBootAndIsRebuilt) {
   EXPECT_NE(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Ready)
       << "the image QEMU refused is still there";
   EXPECT_FALSE(fs::exists(vmfest::detail::warm_build_folder(image)));
+  EXPECT_EQ(processes_working_in(fallen->directory()), 1U)
+      << "the QEMU that failed to resume is still there beside the cold boot's";
   fallen.reset();  // its VM slot, for the next one
 
   Instance next = start_warm(profile);

@@ -214,8 +214,9 @@ void Instance::Impl::complete_warm_resume() {
     clock.phase_done("identity");
     wait_until_ready(false);
     resumed_warm = true;
-  } catch (const Error& error) {
-    fall_back_to_cold_boot(std::string("resuming the warm image failed: ") + error.what());
+  } catch (const std::exception& error) {
+    fall_back_to_cold_boot(fmt::format("resuming the warm image {} of model '{}' failed: {}",
+                                       record.warm_image, model.name, error.what()));
   }
 }
 
