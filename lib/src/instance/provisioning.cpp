@@ -102,7 +102,7 @@ void Instance::Impl::run_provision_steps(std::size_t first) {
       }
     } catch (const ProvisionError&) {
       throw;
-    } catch (const Error& error) {
+    } catch (const std::exception& error) {  // an upload's file system error too
       throw ProvisionError(
           fmt::format("{} failed: {}; nothing of this provisioning was kept", which, error.what()),
           static_cast<int>(i + 1), -1);
