@@ -155,6 +155,7 @@ void Instance::Impl::finish_layer_build() {
     return;
   }
   clock.phase_done("layer");
+  build.layer_lock.reset();  // complete: as for a warm image (see finish_warm_build)
   build.steps_inherited = build.steps.size();
   resumed_warm = false;
   use_warm_image(layer);
