@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "vmfest/internal/base.h"
 #include "vmfest/internal/image_store.h"
 
 namespace {
@@ -74,6 +75,21 @@ TEST_F(WarmManifest, ATouchedButUnchangedFileStillMatchesByHash) {
   vmfest::detail::write_warm_manifest(image_, "fingerprint", {}, 0.1);
   fs::last_write_time(image_ / "base.qcow2", fs::file_time_type::clock::now());
   EXPECT_EQ(check_warm_image(image_), WarmStatus::Ready);
+}
+
+// An image its backend refused goes, so the next instance builds it afresh; not while a builder
+// holds its lock (it is making the image anew, and would lose it).
+TEST_F(WarmManifest, ADiscardedImageGoesUnlessItIsBeingRebuilt) {
+  vmfest::detail::write_warm_manifest(image_, "fingerprint", {}, 0.1);
+  const fs::path lock_file = vmfest::detail::warm_build_lock(image_);
+  {
+    const vmfest::detail::FileLock builder(lock_file);
+    EXPECT_FALSE(vmfest::detail::discard_warm_image(image_));
+    EXPECT_EQ(check_warm_image(image_), WarmStatus::Ready);
+  }
+  EXPECT_TRUE(vmfest::detail::discard_warm_image(image_));
+  EXPECT_FALSE(fs::exists(image_));
+  fs::remove(lock_file);
 }
 
 TEST_F(WarmManifest, UnsupportedModelsAreRemembered) {

@@ -281,4 +281,74 @@ TEST(SaveAsModel, ARunningInstanceBecomesAModelThatClonesLikeAnyOther) {
   vmfest::ModelRegistry().remove(model_name);
 }
 
+// A saved model's warm image holds the guest's memory in its state, where a layer build maps a
+// copy of the memory file: provisioning steps on it work all the same, and build a layer that the
+// next instance with these steps resumes.
+TEST(SaveAsModel, ProvisioningStepsRunOnASavedModel) {
+  const std::string token = fresh_token();
+  const std::string model_name = "saved-" + token;
+  {
+    vmfest::InstanceRequest request;
+    request.model = vmfest::testing::test_model();
+    Instance source = Instance::create(request);
+    source.start();
+    source.ssh().check("echo " + token + " > saved-on-disk");
+    source.save_as_model(model_name);
+  }
+  vmfest::InstanceRequest request;
+  request.model = model_name;
+  request.provision = {ProvisionStep::run("echo " + token + " > provisioned")};
+  {
+    Instance first = Instance::create(request);
+    ASSERT_NO_THROW(first.start());
+    EXPECT_EQ(first.ssh().check("cat saved-on-disk provisioned").stdout_text,
+              token + "\n" + token + "\n");
+    EXPECT_TRUE(first.resumed_warm()) << "the saved model's image was not resumed";
+  }
+  {
+    Instance second = Instance::create(request);
+    second.start();
+    EXPECT_TRUE(second.resumed_warm());
+    EXPECT_FALSE(had_phase(second, "provision")) << "the layer was not saved";
+    EXPECT_EQ(second.ssh().check("cat provisioned").stdout_text, token + "\n");
+  }
+  vmfest::ModelRegistry().remove(model_name);
+}
+
+// A save that fails, whose guest then cannot run on either (here its host key is gone, so it
+// cannot have its identity back), fails with the save's own error, kept as the cause, and says
+// what became of the instance. The save fails because the model's folder is taken by a file.
+TEST(SaveAsModel, AFailedSaveKeepsItsCauseWhenTheGuestCannotRunOn) {
+  const std::string model_name = "saved-" + fresh_token();
+  const fs::path taken = vmfest::Home::from_environment().models() / model_name;
+  std::ofstream(taken) << "not a model\n";
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::test_model();
+  Instance source = Instance::create(request);
+  source.start();
+  fs::remove(source.directory() / vmfest::detail::kHostKeyDropbear);
+  try {
+    source.save_as_model(model_name);
+    ADD_FAILURE() << "the save did not fail";
+  } catch (const vmfest::ModelError& error) {
+    const std::string message = error.what();
+    EXPECT_NE(
+        message.find("cannot save instance '" + source.name() + "' as model '" + model_name + "'"),
+        std::string::npos)
+        << message;
+    EXPECT_NE(message.find(vmfest::detail::kHostKeyDropbear), std::string::npos) << message;
+    EXPECT_NE(message.find("vmfest destroy " + source.name()), std::string::npos) << message;
+    try {
+      std::rethrow_if_nested(error);
+      ADD_FAILURE() << "the save's own error is not kept as the cause";
+    } catch (const std::exception& cause) {
+      EXPECT_NE(message.find(cause.what()), std::string::npos) << message;
+      EXPECT_NE(std::string(cause.what()).find(model_name), std::string::npos) << cause.what();
+    }
+  } catch (const std::exception& error) {
+    ADD_FAILURE() << "not a ModelError: " << error.what();
+  }
+  fs::remove(taken);
+}
+
 }  // namespace

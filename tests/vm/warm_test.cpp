@@ -8,9 +8,20 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <optional>
+#include <string>
 #include <thread>
+#include <vector>
 
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
+
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "vmfest/error.h"
 #include "vmfest/gtest/environment.h"
@@ -48,6 +59,32 @@ void remove_warm_image(const vmfest::Profile& profile) {
   request.profile = profile;
   const fs::path image = warm_image_of(Instance::create(request));
   if (!image.empty()) fs::remove_all(image);
+}
+
+// How many processes have `folder` as their working directory (QEMU runs in its instance's).
+std::size_t processes_working_in(const fs::path& folder) {
+  std::size_t count = 0;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator("/proc", error)) {
+    std::error_code unreadable;
+    if (fs::read_symlink(entry.path() / "cwd", unreadable) == folder) ++count;
+  }
+  return count;
+}
+
+// Sets or clears the immutable attribute of `folder` (chattr +i), which stops even root from
+// removing it or anything in it. False where the file system or the process cannot.
+bool set_immutable(const fs::path& folder, bool immutable) {
+  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  int flags = 0;
+  bool done = ::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0;
+  if (done) {
+    flags = immutable ? (flags | FS_IMMUTABLE_FL) : (flags & ~FS_IMMUTABLE_FL);
+    done = ::ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0;
+  }
+  ::close(fd);
+  return done;
 }
 
 // The sha256 of every file of a warm image but its manifest.
@@ -159,6 +196,92 @@ TEST(Warm, AnImageWhoseMemoryWasAlteredIsRebuilt) {
   EXPECT_EQ(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Ready);
   EXPECT_NE(vmfest::detail::sha256_file(altered), altered_hash);
   EXPECT_EQ(next.ssh().check("hostname").stdout_text, next.name() + "\n");
+}
+
+// A warm image QEMU refuses at the resume (here its state cut in half, the manifest rewritten to
+// match: what a disk fault or another QEMU build can leave behind) costs the instance a cold boot,
+// not its start. The log says why, the image goes, and the next instance builds it afresh. A
+// profile of its own keeps this test's image apart from the other tests'.
+TEST(Warm, AnImageQemuCannotResumeFallsBackToAColdBootAndIsRebuilt) {
+  const vmfest::Profile profile = vmfest::Profile::custom(368, 1);
+  remove_warm_image(profile);
+  const fs::path image = warm_image_of(start_warm(profile));
+  ASSERT_FALSE(image.empty());
+  const fs::path state = image / "state";
+  fs::permissions(state, fs::perms::owner_read | fs::perms::owner_write);
+  fs::resize_file(state, fs::file_size(state) / 2);
+  const auto manifest = nlohmann::json::parse(vmfest::detail::read_text(image / "manifest.json"));
+  fs::remove(image / "last-used");  // files of the image, as a fresh save leaves them
+  fs::remove(image / "manifest.json");
+  vmfest::detail::write_warm_manifest(image, manifest["fingerprint"], manifest["backend"],
+                                      manifest["save_seconds"]);
+  ASSERT_EQ(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Ready);
+
+  auto warnings = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(16);
+  warnings->set_level(spdlog::level::warn);
+  spdlog::default_logger()->sinks().push_back(warnings);
+  std::optional<Instance> fallen;
+  EXPECT_NO_THROW(fallen.emplace(start_warm(profile)));
+  spdlog::default_logger()->sinks().pop_back();
+  ASSERT_TRUE(fallen);
+  EXPECT_FALSE(fallen->resumed_warm());
+  EXPECT_EQ(fallen->ssh().check("hostname").stdout_text, fallen->name() + "\n");
+  const std::vector<std::string> seen = warnings->last_formatted();
+  EXPECT_TRUE(std::any_of(seen.begin(), seen.end(), [&](const std::string& line) {
+    return line.find(fallen->name()) != std::string::npos &&
+           line.find(vmfest::testing::test_model()) != std::string::npos &&
+           line.find("cold boot") != std::string::npos;
+  })) << "no warning names the instance, its model and the fall-back";
+  EXPECT_NE(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Ready)
+      << "the image QEMU refused is still there";
+  EXPECT_FALSE(fs::exists(vmfest::detail::warm_build_folder(image)));
+  EXPECT_EQ(processes_working_in(fallen->directory()), 1U)
+      << "the QEMU that failed to resume is still there beside the cold boot's";
+  fallen.reset();  // its VM slot, for the next one
+
+  Instance next = start_warm(profile);
+  const auto& phases = next.start_phases();
+  EXPECT_TRUE(std::any_of(phases.begin(), phases.end(), [](const vmfest::StartPhase& phase) {
+    return phase.name == "warm image";
+  })) << "the refused image was not rebuilt";
+  EXPECT_TRUE(next.resumed_warm());
+}
+
+// Whatever stops the save of a warm image, a file system error included (here its staging folder
+// cannot be removed: it is immutable), costs the instance only its warm image: it runs on cold, and
+// the log says why. A profile of its own keeps this test's image apart from the other tests'.
+TEST(Warm, AFileSystemErrorWhileSavingTheImageLetsTheInstanceRunOnCold) {
+  const vmfest::Profile profile = vmfest::Profile::custom(384, 1);
+  remove_warm_image(profile);
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::test_model();
+  request.profile = profile;
+  Instance first = Instance::create(request);
+  const fs::path image = vmfest::detail::read_instance_record(first.directory())->warm_build;
+  ASSERT_FALSE(image.empty());
+  const fs::path staging = vmfest::detail::warm_build_folder(image);
+  bool blocked = false;
+  first.on_progress([&](const vmfest::StartProgress& progress) {
+    if (progress.phase != "warm image" || blocked) return;
+    fs::create_directories(staging);
+    blocked = set_immutable(staging, true);
+  });
+  auto warnings = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(16);
+  warnings->set_level(spdlog::level::warn);
+  spdlog::default_logger()->sinks().push_back(warnings);
+  EXPECT_NO_THROW(first.start());
+  spdlog::default_logger()->sinks().pop_back();
+  set_immutable(staging, false);
+  fs::remove_all(staging);
+  if (!blocked) GTEST_SKIP() << "this file system or process cannot make a folder immutable";
+  EXPECT_FALSE(first.resumed_warm());
+  EXPECT_EQ(first.ssh().check("hostname").stdout_text, first.name() + "\n");
+  EXPECT_NE(vmfest::detail::check_warm_image(image), vmfest::detail::WarmStatus::Ready);
+  const std::vector<std::string> seen = warnings->last_formatted();
+  EXPECT_TRUE(std::any_of(seen.begin(), seen.end(), [&](const std::string& line) {
+    return line.find(first.name()) != std::string::npos &&
+           line.find(staging.filename().string()) != std::string::npos;
+  })) << "no warning names the instance and the folder that failed";
 }
 
 // A guest agent that does not answer once (here its channel's socket is hidden while the warm

@@ -72,10 +72,7 @@ std::vector<std::string> qemu_arguments(const MachineConfig& config, const Launc
       "-m", std::to_string(config.profile.memory_mib), "-smp", std::to_string(config.profile.cpus),
       "-nodefaults", "-no-user-config", "-display", "none"};
   if (launch.memory_in_file) {
-    // A boot that becomes a warm image maps its own file shared, so the guest's memory is in it at
-    // the save (a layer build: a copy of the image it resumes); a clone maps the image's file
-    // privately, so its writes stay its own and the pages it leaves alone are shared.
-    const bool own_file = config.saves_warm_image || !launch.resuming;
+    const bool own_file = launch.memory_own_file;
     args.insert(args.end(),
                 {"-object", fmt::format("memory-backend-file,id={},size={}M,mem-path={},share={}",
                                         kMemoryBackend, config.profile.memory_mib,

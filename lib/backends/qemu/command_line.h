@@ -17,6 +17,10 @@ inline constexpr const char* kAgentSocket = "agent.sock";
 // The guest's memory: the RAM file of a warm-image build (a shared mapping, so that its memory is
 // in the file when the guest is saved), then the image's, which each clone maps copy-on-write.
 inline constexpr const char* kMemoryFile = "memory";
+// In a warm image whose saved state holds the guest's memory (a running instance saved as a model,
+// whose RAM was private), so a layer build on it must map its memory privately as a clone does:
+// QEMU refuses to load memory into a shared block that x-ignore-shared skips.
+inline constexpr const char* kMemoryInState = "memory-in-state";
 
 // What one launch decides beyond the machine's configuration.
 struct LaunchSettings {
@@ -24,6 +28,10 @@ struct LaunchSettings {
   std::string accelerator;      // "kvm" or "tcg"
   bool resuming = false;        // resumes config.warm_image (-incoming defer)
   bool memory_in_file = false;  // the guest's RAM is kMemoryFile (see MachineConfig)
+  // With memory_in_file: the VM's own kMemoryFile, mapped shared, so a save leaves the RAM in it
+  // (a boot that becomes a warm image, a layer build); otherwise config.warm_image's, mapped
+  // privately (a clone: its writes stay its own, the pages it leaves alone are shared).
+  bool memory_own_file = false;
 };
 
 std::vector<std::string> qemu_arguments(const MachineConfig& config, const LaunchSettings& launch);

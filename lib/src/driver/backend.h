@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vm_slots.h"
+#include "vmfest/error.h"
 #include "vmfest/instance.h"
 #include "vmfest/model.h"
 #include "vmfest/ssh/session.h"
@@ -47,6 +48,19 @@ struct MachineConfig {
   bool outlives_owner = false;
 };
 
+// A launch that could not resume its warm image (Machine::launch). `image_at_fault`: the hypervisor
+// refused the image itself (its saved state does not load), so it must be rebuilt rather than
+// resumed again; otherwise the moment failed (the VM would not start) and the image may be fine.
+class WarmResumeError : public BackendError {
+ public:
+  WarmResumeError(const std::string& message, bool image_at_fault)
+      : BackendError(message), image_at_fault_(image_at_fault) {}
+  [[nodiscard]] bool image_at_fault() const noexcept { return image_at_fault_; }
+
+ private:
+  bool image_at_fault_;
+};
+
 // Calls `done` every `poll` until it returns true (then true) or `timeout` has passed (false).
 bool poll_until(std::chrono::milliseconds timeout, std::chrono::milliseconds poll,
                 const std::function<bool()>& done);
@@ -66,6 +80,8 @@ class Machine {
   // long as it runs, after the starting process is gone (a `vmfest start`), and frees it when it
   // exits or is killed. A backend whose VM runs in someone else's process (a hypervisor's service)
   // cannot: its VMs count against the cap only while a handle of theirs holds the slot.
+  // A launch that was to resume MachineConfig::warm_image and could not throws WarmResumeError,
+  // its VM stopped: the core boots the instance cold instead.
   virtual void launch(const VmSlot* slot) = 0;
   virtual void pause() = 0;
   virtual void resume() = 0;

@@ -242,6 +242,21 @@ void write_warm_manifest(const fs::path& directory, const std::string& fingerpri
   write_text_atomically(directory / kManifest, manifest.dump(2), 0600);
 }
 
+bool discard_warm_image(const fs::path& directory) {
+  const FileLock lock(warm_build_lock(directory), FileLock::Mode::TryOnce);
+  if (!lock.held()) return false;
+  std::error_code error;
+  fs::remove_all(directory, error);
+  if (error) {
+    spdlog::warn(
+        "vmfest: cannot remove warm image {}: {}; remove it by hand, and the next "
+        "instance rebuilds it",
+        directory.string(), error.message());
+    return false;
+  }
+  return true;
+}
+
 void write_unsupported_manifest(const fs::path& directory, const std::string& fingerprint,
                                 const std::string& reason) {
   fs::create_directories(directory);

@@ -52,6 +52,10 @@ void write_warm_manifest(const std::filesystem::path& directory, const std::stri
 std::string warm_manifest_sha256(const std::filesystem::path& directory);
 // Records that an instance was cloned from the image now (for `vmfest images` and pruning).
 void mark_warm_image_used(const std::filesystem::path& directory);
+// Removes the image `directory`, which its backend could not resume, so that the next instance
+// builds it afresh. Left alone while another process holds its build lock (it is building it
+// anew); false then, or when it cannot be removed (logged).
+bool discard_warm_image(const std::filesystem::path& directory);
 // Records that this model cannot have warm clones, and why, so no process tries again.
 void write_unsupported_manifest(const std::filesystem::path& directory,
                                 const std::string& fingerprint, const std::string& reason);

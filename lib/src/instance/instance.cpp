@@ -381,20 +381,18 @@ void Instance::start() {
   try {
     impl_->prepare_layer_start();
     impl_->prepare_warm_start();
-    impl_->machine->launch(&impl_->slot.value());
-    impl_->clock.phase_done("launch");
-    impl_->record.started = true;
-    impl_->save_record();
-    if (impl_->machine->resumed_warm()) {
-      impl_->complete_warm_resume();
-    } else {
-      impl_->wait_until_ready(true);
-      if (impl_->build.warm_lock) impl_->finish_warm_build();
-    }
-    if (impl_->build.layer_lock) {
-      impl_->finish_layer_build();
-    } else if (impl_->build.steps_pending_after_boot) {
-      impl_->run_provision_steps(0);
+    if (impl_->launch_or_boot_cold()) {
+      if (impl_->machine->resumed_warm()) {
+        impl_->complete_warm_resume();
+      } else {
+        impl_->wait_until_ready(true);
+        if (impl_->build.warm_lock) impl_->finish_warm_build();
+      }
+      if (impl_->build.layer_lock) {
+        impl_->finish_layer_build();
+      } else if (impl_->build.steps_pending_after_boot) {
+        impl_->run_provision_steps(0);
+      }
     }
     impl_->build.steps_pending_after_boot = false;
     impl_->slot->settle();

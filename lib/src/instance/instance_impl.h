@@ -97,6 +97,10 @@ struct Instance::Impl {
   // After this instance's cold boot: saves it as the warm image (when its guest agent answers) and
   // resumes it from there; never fails the start (a guest that cannot be saved runs on cold).
   void finish_warm_build();
+  // Launches the VM (a start's, or a relaunch on the image the start just saved). False when it
+  // was to resume a warm image and could not: the instance has then booted cold instead, its
+  // steps run, and the image is gone if it was at fault.
+  bool launch_or_boot_cold();
   // After a launch that resumed a warm image: identity, then ready; a cold boot if that fails.
   void complete_warm_resume();
 
@@ -108,7 +112,8 @@ struct Instance::Impl {
   // it in this start.
   void prepare_layer_start();
   // Once ready: runs the steps this instance's image lacks, then saves the result as the layer
-  // and resumes it with this instance's own identity. A failing step throws ProvisionError.
+  // and resumes it with this instance's own identity. A failing step throws ProvisionError; a
+  // layer that cannot be saved never fails the start (the instance runs on unsaved).
   void finish_layer_build();
   // Runs steps [first, end) of the request in the guest; ProvisionError for the first that fails.
   void run_provision_steps(std::size_t first);

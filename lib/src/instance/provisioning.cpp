@@ -102,7 +102,7 @@ void Instance::Impl::run_provision_steps(std::size_t first) {
       }
     } catch (const ProvisionError&) {
       throw;
-    } catch (const Error& error) {
+    } catch (const std::exception& error) {  // an upload's file system error too
       throw ProvisionError(
           fmt::format("{} failed: {}; nothing of this provisioning was kept", which, error.what()),
           static_cast<int>(i + 1), -1);
@@ -132,35 +132,34 @@ void Instance::Impl::finish_layer_build() {
     keep_unsaved("it booted cold instead of resuming the image the layer builds on");
     return;
   }
-  const std::string fingerprint = fingerprint_still_of(build.layer_base);
-  if (fingerprint.empty()) {
-    keep_unsaved("the hypervisor setup changed while it ran (accelerator now " +
-                 machine->accelerator() + ")");
-    return;
-  }
-  if (const AgentCheck agent = prepare_agent(); !agent.ok()) {
-    keep_unsaved("after the steps, " + agent.problem);
-    return;
-  }
-  const fs::path parent = record.warm_image;
+  // Whatever stops the save (a file system error included) costs only the layer.
   try {
+    const std::string fingerprint = fingerprint_still_of(build.layer_base);
+    if (fingerprint.empty()) {
+      keep_unsaved("the hypervisor setup changed while it ran (accelerator now " +
+                   machine->accelerator() + ")");
+      return;
+    }
+    if (const AgentCheck agent = prepare_agent(); !agent.ok()) {
+      keep_unsaved("after the steps, " + agent.problem);
+      return;
+    }
+    const fs::path parent = record.warm_image;
     save_warm_image(
         layer, fingerprint,
         detail::layer_manifest(parent, build.steps, build.steps_inherited, provision_seconds));
-  } catch (const Error& error) {
+  } catch (const std::exception& error) {
     keep_unsaved(error.what());
     if (machine->state() == InstanceState::Running) return;
     fall_back_to_cold_boot(std::string("saving its layer stopped it: ") + error.what());
     return;
   }
   clock.phase_done("layer");
+  build.layer_lock.reset();  // complete: as for a warm image (see finish_warm_build)
   build.steps_inherited = build.steps.size();
   resumed_warm = false;
   use_warm_image(layer);
-  machine->launch(&slot.value());
-  clock.phase_done("launch");
-  save_record();
-  complete_warm_resume();
+  if (launch_or_boot_cold()) complete_warm_resume();
 }
 
 }  // namespace vmfest

@@ -1,5 +1,8 @@
 // Instance::save_as_model: an instance registered as a model of its own (`vmfest commit`): its
 // disk, and for a running guest its memory too, as the new model's warm image.
+#include <exception>
+#include <string>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -131,17 +134,28 @@ Model Instance::Impl::save_as_model(const std::string& model_name) {
     if (memory_left_out.empty()) {
       try {
         save_memory_as_warm_image(saved);
-      } catch (const Error& error) {
+      } catch (const std::exception& error) {
         memory_left_out = error.what();
       }
     }
-  } catch (const fs::filesystem_error& error) {
-    run_on();
-    throw ModelError(fmt::format("cannot save instance '{}' as model '{}': {}", record.name,
-                                 model_name, error.what()));
-  } catch (...) {
-    run_on();
-    throw;
+  } catch (const std::exception& error) {
+    // The save's error is what the caller must see, even when the guest then fails to run on.
+    std::string run_on_failure;
+    try {
+      run_on();
+    } catch (const std::exception& run_on_error) {
+      run_on_failure = run_on_error.what();
+    }
+    const std::string saving = fmt::format("cannot save instance '{}' as model '{}': {}",
+                                           record.name, model_name, error.what());
+    if (!run_on_failure.empty()) {
+      std::throw_with_nested(ModelError(fmt::format(
+          "{}; its guest, paused for the save, did not run on after it either ({}): `vmfest "
+          "destroy {}` removes the instance",
+          saving, run_on_failure, record.name)));
+    }
+    if (dynamic_cast<const Error*>(&error) != nullptr) throw;
+    std::throw_with_nested(ModelError(saving));
   }
   run_on();
   if (memory_left_out.empty()) {

@@ -150,45 +150,64 @@ void Instance::Impl::finish_warm_build() {
     ~Release() { lock.reset(); }
   } release{build.warm_lock};
   report_progress("warm image");
-  // This boot can change what the image depends on (a backend falls back from a KVM that cannot
-  // run the guest to TCG): then its state is not the image's.
-  const std::string fingerprint = fingerprint_still_of(image);
-  if (fingerprint.empty()) {
-    spdlog::warn(
-        "vmfest: the hypervisor setup changed while instance '{}' booted (accelerator now {}); "
-        "it runs on cold, and the next instance builds the warm image of model '{}'",
-        record.name, machine->accelerator(), model.name);
-    return;
-  }
-  if (const AgentCheck agent = prepare_agent(); !agent.ok()) {
-    if (!agent.definite) {
+  // Never fails the start, whatever stops the save (a file system error included): the instance
+  // runs on cold, or boots cold again if the save stopped its VM.
+  try {
+    // This boot can change what the image depends on (a backend falls back from a KVM that cannot
+    // run the guest to TCG): then its state is not the image's.
+    const std::string fingerprint = fingerprint_still_of(image);
+    if (fingerprint.empty()) {
       spdlog::warn(
-          "vmfest: the warm image of model '{}' is not saved from instance '{}', which runs on "
-          "cold: {}; the next instance tries again",
-          model.name, record.name, agent.problem);
+          "vmfest: the hypervisor setup changed while instance '{}' booted (accelerator now {}); "
+          "it runs on cold, and the next instance builds the warm image of model '{}'",
+          record.name, machine->accelerator(), model.name);
       return;
     }
-    spdlog::warn("vmfest: model '{}' cannot have warm clones: {}; its instances boot cold",
-                 model.name, agent.problem);
-    detail::write_unsupported_manifest(image, fingerprint, agent.problem);
-    return;
-  }
-  try {
+    if (const AgentCheck agent = prepare_agent(); !agent.ok()) {
+      if (!agent.definite) {
+        spdlog::warn(
+            "vmfest: the warm image of model '{}' is not saved from instance '{}', which runs on "
+            "cold: {}; the next instance tries again",
+            model.name, record.name, agent.problem);
+        return;
+      }
+      spdlog::warn("vmfest: model '{}' cannot have warm clones: {}; its instances boot cold",
+                   model.name, agent.problem);
+      detail::write_unsupported_manifest(image, fingerprint, agent.problem);
+      return;
+    }
     save_warm_image(image, fingerprint);
-  } catch (const Error& error) {
-    // Never fails the start: the instance boots cold again if its VM is gone.
-    spdlog::warn("vmfest: could not save the warm image of model '{}' from instance '{}': {}",
-                 model.name, record.name, error.what());
+  } catch (const std::exception& error) {
+    spdlog::warn(
+        "vmfest: could not save the warm image of model '{}' from instance '{}': {}; the next "
+        "instance tries again",
+        model.name, record.name, error.what());
     if (machine->state() == InstanceState::Running) return;
     fall_back_to_cold_boot(std::string("saving its warm image stopped it: ") + error.what());
     return;
   }
   clock.phase_done("warm image");
+  // The image is complete: waiters may take it, and a relaunch that QEMU refuses may discard it.
+  build.warm_lock.reset();
   use_warm_image(image);
-  machine->launch(&slot.value());
+  if (launch_or_boot_cold()) complete_warm_resume();
+}
+
+bool Instance::Impl::launch_or_boot_cold() {
+  try {
+    machine->launch(&slot.value());
+  } catch (const detail::WarmResumeError& error) {
+    const fs::path image = record.warm_image;
+    const bool discarded = error.image_at_fault() && detail::discard_warm_image(image);
+    fall_back_to_cold_boot(
+        fmt::format("resuming a warm image of model '{}' failed: {}{}", model.name, error.what(),
+                    discarded ? "; the image is removed, and the next instance rebuilds it" : ""));
+    return false;
+  }
   clock.phase_done("launch");
+  record.started = true;
   save_record();
-  complete_warm_resume();
+  return true;
 }
 
 void Instance::Impl::complete_warm_resume() {
@@ -197,8 +216,9 @@ void Instance::Impl::complete_warm_resume() {
     clock.phase_done("identity");
     wait_until_ready(false);
     resumed_warm = true;
-  } catch (const Error& error) {
-    fall_back_to_cold_boot(std::string("resuming the warm image failed: ") + error.what());
+  } catch (const std::exception& error) {
+    fall_back_to_cold_boot(fmt::format("resuming the warm image {} of model '{}' failed: {}",
+                                       record.warm_image, model.name, error.what()));
   }
 }
 
@@ -244,6 +264,7 @@ void Instance::Impl::fall_back_to_cold_boot(const std::string& why) {
   machine = backend->machine(detail::machine_config(home, record, model), nlohmann::json());
   machine->create_disk();
   machine->launch(&slot.value());
+  record.started = true;
   save_record();
   wait_until_ready(true);
   // The model's own disk: every step the warm image held runs again.
