@@ -94,9 +94,11 @@ TEST_F(VmSlots, TwoGroupsFillingTheCapTakeTurnsInsteadOfDeadlocking) {
 // Hold and wait across processes: two tests each hold one running VM of a cap of 2 and each start
 // a second. Neither would ever free its slot; one goes past the cap, then the other follows it.
 TEST_F(VmSlots, TwoProcessesEachHoldingOneAndWaitingForAnotherBothGoOn) {
-  int ready[2];
-  int result[2];
+  int ready[2];   // the child holds its first slot
+  int go[2];      // so does the parent: each now asks for a second
+  int result[2];  // the child's second slot
   ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(go), 0);
   ASSERT_EQ(::pipe(result), 0);
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
@@ -106,7 +108,7 @@ TEST_F(VmSlots, TwoProcessesEachHoldingOneAndWaitingForAnotherBothGoOn) {
       auto first = acquire_vm_slot("child-1", 1s);
       first.settle();  // its VM is up: the child now only waits
       char byte = 'r';
-      if (::write(ready[1], &byte, 1) != 1) ::_exit(3);
+      if (::write(ready[1], &byte, 1) != 1 || ::read(go[0], &byte, 1) != 1) ::_exit(3);
       index = acquire_vm_slot("child-2", 30s).index();
     } catch (...) {
       ::_exit(2);
@@ -120,6 +122,7 @@ TEST_F(VmSlots, TwoProcessesEachHoldingOneAndWaitingForAnotherBothGoOn) {
   {
     auto first = acquire_vm_slot("parent-1", 1s);
     first.settle();
+    ASSERT_EQ(::write(go[1], &byte, 1), 1);
     parent_index = acquire_vm_slot("parent-2", 30s).index();
   }
   int status = 0;
@@ -128,7 +131,7 @@ TEST_F(VmSlots, TwoProcessesEachHoldingOneAndWaitingForAnotherBothGoOn) {
   int child_index = -1;
   ASSERT_EQ(::read(result[0], &child_index, sizeof child_index),
             static_cast<ssize_t>(sizeof child_index));
-  for (int fd : {ready[0], ready[1], result[0], result[1]}) ::close(fd);
+  for (int fd : {ready[0], ready[1], go[0], go[1], result[0], result[1]}) ::close(fd);
   // Exactly one went past the cap of 2 (index 2 and up); the other took the slot it freed.
   EXPECT_EQ((parent_index >= 2) + (child_index >= 2), 1)
       << "parent got slot " << parent_index << ", child slot " << child_index;

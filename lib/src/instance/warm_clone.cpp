@@ -187,7 +187,8 @@ void Instance::Impl::finish_warm_build() {
     return;
   }
   clock.phase_done("warm image");
-  // The image is complete: waiters may take it, and a relaunch that QEMU refuses may discard it.
+  // The image is complete: waiters may take it, and a relaunch the hypervisor refuses may discard
+  // it.
   build.warm_lock.reset();
   use_warm_image(image);
   if (launch_or_boot_cold()) complete_warm_resume();
