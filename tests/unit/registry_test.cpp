@@ -270,4 +270,19 @@ TEST_F(RegistryTest, ANewHomeIsItsOwnersAloneAndAReadableOneIsNamedOnce) {
       << seen[0];
 }
 
+// A VMFEST_HOME under a file (a typo, a path of another machine) is vmfest's error naming the
+// home and the fix, not the file system library's.
+TEST_F(RegistryTest, AHomeThatCannotBeMadeIsAnErrorNamingVmfestHome) {
+  std::ofstream(root_ / "a-file") << "not a folder";
+  const vmfest::Home impossible(root_ / "a-file" / "deeper" / "home");
+  try {
+    vmfest::setup_model(make_qcow2("base.qcow2").string(), {}, impossible);
+    FAIL() << "a home under a file was made";
+  } catch (const vmfest::Error& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find(impossible.root().string()), std::string::npos) << message;
+    EXPECT_NE(message.find("VMFEST_HOME"), std::string::npos) << message;
+  }
+}
+
 }  // namespace

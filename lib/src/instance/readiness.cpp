@@ -57,9 +57,10 @@ enum Rank { kTimedOut = 1, kConnection = 2, kGuestSaid = 3 };
 
 }  // namespace
 
-seconds ReadinessWaiter::timeout() const {
-  return std::max(seconds(1),
-                  std::chrono::duration_cast<seconds>(within_test_budget(wanted_timeout())));
+seconds ReadinessWaiter::timeout() const { return within_budget(wanted_timeout()); }
+
+seconds ReadinessWaiter::within_budget(seconds wanted) {
+  return std::max(seconds(1), std::chrono::duration_cast<seconds>(within_test_budget(wanted)));
 }
 
 seconds ReadinessWaiter::wanted_timeout() const {
@@ -109,8 +110,8 @@ void ReadinessWaiter::wait_for_marker(Clock::time_point deadline, seconds timeou
 }
 
 ssh::Session ReadinessWaiter::wait(bool cold) {
-  const seconds wanted = wanted_timeout();
-  const seconds timeout = this->timeout();
+  const seconds wanted = wanted_timeout();  // reads the model's boot times once
+  const seconds timeout = within_budget(wanted);
   if (timeout < wanted) {
     budget_note_ = fmt::format(
         "; vmfest cut its wait from {} s to {} s to fail before the test runner's timeout "

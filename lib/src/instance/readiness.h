@@ -40,6 +40,7 @@ class ReadinessWaiter {
 
  private:
   [[nodiscard]] std::chrono::seconds wanted_timeout() const;
+  [[nodiscard]] static std::chrono::seconds within_budget(std::chrono::seconds wanted);
   [[noreturn]] void fail(const std::string& why) const;
   void wait_for_marker(Clock::time_point deadline, std::chrono::seconds timeout);
 

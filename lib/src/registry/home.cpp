@@ -55,7 +55,13 @@ const fs::path& prepare_home(const Home& home) {
   const fs::path& root = home.root();
   std::error_code error;
   if (!fs::exists(root, error)) {
-    fs::create_directories(root.parent_path());
+    fs::create_directories(root.parent_path(), error);
+    if (error) {
+      throw Error(
+          fmt::format("cannot make the folder {} for vmfest's home {}: {}; set "
+                      "VMFEST_HOME to a folder you can write",
+                      root.parent_path().string(), root.string(), error.message()));
+    }
     // Owner only from its first instant: no window in which another user could open it.
     if (::mkdir(root.c_str(), 0700) != 0 && errno != EEXIST) {
       throw Error(
