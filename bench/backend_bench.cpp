@@ -9,10 +9,12 @@
 #include <iostream>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fmt/format.h>
 
+#include "bench_usage.h"
 #include "timing.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
@@ -41,7 +43,14 @@ double create_to_ready(const std::string& backend, bool warm) {
 
 }  // namespace
 
+constexpr std::string_view kUsage = R"(usage: vmfest_backend_bench [ROUNDS (default 5)]
+Times create -> ready on the libvirt backend beside the QEMU backend's (cold, and warm where the
+backend has warm images), interleaved round by round. Needs VMFEST_LIBVIRT_URI and a running
+libvirtd (tools/libvirt-services.sh). Prints a table and the ratios.
+)";
+
 int main(int argc, char** argv) {
+  vmfest::bench::answer_help(argc, argv, kUsage);
   try {
     const int rounds = argc > 1 ? std::max(1, std::atoi(argv[1])) : 5;
     vmfest::testing::ensure_default_model();

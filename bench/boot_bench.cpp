@@ -27,6 +27,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -36,6 +37,7 @@
 #include <boost/process/v2/stdio.hpp>
 #include <nlohmann/json.hpp>
 
+#include "bench_usage.h"
 #include "timing.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/environment.h"
@@ -264,7 +266,15 @@ double idle_pss_mib(int count, bool warm) {
 
 }  // namespace
 
+constexpr std::string_view kUsage =
+    R"(usage: vmfest_boot_bench [JSON-OUTPUT (default boot_bench.json)]
+Raw QEMU vs cold vs warm instances of the default model, destroy, a 20-test suite, 8 warm
+instances at once and their memory, side by side in one run. Prints a table and the ratios
+(cold_vs_raw, warm_vs_cold, suite_warm_vs_cold, ...), and writes them as JSON.
+)";
+
 int main(int argc, char** argv) {
+  vmfest::bench::answer_help(argc, argv, kUsage);
   const fs::path json_path = argc > 1 ? argv[1] : "boot_bench.json";
   // Eight at once is part of the benchmark; the host-wide cap would queue them.
   ::setenv("VMFEST_MAX_VMS", "16", 1);

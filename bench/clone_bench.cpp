@@ -11,10 +11,12 @@
 #include <filesystem>
 #include <iostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fmt/format.h>
 
+#include "bench_usage.h"
 #include "timing.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
@@ -81,7 +83,13 @@ void print(const std::string& label, const Figures& figures) {
 
 }  // namespace
 
+constexpr std::string_view kUsage = R"(usage: vmfest_clone_bench [CLONES (default 10)]
+The time of Instance::create and the disk space of copy-on-write clones and permanent copies of
+the default model, beside the model's own size, in a private VMFEST_HOME.
+)";
+
 int main(int argc, char** argv) {
+  vmfest::bench::answer_help(argc, argv, kUsage);
   const int clones = argc > 1 ? std::atoi(argv[1]) : 10;
   if (clones < 1) {
     std::cerr << "usage: vmfest_clone_bench [CLONES (default 10)]\n";

@@ -12,10 +12,12 @@
 #include <iostream>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fmt/format.h>
 
+#include "bench_usage.h"
 #include "http_server.h"
 #include "timing.h"
 #include "vmfest/error.h"
@@ -61,7 +63,14 @@ Start start_one(const vmfest::Home& home, const std::string& model, bool warm) {
 
 }  // namespace
 
+constexpr std::string_view kUsage = R"(usage: vmfest_cloud_image_bench IMAGE [ROUNDS (default 3)]
+A cloud-init image (a local .qcow2 or .qcow2.gz, e.g. from tools/build-debian-image.sh) in a fresh
+home: setup-model over HTTP, the first instance, then cold and warm instances side by side.
+Prints a table, then warm_vs_cold.
+)";
+
 int main(int argc, char** argv) {
+  vmfest::bench::answer_help(argc, argv, kUsage);
   if (argc < 2) {
     std::cerr << "usage: vmfest_cloud_image_bench IMAGE [ROUNDS]\n";
     return 2;

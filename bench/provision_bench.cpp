@@ -17,9 +17,11 @@
 #include <iostream>
 #include <random>
 #include <string>
+#include <string_view>
 
 #include <fmt/format.h>
 
+#include "bench_usage.h"
 #include "timing.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
@@ -74,7 +76,15 @@ void provision_by_hand(vmfest::Instance& instance, const ProvisionSteps& steps) 
 
 }  // namespace
 
+constexpr std::string_view kUsage =
+    R"(usage: vmfest_provision_bench [TESTS (default 10, >= 2)] [SECONDS OF PROVISIONING (default 20)]
+A suite whose tests all need the same provisioning, run with the steps in every test and with a
+provisioned layer (first run and cached). Prints provisioned_vs_per_test and
+provisioned_vs_per_test_first_run.
+)";
+
 int main(int argc, char** argv) {
+  vmfest::bench::answer_help(argc, argv, kUsage);
   const int tests = argc > 1 ? std::atoi(argv[1]) : 10;
   const double target_seconds = argc > 2 ? std::atof(argv[2]) : 20.0;
   if (tests < 2 || target_seconds <= 0) {

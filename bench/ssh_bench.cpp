@@ -13,6 +13,7 @@
 #include <functional>
 #include <iostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <fmt/format.h>
@@ -20,6 +21,7 @@
 #include <boost/process/v2/process.hpp>
 #include <boost/process/v2/stdio.hpp>
 
+#include "bench_usage.h"
 #include "random_file.h"
 #include "timing.h"
 #include "vmfest/gtest/fixture.h"
@@ -113,7 +115,13 @@ void print_row(const std::string& what, double value, const std::string& unit, d
 
 }  // namespace
 
-int main() {
+constexpr std::string_view kUsage = R"(usage: vmfest_ssh_bench
+The SSH handle against OpenSSH's tools on one instance of the default model: commands per second
+(Session::run vs ssh vs ssh with a ControlMaster) and 64 MiB transfers (SFTP, exec vs scp).
+)";
+
+int main(int argc, char** argv) {
+  vmfest::bench::answer_help(argc, argv, kUsage);
   try {
     vmfest::testing::ensure_default_model();
     const WorkDirectory scratch;

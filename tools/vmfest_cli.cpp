@@ -215,7 +215,8 @@ void configure_logging(bool verbose) {
   // Standard output is for results (names, listings, a remote command's output), logs go to stderr.
   auto logger = spdlog::stderr_color_mt("vmfest");
   logger->set_pattern("%^%l%$: %v");
-  logger->set_level(verbose ? spdlog::level::debug : spdlog::level::info);
+  // Without -v: the level every vmfest program has, info or VMFEST_LOG's (set before main).
+  logger->set_level(verbose ? spdlog::level::debug : spdlog::get_level());
   spdlog::set_default_logger(logger);
 }
 

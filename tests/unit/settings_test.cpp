@@ -4,7 +4,11 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <iostream>
 #include <string>
+
+#include <spdlog/spdlog.h>
 
 #include "vmfest/error.h"
 
@@ -55,6 +59,34 @@ TEST(Settings, WaitsEndWithinTheTestBudget) {
   ::setenv("VMFEST_TEST_TIMEOUT", "soon", 1);
   EXPECT_THROW(within_test_budget(minutes(10)), vmfest::InvalidArgument);
   ::unsetenv("VMFEST_TEST_TIMEOUT");
+}
+
+// Run by the next test in a child process: prints the log level the program started with.
+TEST(LogLevel, ChildReportsItsLevel) {
+  if (std::getenv("VMFEST_LOG_CHILD") == nullptr) GTEST_SKIP() << "run by LogLevel.VmfestLog*";
+  std::cout << "level " << static_cast<int>(spdlog::get_level()) << std::endl;
+}
+
+// VMFEST_LOG sets the level of every program linked with vmfest before its main runs (here a test
+// binary); a name that is no level is said and ignored.
+TEST(LogLevel, VmfestLogSetsTheLevelOfAProgramBeforeItsMain) {
+  auto child = [](const std::string& level) {
+    return vmfest::detail::run_tool("/usr/bin/env",
+                                    {"VMFEST_LOG_CHILD=1", "VMFEST_LOG=" + level,
+                                     std::filesystem::read_symlink("/proc/self/exe").string(),
+                                     "--gtest_filter=LogLevel.ChildReportsItsLevel"});
+  };
+  const auto level_line = [](spdlog::level::level_enum level) {
+    return "level " + std::to_string(static_cast<int>(level)) + "\n";
+  };
+  const auto debug = child("debug");
+  EXPECT_NE(debug.output.find(level_line(spdlog::level::debug)), std::string::npos) << debug.output;
+  const auto error = child("error");
+  EXPECT_NE(error.output.find(level_line(spdlog::level::err)), std::string::npos) << error.output;
+  const auto bogus = child("loud");
+  EXPECT_NE(bogus.output.find(level_line(spdlog::level::info)), std::string::npos) << bogus.output;
+  EXPECT_NE(bogus.output.find("VMFEST_LOG=loud is not a log level"), std::string::npos)
+      << bogus.output;
 }
 
 }  // namespace

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string_view>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "vmfest/error.h"
 
@@ -47,5 +49,28 @@ std::chrono::milliseconds within_test_budget(std::chrono::milliseconds wait) {
   if (!budget) return wait;
   return std::min(wait, std::max(budget->left(), std::chrono::milliseconds(1000)));
 }
+
+std::optional<spdlog::level::level_enum> log_level_setting() {
+  const char* wanted = std::getenv("VMFEST_LOG");
+  if (wanted == nullptr || *wanted == '\0') return std::nullopt;
+  const spdlog::level::level_enum level = spdlog::level::from_str(wanted);
+  if (level == spdlog::level::off && std::string_view(wanted) != "off") {  // from_str's "unknown"
+    spdlog::warn("vmfest: VMFEST_LOG={} is not a log level (trace, debug, info, warn, error, off)",
+                 wanted);
+    return std::nullopt;
+  }
+  return level;
+}
+
+namespace {
+
+// Before main, so a test binary's or bench's first line already obeys it. Any program that
+// links vmfest links this file: every start of a VM reads its settings.
+const bool log_level_applied = [] {
+  if (const auto level = log_level_setting()) spdlog::set_level(*level);
+  return true;
+}();
+
+}  // namespace
 
 }  // namespace vmfest::detail

@@ -5,6 +5,8 @@
 #include <optional>
 #include <string_view>
 
+#include <spdlog/common.h>
+
 namespace vmfest::detail {
 
 // The whole number in environment variable `name`; nullopt when it is unset or empty.
@@ -25,5 +27,10 @@ struct TestBudget {
 std::optional<TestBudget> test_budget();
 // `wait` bounded by what the test budget leaves (at least 1 s), if there is one.
 std::chrono::milliseconds within_test_budget(std::chrono::milliseconds wait);
+
+// $VMFEST_LOG (trace, debug, info, warn, error, off): the level of vmfest's log in every program
+// linked with it (test binaries, benches), as -v is for the CLI. Applied once before main; the
+// default logger's level otherwise. nullopt when unset; an unknown name is warned about, ignored.
+std::optional<spdlog::level::level_enum> log_level_setting();
 
 }  // namespace vmfest::detail
