@@ -292,6 +292,13 @@ static void describe_socket(struct ssh_server* server) {
 
 void find_ssh_server(struct ssh_server* server) {
   memset(server, 0, sizeof(*server));
+  if (ssh_listener >= 0) {
+    server->kind = SSH_SERVER_AGENT;
+    server->pid = getpid();
+    snprintf(server->description, sizeof(server->description),
+             "dropbear -i per connection, run by the agent (pid %d) on port 22", server->pid);
+    return;
+  }
   int pids[MAX_HOLDERS];
   int count = port_holders(pids);
   if (count == 0) {

@@ -24,6 +24,7 @@ enum ssh_server_kind {
   SSH_SERVER_OPENSSH_DAEMON,
   SSH_SERVER_DROPBEAR_DAEMON,
   SSH_SERVER_SYSTEMD_SOCKET,
+  SSH_SERVER_AGENT, /* the agent itself, since it took port 22 from dropbear */
 };
 
 struct ssh_server {

@@ -472,6 +472,7 @@ static const char* apply_identity(int fd, const char* header) {
       /* quiesce stopped the server: the first connection starts one with the new key */
       problem = server == &server_at_quiesce ? NULL : stop_socket_servers();
       break;
+    case SSH_SERVER_AGENT: /* served above */
     case SSH_SERVER_UNKNOWN:
       break;
   }
