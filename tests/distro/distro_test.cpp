@@ -16,10 +16,13 @@
 #include <optional>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "cli_runner.h"
 #include "http_server.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
+#include "vmfest/home.h"
 #include "vmfest/internal/base.h"
 #include "vmfest/model.h"
 #include "vmfest/ssh/keys.h"
@@ -236,30 +239,74 @@ TEST(DistroSshServer, ClonesOfALayerWithOpenSshOnASocketAcceptingEachConnection)
   expect_layer_clones_with_their_own_server(kSocketAcceptYes, "yes");
 }
 
-// A server the agent does not know (a socket unit starting a program of its own): no layer is
-// saved, since a clone's host key would not reach that server; every instance runs the steps.
+// A server the agent does not know: a socket unit on port 22 starting a program of its own.
+const ProvisionSteps kGuardedSsh = {ProvisionStep::run(
+    "printf '#!/bin/sh\\nexec /usr/sbin/sshd -i \"$@\"\\n' | sudo tee /usr/local/sbin/guarded-sshd "
+    ">/dev/null && sudo chmod 755 /usr/local/sbin/guarded-sshd && "
+    "printf '[Socket]\\nListenStream=22\\nAccept=yes\\n[Install]\\nWantedBy=sockets.target\\n' | "
+    "sudo tee /etc/systemd/system/guarded-ssh.socket >/dev/null && "
+    "printf '[Service]\\nExecStart=-/usr/local/sbin/guarded-sshd\\nStandardInput=socket\\n"
+    "RuntimeDirectory=sshd\\nRuntimeDirectoryPreserve=yes\\n' | "
+    "sudo tee /etc/systemd/system/guarded-ssh@.service >/dev/null && sudo systemctl daemon-reload "
+    "&& sudo systemctl disable --now ssh.service ssh.socket && "
+    "sudo systemctl enable --now guarded-ssh.socket")};
+
+// With it no layer is saved, since a clone's host key would not reach that server; every instance
+// runs the steps.
 TEST(DistroSshServer, AnSshServerVmfestDoesNotKnowGetsNoLayer) {
-  const ProvisionSteps steps = {ProvisionStep::run(
-      "printf '#!/bin/sh\\nexec /usr/sbin/sshd -i \"$@\"\\n' | sudo tee "
-      "/usr/local/sbin/guarded-sshd "
-      ">/dev/null && sudo chmod 755 /usr/local/sbin/guarded-sshd && "
-      "printf '[Socket]\\nListenStream=22\\nAccept=yes\\n[Install]\\nWantedBy=sockets.target\\n' | "
-      "sudo tee /etc/systemd/system/guarded-ssh.socket >/dev/null && "
-      "printf '[Service]\\nExecStart=-/usr/local/sbin/guarded-sshd\\nStandardInput=socket\\n"
-      "RuntimeDirectory=sshd\\nRuntimeDirectoryPreserve=yes\\n' | "
-      "sudo tee /etc/systemd/system/guarded-ssh@.service >/dev/null && sudo systemctl "
-      "daemon-reload "
-      "&& sudo systemctl disable --now ssh.service ssh.socket && "
-      "sudo systemctl enable --now guarded-ssh.socket")};
   {
-    Instance builder = start_provisioned(steps);
+    Instance builder = start_provisioned(kGuardedSsh);
     EXPECT_TRUE(had_phase(builder, "provision"));
     EXPECT_FALSE(had_phase(builder, "layer"));
   }
-  Instance clone = start_provisioned(steps);
+  Instance clone = start_provisioned(kGuardedSsh);
   EXPECT_TRUE(had_phase(clone, "provision")) << "a layer was saved after all";
   EXPECT_EQ(trimmed(clone.ssh().check("systemctl is-active guarded-ssh.socket").stdout_text),
             "active");
+}
+
+// A model whose image runs such a server gets no warm image: its first instance finds out, says
+// why (naming the server and port 22's owner) and records it; every instance boots cold, and the
+// later ones do not try again.
+TEST(DistroSshServer, AModelWithAnSshServerVmfestDoesNotKnowBootsColdAndSaysWhyOnce) {
+  const std::string name = kModel + "-guarded-" + std::to_string(::getpid());
+  struct RemoveModel {
+    std::string name;
+    ~RemoveModel() {
+      try {
+        vmfest::ModelRegistry().remove(name);
+      } catch (const vmfest::Error&) {  // the test failed before the model existed
+      }
+    }
+  } remove_model{name};
+  start_provisioned(kGuardedSsh).save_as_model(name);
+  vmfest::InstanceRequest request;
+  request.model = name;
+  {
+    Instance first = Instance::create(request);
+    first.start();
+    EXPECT_FALSE(first.resumed_warm());
+    EXPECT_EQ(trimmed(first.ssh().check("systemctl is-active guarded-ssh.socket").stdout_text),
+              "active");
+  }
+  std::string reason;
+  fs::path manifest_file;
+  const fs::path warm = vmfest::Home::from_environment().models() / name / "warm";
+  for (const auto& entry : fs::directory_iterator(warm)) {
+    if (!fs::exists(entry.path() / "manifest.json")) continue;
+    manifest_file = entry.path() / "manifest.json";
+    const auto manifest = nlohmann::json::parse(vmfest::detail::read_text(manifest_file));
+    EXPECT_EQ(manifest.value("status", ""), "unsupported");
+    reason = manifest.value("reason", "");
+  }
+  EXPECT_NE(reason.find("/usr/local/sbin/guarded-sshd"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("pid 1 (systemd)"), std::string::npos) << reason;
+  ASSERT_FALSE(manifest_file.empty()) << "no warm image records why";
+  const auto recorded = fs::last_write_time(manifest_file);
+  Instance second = Instance::create(request);
+  second.start();
+  EXPECT_FALSE(second.resumed_warm());
+  EXPECT_EQ(fs::last_write_time(manifest_file), recorded) << "the second instance tried again";
 }
 
 }  // namespace ssh_servers
