@@ -1,9 +1,11 @@
-// A stock distro cloud image (tools/build-debian-image.sh, or any cloud-init qcow2[.gz]) in a fresh
-// home, as a new user meets it: setup-model over HTTP, the first instance (a cold boot that also
+// Stock distro cloud images (tools/build-debian-image.sh, or any cloud-init qcow2[.gz]) in a fresh
+// home, as a new user meets them: setup-model over HTTP, the first instance (a cold boot that also
 // saves the warm image), then cold and warm instances side by side, create() to ready, identity
-// included, and what a clone costs on disk. Prints a table, then `warm_vs_cold R` last.
+// included, and what a clone costs on disk. The images take turns in every round, so a busy host
+// weighs on each alike. Prints a table per image, then per image `NAME warm_vs_cold R` and, for
+// every image after the first (the reference, Debian's), `NAME cold_vs_debian_cold R`.
 //
-// Usage: vmfest_cloud_image_bench IMAGE [ROUNDS]   (IMAGE: a local .qcow2 or .qcow2.gz)
+// Usage: vmfest_cloud_image_bench IMAGE... [ROUNDS]   (IMAGE: a local .qcow2 or .qcow2.gz)
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -61,69 +64,115 @@ Start start_one(const vmfest::Home& home, const std::string& model, bool warm) {
   return start;
 }
 
+// One image's model in the bench's home and what was measured of it.
+struct Subject {
+  fs::path image;
+  std::string model;
+  vmfest::Model installed;
+  double setup_seconds = 0;
+  Start first;
+  std::vector<double> cold;
+  std::vector<double> warm;
+  std::map<std::string, std::vector<double>> warm_phases;
+  std::uintmax_t warm_bytes = 0;
+};
+
+// The model's name: the image's file name without its extensions.
+std::string model_name(const fs::path& image) {
+  std::string name = image.filename().string();
+  return name.substr(0, name.find('.'));
+}
+
+void print_subject(const Subject& subject, int rounds) {
+  fmt::print("cloud image: {} ({:.0f} MiB image, {:.0f} MiB gzip), profile micro, {} rounds\n",
+             subject.image.filename().string(), mebibytes(subject.installed.size_bytes),
+             mebibytes(fs::file_size(subject.image)), rounds);
+  fmt::print("setup-model over HTTP (127.0.0.1)   {:8.2f} s\n", subject.setup_seconds);
+  fmt::print("first instance in a fresh home      {:8.2f} s  (cold boot + warm image saved)\n",
+             subject.first.seconds);
+  fmt::print("cold start->ready (median)          {:8.2f} s\n", median(subject.cold));
+  fmt::print("warm start->ready (median)          {:8.2f} s\n", median(subject.warm));
+  for (const auto& [name, values] : subject.warm_phases) {
+    fmt::print("  warm phase {:<24} {:8.3f} s\n", name, median(values));
+  }
+  fmt::print("instance folder of a warm clone     {:8.1f} MiB\n\n", mebibytes(subject.warm_bytes));
+}
+
 }  // namespace
 
-constexpr std::string_view kUsage = R"(usage: vmfest_cloud_image_bench IMAGE [ROUNDS (default 3)]
-A cloud-init image (a local .qcow2 or .qcow2.gz, e.g. from tools/build-debian-image.sh) in a fresh
-home: setup-model over HTTP, the first instance, then cold and warm instances side by side.
-Prints a table, then warm_vs_cold.
+constexpr std::string_view kUsage = R"(usage: vmfest_cloud_image_bench IMAGE... [ROUNDS (default 3)]
+Cloud-init images (local .qcow2 or .qcow2.gz, e.g. from tools/build-debian-image.sh [--shape
+ubuntu]) in a fresh home: setup-model over HTTP, the first instance, then cold and warm instances
+side by side, the images taking turns. Prints a table per image, then NAME warm_vs_cold R and,
+for each image after the first, NAME cold_vs_debian_cold R.
 )";
 
 int main(int argc, char** argv) {
   vmfest::bench::answer_help(argc, argv, kUsage);
-  if (argc < 2) {
-    std::cerr << "usage: vmfest_cloud_image_bench IMAGE [ROUNDS]\n";
+  std::vector<std::string_view> arguments(argv + 1, argv + argc);
+  int rounds = 3;
+  if (!arguments.empty() && arguments.back().find_first_not_of("0123456789") == std::string::npos) {
+    rounds = std::stoi(std::string(arguments.back()));
+    arguments.pop_back();
+  }
+  if (arguments.empty()) {
+    std::cerr << kUsage;
     return 2;
   }
-  const fs::path image = fs::canonical(argv[1]);
-  const int rounds = argc > 2 ? std::stoi(argv[2]) : 3;
+  std::vector<Subject> subjects;
+  for (const auto& argument : arguments) {
+    Subject subject;
+    subject.image = fs::canonical(fs::path(argument));
+    subject.model = model_name(subject.image);
+    subjects.push_back(std::move(subject));
+  }
   const fs::path root =
       fs::temp_directory_path() / fmt::format("vmfest-cloud-bench-{}", ::getpid());
   fs::remove_all(root);
-  fs::create_directories(root / "http");
   const vmfest::Home home(root / "home");
   int status = 0;
   try {
-    vmfest::testing::HttpServer server(image.parent_path(), root / "http");
-    const std::string model = "cloud-image";
-    vmfest::SetupOptions options;
-    options.name = model;
-    options.on_progress = [](const vmfest::Progress&) {};
-    auto begin = Clock::now();
-    const vmfest::Model installed =
-        vmfest::setup_model(server.url("-", image.filename().string()), options, home);
-    const double setup_seconds = seconds_since(begin);
-
+    std::vector<std::unique_ptr<vmfest::testing::HttpServer>> servers;
+    for (Subject& subject : subjects) {
+      const fs::path scratch = root / ("http-" + subject.model);
+      fs::create_directories(scratch);
+      servers.push_back(
+          std::make_unique<vmfest::testing::HttpServer>(subject.image.parent_path(), scratch));
+      vmfest::SetupOptions options;
+      options.name = subject.model;
+      options.on_progress = [](const vmfest::Progress&) {};
+      const auto begin = Clock::now();
+      subject.installed = vmfest::setup_model(
+          servers.back()->url("-", subject.image.filename().string()), options, home);
+      subject.setup_seconds = seconds_since(begin);
+    }
     // The first test in a fresh home: its instance boots cold and saves the warm image.
-    const Start first = start_one(home, model, true);
-    std::vector<double> cold;
-    std::vector<double> warm;
-    std::map<std::string, std::vector<double>> warm_phases;
-    std::uintmax_t warm_bytes = 0;
+    for (Subject& subject : subjects) subject.first = start_one(home, subject.model, true);
     for (int round = 0; round < rounds; ++round) {
-      const Start c = start_one(home, model, false);
-      const Start w = start_one(home, model, true);
-      if (!w.warm) throw vmfest::Error("a warm start did not resume the warm image");
-      cold.push_back(c.seconds);
-      warm.push_back(w.seconds);
-      warm_bytes = w.folder_bytes;
-      for (const auto& phase : w.phases) warm_phases[phase.name].push_back(phase.seconds);
-      std::cerr << fmt::format("round {}: cold {:.2f} s, warm {:.2f} s\n", round + 1, c.seconds,
-                               w.seconds);
+      for (Subject& subject : subjects) {
+        const Start c = start_one(home, subject.model, false);
+        const Start w = start_one(home, subject.model, true);
+        if (!w.warm) {
+          throw vmfest::Error("a warm start of '" + subject.model +
+                              "' did not resume the warm image");
+        }
+        subject.cold.push_back(c.seconds);
+        subject.warm.push_back(w.seconds);
+        subject.warm_bytes = w.folder_bytes;
+        for (const auto& phase : w.phases) subject.warm_phases[phase.name].push_back(phase.seconds);
+        std::cerr << fmt::format("round {}, {}: cold {:.2f} s, warm {:.2f} s\n", round + 1,
+                                 subject.model, c.seconds, w.seconds);
+      }
     }
-    fmt::print("cloud image: {} ({:.0f} MiB image, {:.0f} MiB gzip), profile micro, {} rounds\n",
-               image.filename().string(), mebibytes(installed.size_bytes),
-               mebibytes(fs::file_size(image)), rounds);
-    fmt::print("setup-model over HTTP (127.0.0.1)   {:8.2f} s\n", setup_seconds);
-    fmt::print("first instance in a fresh home      {:8.2f} s  (cold boot + warm image saved)\n",
-               first.seconds);
-    fmt::print("cold start->ready (median)          {:8.2f} s\n", median(cold));
-    fmt::print("warm start->ready (median)          {:8.2f} s\n", median(warm));
-    for (const auto& [name, values] : warm_phases) {
-      fmt::print("  warm phase {:<24} {:8.3f} s\n", name, median(values));
+    for (const Subject& subject : subjects) print_subject(subject, rounds);
+    for (const Subject& subject : subjects) {
+      fmt::print("{} warm_vs_cold {:.3f}\n", subject.model,
+                 median(subject.warm) / median(subject.cold));
     }
-    fmt::print("instance folder of a warm clone     {:8.1f} MiB\n", mebibytes(warm_bytes));
-    fmt::print("warm_vs_cold {:.3f}\n", median(warm) / median(cold));
+    for (std::size_t i = 1; i < subjects.size(); ++i) {
+      fmt::print("{} cold_vs_debian_cold {:.3f}\n", subjects[i].model,
+                 median(subjects[i].cold) / median(subjects.front().cold));
+    }
   } catch (const std::exception& error) {
     std::cerr << "vmfest_cloud_image_bench: " << error.what() << "\n";
     status = 1;

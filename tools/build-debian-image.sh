@@ -4,17 +4,25 @@
 # sudo, the cloud kernel, GRUB on BIOS. Nothing of vmfest is inside: no agent, no key, no extra user.
 # Each instance gets its identity (user, keys, host keys, hostname) from a cloud-init seed.
 #
-# Usage: tools/build-debian-image.sh [OUT_DIR]           (as root: mmdebstrap needs a real chroot)
-#   OUT_DIR defaults to ${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmfest}/debian-image.
+# Usage: tools/build-debian-image.sh [--shape debian|ubuntu] [OUT_DIR]   (as root: mmdebstrap needs
+#   a real chroot)
+#   --shape ubuntu builds the same Debian packages shaped like Ubuntu's server cloud images (22.10
+#   and later), where they differ in what matters to vmfest: a GPT disk with a BIOS boot partition
+#   and the root on partition 2, OpenSSH started by ssh.socket (ssh.service disabled), cloud-init's
+#   default user "ubuntu". Networking is netplan + systemd-networkd + systemd-resolved in both.
+#   OUT_DIR defaults to ${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmfest}/debian-image
+#   (ubuntu-shaped-image for --shape ubuntu).
 #   VMFEST_KEEP_WORK=1 keeps the work directory of a failed build for inspection.
 # The LAST line of stdout is the bundle directory; everything else goes to stderr. It holds:
-#   debian-12-cloud.qcow2.gz   the disk (gunzip it; the qcow2 inside is not compressed itself)
+#   debian-12-cloud.qcow2.gz   the disk (gunzip it; the qcow2 inside is not compressed itself);
+#                              ubuntu-shaped-cloud.qcow2.gz for --shape ubuntu
 #   SHA256SUMS                 sha256sum of the .gz
 #   build-inputs.txt           the cache key's inputs, then every package in the image with its version
 #
 # The disk: 2 GiB, MBR (dos) label, one ext4 partition found by its UUID, GRUB (grub-pc) in the MBR and
-# the gap before the partition. No loop device and no mount: mmdebstrap builds the tree, mkfs.ext4 -d
-# writes it into a filesystem image, and the boot code is written into the raw disk with dd.
+# the gap before the partition (ubuntu: GPT, GRUB's core.img in the BIOS boot partition). No loop
+# device and no mount: mmdebstrap builds the tree, mkfs.ext4 -d writes it into a filesystem image,
+# and the boot code is written into the raw disk with dd.
 #
 # Bundles are cached as OUT_DIR/<key>, key = sha256 (16 hex) over this script, the versions apt would
 # install of the packages listed below (incl. the kernel package linux-image-cloud-amd64 depends on)
@@ -29,9 +37,26 @@ exec 3>&1 1>&2 # fd 3 carries the result line; apt, mkfs & co. must not pollute 
 umask 022      # modes inside the image must not depend on the caller's umask
 
 script=$(readlink -f "${BASH_SOURCE[0]}")
-out_dir=${1:-${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmfest}/debian-image}
+shape=debian
+if [[ ${1:-} == --shape ]]; then
+  shape=${2:-}
+  shift 2 || true
+fi
+case $shape in
+  debian) image_name=debian-12-cloud.qcow2 ;;
+  ubuntu) image_name=ubuntu-shaped-cloud.qcow2 ;;
+  *)
+    printf 'build-debian-image: error: --shape must be debian or ubuntu, not "%s"\n' "$shape" >&2
+    exit 2
+    ;;
+esac
+cache_root=${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmfest}
+if [[ $shape == debian ]]; then
+  out_dir=${1:-$cache_root/debian-image}
+else
+  out_dir=${1:-$cache_root/$shape-shaped-image}
+fi
 suite=bookworm
-image_name=debian-12-cloud.qcow2
 kernel_meta=linux-image-cloud-amd64
 disk_mib=2048 # as Debian's genericcloud; the qcow2 stores only what is used
 keep_bundles=2
@@ -54,6 +79,14 @@ host_tools=(mmdebstrap e2fsprogs fdisk qemu-utils gzip)
 # test wants a few ticks within ~40 ms of wall-clock time, which a TCG vCPU on a busy host misses and
 # then panics ("IO-APIC + timer doesn't work!"); Linux only skips the test by itself under KVM.
 kernel_cmdline="console=tty0 console=ttyS0,115200 earlyprintk=ttyS0,115200 consoleblank=0 no_timer_check"
+# Where the root filesystem and GRUB's core.img go: Debian's MBR disk has the root on partition 1 and
+# core.img in the gap before it; Ubuntu's GPT disk a BIOS boot partition first (core.img) and the
+# root on partition 2. In MiB; GPT keeps its backup table in the last MiB.
+if [[ $shape == debian ]]; then
+  partition_table=msdos root_partition=1 root_start_mib=1 root_mib=$((disk_mib - 1)) core_start_mib=0
+else
+  partition_table=gpt root_partition=2 root_start_mib=5 root_mib=$((disk_mib - 6)) core_start_mib=1
+fi
 
 log() { printf 'build-debian-image: %s\n' "$*" >&2; }
 die() {
@@ -107,6 +140,7 @@ compute_key() {
   inputs=$(
     sha256sum <"$script" # by content: the checkout location must not change the key
     sha256sum <"${script%/*}/lib/bundle-cache.sh"
+    printf 'shape %s\n' "$shape"
     printf '%s\n' "$candidates"
     for p in "${host_tools[@]}"; do printf 'host %s %s\n' "$p" "${tool_version[$p]}"; done
   )
@@ -159,6 +193,10 @@ shopt -u nullglob
 rm -rf "$bundle"
 deb_dir=$out_dir/debs
 mkdir -p "$deb_dir"
+# The shapes install the same packages: start from the other shape's .debs (links, never moved).
+for other in "$cache_root"/debian-image/debs "$cache_root"/ubuntu-shaped-image/debs; do
+  [[ $other -ef $deb_dir || ! -d $other ]] || cp -l -n "$other"/*.deb "$deb_dir"/ 2>/dev/null || true
+done
 
 work=
 cleanup() {
@@ -230,6 +268,8 @@ prepare_build() {
   h=$(sha256sum <<<"fs-uuid $key")
   export VMFEST_ROOT_UUID=${h:0:8}-${h:8:4}-4${h:13:3}-a${h:17:3}-${h:20:12}
   export VMFEST_KERNEL_CMDLINE=$kernel_cmdline
+  export VMFEST_SHAPE=$shape VMFEST_PARTITION_TABLE=$partition_table
+  export VMFEST_GRUB_ROOT=hd0,$partition_table$root_partition
   write_customize_hook >"$work/customize.sh"
   chmod 755 "$work/customize.sh"
 }
@@ -319,10 +359,10 @@ case \$t in
   device) echo UUID=$uuid ;;
   fs) echo ext2 ;;
   fs_uuid) echo $uuid ;;
-  partmap) echo msdos ;;
+  partmap) echo $VMFEST_PARTITION_TABLE ;;
   abstraction) ;;
-  compatibility_hint) echo hd0,msdos1 ;;
-  hints_string) echo '--hint-bios=hd0,msdos1 --hint-efi=hd0,msdos1 --hint-baremetal=ahci0,msdos1 ' ;;
+  compatibility_hint) echo $VMFEST_GRUB_ROOT ;;
+  hints_string) echo '--hint-bios=$VMFEST_GRUB_ROOT --hint-efi=$VMFEST_GRUB_ROOT --hint-baremetal=ahci0,${VMFEST_GRUB_ROOT#hd0,} ' ;;
   *) exit 1 ;;
 esac
 PROBE
@@ -336,11 +376,11 @@ mkdir -p "$root/boot/grub/i386-pc"
 cp "$root"/usr/lib/grub/i386-pc/*.mod "$root"/usr/lib/grub/i386-pc/*.lst "$root"/usr/lib/grub/i386-pc/boot.img \
   "$root/boot/grub/i386-pc/"
 cat >"$fake/load.cfg" <<LOAD
-search.fs_uuid $uuid root hd0,msdos1
+search.fs_uuid $uuid root $VMFEST_GRUB_ROOT
 set prefix=(\$root)'/boot/grub'
 LOAD
 chroot "$root" grub-mkimage -O i386-pc -d /usr/lib/grub/i386-pc -c /tmp/vmfest-grub/load.cfg \
-  -p /boot/grub -o /boot/grub/i386-pc/core.img biosdisk part_msdos ext2 search_fs_uuid
+  -p /boot/grub -o /boot/grub/i386-pc/core.img biosdisk "part_$VMFEST_PARTITION_TABLE" ext2 search_fs_uuid
 rm -rf "$fake"
 
 printf '# <file system> <mount point> <type> <options> <dump> <pass>\nUUID=%s / ext4 rw,discard,errors=remount-ro,x-systemd.growfs 0 1\n' \
@@ -352,8 +392,20 @@ chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.servic
 # of the single vCPU under TCG, while cloud-init ran.
 chroot "$root" systemctl disable e2scrub_reap.service e2scrub_all.timer
 
+# Ubuntu's server cloud images (22.10 and later) start OpenSSH by socket activation: systemd holds
+# port 22 and starts ssh.service at the first connection.
+if [[ $VMFEST_SHAPE == ubuntu ]]; then
+  chroot "$root" systemctl disable ssh.service
+  chroot "$root" systemctl enable ssh.socket
+fi
+
 # cloud-init: Debian's cloud.cfg already has the default user "debian" (sudo, no password) and
-# disable_root: true. Look only for datasources a local hypervisor hands over (no network probing).
+# disable_root: true; Ubuntu's calls it "ubuntu".
+if [[ $VMFEST_SHAPE == ubuntu ]]; then
+  sed -i 's/^\(     *name:\) debian$/\1 ubuntu/; s/^\(     *gecos:\) Debian$/\1 Ubuntu/' "$root/etc/cloud/cloud.cfg"
+  grep -q '^ *name: ubuntu$' "$root/etc/cloud/cloud.cfg" || { echo "cloud.cfg: no default user to rename" >&2; exit 1; }
+fi
+# Look only for datasources a local hypervisor hands over (no network probing).
 cat >"$root/etc/cloud/cloud.cfg.d/01_datasources.cfg" <<CFG
 # Written by vmfest's build-debian-image.sh. Keep the list on one line (ds-identify reads it so).
 datasource_list: [ NoCloud, ConfigDrive, None ]
@@ -399,34 +451,64 @@ finish_tree() {
   [[ -s $root/boot/grub/i386-pc/core.img && -s $root/boot/grub/grub.cfg ]] || die "GRUB was not set up"
 }
 
+# The 8 bytes of sector number $1, little-endian.
+sector_bytes() {
+  local i
+  for i in 0 1 2 3 4 5 6 7; do
+    # shellcheck disable=SC2059 # the format is the byte's escape
+    printf "\\x$(printf '%02x' $((($1 >> (8 * i)) & 255)))"
+  done
+}
+
 make_disk() {
   local root=$1 bundle_tmp=$work/bundle core_sectors
   mkdir -p "$bundle_tmp"
-  # The partition starts at 1 MiB; GRUB's core.img lives in the gap before it, from sector 1.
+  # GRUB's core.img: from sector 1 in the gap before an MBR disk's partition (1 MiB), or in a GPT
+  # disk's BIOS boot partition (1-5 MiB).
+  local core_sector=$((core_start_mib * 2048))
+  ((core_sector > 0)) || core_sector=1
   core_sectors=$((($(stat -c %s "$root/boot/grub/i386-pc/core.img") + 511) / 512))
-  ((core_sectors < 2047)) || die "core.img does not fit before the partition"
+  ((core_sector + core_sectors <= root_start_mib * 2048)) || die "core.img does not fit before the root partition"
   cp "$root/boot/grub/i386-pc/boot.img" "$root/boot/grub/i386-pc/core.img" "$work/"
 
-  log "mkfs.ext4 -d ($((disk_mib - 1)) MiB)"
-  truncate -s "$((disk_mib - 1))M" "$work/root.ext4"
+  log "mkfs.ext4 -d ($root_mib MiB)"
+  truncate -s "${root_mib}M" "$work/root.ext4"
   # Itable/journal zeroed now (not lazily at first mount, which would write to every clone's overlay).
   mkfs.ext4 -q -F -U "$VMFEST_ROOT_UUID" -E lazy_itable_init=0,lazy_journal_init=0 -d "$root" "$work/root.ext4"
   remove_tree "$root"
 
   log "assembling the disk"
   truncate -s "${disk_mib}M" "$work/disk.raw"
-  sfdisk -q "$work/disk.raw" <<EOF || die "sfdisk failed"
+  if [[ $partition_table == msdos ]]; then
+    sfdisk -q "$work/disk.raw" <<EOF || die "sfdisk failed"
 label: dos
 label-id: 0x${key:0:8}
 start=1MiB, type=83, bootable
 EOF
+  else
+    local h
+    h=$(sha256sum <<<"disk-guid $key")
+    sfdisk -q "$work/disk.raw" <<EOF || die "sfdisk failed"
+label: gpt
+label-id: ${h:0:8}-${h:8:4}-4${h:13:3}-a${h:17:3}-${h:20:12}
+start=${core_start_mib}MiB, size=$((root_start_mib - core_start_mib))MiB, type=21686148-6449-6E6F-744E-656564454649
+start=${root_start_mib}MiB, size=${root_mib}MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4
+EOF
+  fi
   # What grub-bios-setup does for a BIOS disk: boot.img's code (not the partition table) into the
-  # MBR with the jump over the boot-drive check replaced by NOPs (trust the BIOS's DL), core.img from
-  # sector 1. boot.img already points at sector 1 and grub-mkimage set core.img's sector count.
+  # MBR with the jump over the boot-drive check replaced by NOPs (trust the BIOS's DL), core.img at
+  # its sector. boot.img points at sector 1 and core.img's first sector (diskboot) loads the rest
+  # from sector 2: elsewhere both are told (64-bit little-endian sector numbers at 0x5c of boot.img
+  # and 0x1f4 of core.img). grub-mkimage set core.img's sector count.
   dd if="$work/boot.img" of="$work/disk.raw" bs=440 count=1 conv=notrunc status=none
   printf '\x90\x90' | dd of="$work/disk.raw" bs=1 seek=$((0x66)) conv=notrunc status=none
-  dd if="$work/core.img" of="$work/disk.raw" bs=512 seek=1 conv=notrunc status=none
-  dd if="$work/root.ext4" of="$work/disk.raw" bs=1M seek=1 conv=notrunc,sparse status=none
+  dd if="$work/core.img" of="$work/disk.raw" bs=512 seek="$core_sector" conv=notrunc status=none
+  if ((core_sector != 1)); then
+    sector_bytes "$core_sector" | dd of="$work/disk.raw" bs=1 seek=$((0x5c)) conv=notrunc status=none
+    sector_bytes $((core_sector + 1)) |
+      dd of="$work/disk.raw" bs=1 seek=$((core_sector * 512 + 0x1f4)) conv=notrunc status=none
+  fi
+  dd if="$work/root.ext4" of="$work/disk.raw" bs=1M seek="$root_start_mib" conv=notrunc,sparse status=none
   rm -f "$work/root.ext4"
   qemu-img convert -f raw -O qcow2 "$work/disk.raw" "$work/disk.qcow2"
   rm -f "$work/disk.raw"

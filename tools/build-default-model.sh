@@ -267,7 +267,7 @@ install_program "$dropbearconvert" /usr/bin/dropbearconvert
 install_program "$sftp_real" "$sftp_path"
 # The guest agent (warm clones get their identity through it), linked against the glibc that
 # dropbear already brought in.
-gcc -O2 -Wall -Wextra -Werror -o "$work/vmfest-agent" "$guest_dir/agent/vmfest-agent.c" ||
+gcc -O2 -Wall -Wextra -Werror -o "$work/vmfest-agent" "$guest_dir"/agent/*.c ||
   die "cannot compile the guest agent"
 install_program "$work/vmfest-agent" /usr/lib/vmfest/vmfest-agent
 

@@ -100,6 +100,18 @@ Instance::Impl::AgentCheck Instance::Impl::prepare_agent() {
     }
     const std::string reply = machine->agent_exchange("ping\n", seconds(5));
     if (reply != "pong") return {"the guest agent answered '" + reply + "' to a ping", true};
+    // A clone's host key must go where its SSH server reads it, and no server state may carry
+    // into clones: the agent knows how for the servers cloud images run (ssh_server.h).
+    const std::string server = machine->agent_exchange("ssh-server\n", seconds(5));
+    if (server.rfind("ok ", 0) != 0) {
+      return {"its SSH server is none vmfest can hand a clone's host key to (" +
+                  (server.rfind("unknown ", 0) == 0 ? server.substr(8) : server) +
+                  "); vmfest knows OpenSSH's sshd and dropbear, as daemons or started by a "
+                  "systemd socket",
+              true};
+    }
+    spdlog::debug("vmfest: instance '{}': the guest's SSH server is {}", record.name,
+                  server.substr(3));
   } catch (const Error& error) {
     // An SSH hiccup or a ping that timed out on a loaded host says nothing about the guest.
     return {std::string("no vmfest guest agent answered on the agent port: ") + error.what(),

@@ -9,12 +9,16 @@
  *
  * Protocol (one request, one reply line):
  *   host:  "ping\n"                                              guest: "pong\n"
+ *   host:  "ssh-server\n"                    guest: "ok DESCRIPTION\n" or "unknown DESCRIPTION\n"
+ *          Which SSH server serves port 22 and how it is started (ssh_server.h): a warm image is
+ *          only possible with one the agent knows; DESCRIPTION names it, or what holds port 22.
  *   host:  "quiesce\n" or "quiesce keep-cache\n" (before the image is saved)   guest: "ok\n"
- *          Hands port 22 from a dropbear daemon to the agent (OpenSSH's sshd, run by systemd,
- *          stays and reloads its keys instead) and flushes the page cache to disk. The agent
- *          then serves each connection as inetd would: it forks `dropbear -i` on it, which loads
- *          the host key on disk at that moment and seeds its RNG afresh. So a clone needs no
- *          new server after the resume, and no two clones share a daemon's RNG state.
+ *          Notes the SSH server for the clones. Hands port 22 from a dropbear daemon to the agent
+ *          (OpenSSH's sshd daemon stays and reloads its keys instead; a server a systemd socket
+ *          started is stopped, the next connection starts a new one), and flushes the page cache
+ *          to disk. The agent then serves each connection as inetd would: it forks `dropbear -i`
+ *          on it, which loads the host key on disk at that moment and seeds its RNG afresh. So a
+ *          clone needs no new daemon after the resume, and no two clones share a server's RNG.
  *          Plain "quiesce" also drops it, for an image whose state holds the guest's memory: with
  *          init_on_free=1 on the kernel command line the freed pages are zero, which the saved
  *          state stores in a few bytes each. An image whose memory clones map keeps it: there a
@@ -26,8 +30,9 @@
  *   guest: "ok\n" once the clock is set, the RNG reseeded, the keys and hostname applied and
  *          port 22 answers with the new host key; "error TEXT\n" otherwise.
  *
- * The SSH server is whichever the guest runs: OpenSSH's sshd (a stock cloud image: the key goes to
- * /etc/ssh and sshd re-reads it on SIGHUP) or dropbear (vmfest's default model). The agent is
+ * The SSH server is whichever the guest runs (ssh_server.h): OpenSSH's sshd as a daemon or started
+ * by a systemd socket (a stock cloud image: the key goes to /etc/ssh) or dropbear (vmfest's
+ * default model: the key goes to /etc/dropbear). The agent is
  * built static, so the same binary serves any x86-64 guest; cloud images get it through their
  * cloud-init seed (write_files), vmfest's default model has it built in.
  *
@@ -54,12 +59,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ssh_server.h"
+
 #define PORT_NAME "org.vmfest.agent"
-#define DROPBEAR_HOST_KEY "/etc/dropbear/dropbear_ed25519_host_key"
-#define OPENSSH_HOST_KEY "/etc/ssh/ssh_host_ed25519_key"
 #define MAX_KEYS (64 * 1024)
 #define MAX_HOST_KEY 1024
-#define MAX_LISTENERS 16
 #define MAX_ENTROPY 64
 
 static int open_port(void) {
@@ -109,59 +113,22 @@ static void ask_for_sigio(int fd) {
                             fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC) == 0;
 }
 
-/* The socket on port 22 the agent serves once it took the port from a dropbear daemon; -1 before. */
-static int ssh_listener = -1;
-
-static int listen_on_ssh_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  int on = 1;
-  struct sockaddr_in address = {0};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(22);
-  address.sin_addr.s_addr = htonl(INADDR_ANY);
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
-      bind(fd, (struct sockaddr*)&address, sizeof(address)) != 0 || listen(fd, 16) != 0) {
-    close(fd);
-    return -1;
-  }
-  ssh_listener = fd;
-  return 0;
-}
-
-/* Runs `dropbear -i` on each waiting connection, with the host key on disk now; children are
- * reaped by the kernel (SIGCHLD ignored). */
-static void serve_ssh_connections(void) {
-  int connection;
-  while ((connection = accept4(ssh_listener, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
-    pid_t child = fork();
-    if (child == 0) {
-      /* an ignored signal stays ignored across exec, and so does a blocked one */
-      signal(SIGCHLD, SIG_DFL);
-      sigprocmask(SIG_SETMASK, &mask_without_sigio, NULL);
-      setsid();
-      if (dup2(connection, 0) == 0 && dup2(connection, 1) == 1) {
-        execl("/usr/sbin/dropbear", "dropbear", "-i", "-s", "-r", DROPBEAR_HOST_KEY, (char*)NULL);
-      }
-      _exit(127);
-    }
-    close(connection); /* without a child (fork failed) the client sees the connection close */
-  }
-}
-
 /* Waits for bytes from the host into the empty `pending`, serving SSH connections meanwhile. */
 static int fill_pending(int fd) {
   pending_from = pending_to = 0;
   /* Without SIGIO from the port, a short nap keeps a saved image resuming promptly. */
   static const struct timespec nap = {0, 5000000};
   for (;;) {
+    const int ssh_listener = agent_ssh_listener();
     struct pollfd pollers[2] = {{fd, POLLIN, 0}, {ssh_listener, POLLIN, 0}};
     const nfds_t count = ssh_listener >= 0 ? 2 : 1;
     if (poll(pollers, count, -1) < 0) {
       if (errno == EINTR) continue;
       return -1;
     }
-    if (ssh_listener >= 0 && (pollers[1].revents & POLLIN)) serve_ssh_connections();
+    if (ssh_listener >= 0 && (pollers[1].revents & POLLIN)) {
+      serve_ssh_connections(&mask_without_sigio);
+    }
     if (pollers[0].revents == 0) continue;
     /* With no host connected, the port polls readable and reads as end of file. */
     ssize_t got = read(fd, pending, sizeof(pending));
@@ -287,131 +254,6 @@ static int set_hostname(const char* name) {
   if (sethostname(name, strlen(name)) != 0) return -1;
   if (write_file("/etc/hostname", line, (size_t)line_length, 0644) != 0) return -1;
   return write_file("/etc/hosts", hosts, (size_t)length, 0644);
-}
-
-/* The inodes of the sockets listening on TCP port 22 (state 0A in /proc/net/tcp{,6}): none while
- * no SSH server listens; new ones once a reloaded server listens again. Returns their number. */
-static int ssh_listeners(unsigned long inodes[MAX_LISTENERS]) {
-  const char* tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
-  int count = 0;
-  for (size_t t = 0; t < 2; t++) {
-    FILE* table = fopen(tables[t], "r");
-    if (table == NULL) continue;
-    char row[512];
-    while (count < MAX_LISTENERS && fgets(row, sizeof(row), table) != NULL) {
-      char local[64];
-      char remote[64];
-      unsigned state = 0;
-      unsigned long inode = 0;
-      if (sscanf(row, " %*d: %63s %63s %x %*s %*s %*s %*d %*d %lu", local, remote, &state,
-                 &inode) == 4 &&
-          state == 0x0A) {
-        const char* port = strrchr(local, ':');
-        if (port != NULL && strcmp(port, ":0016") == 0) inodes[count++] = inode;
-      }
-    }
-    fclose(table);
-  }
-  return count;
-}
-
-static int sshd_listening(void) {
-  unsigned long inodes[MAX_LISTENERS];
-  return ssh_listeners(inodes) > 0;
-}
-
-/* Waits (bounded, in 2 ms steps) until sshd_listening() equals `wanted`. */
-static int await_listening(int wanted) {
-  for (int i = 0; i < 1000; i++) {
-    if (sshd_listening() == wanted) return 0;
-    usleep(2000);
-  }
-  return -1;
-}
-
-/* The process holding a socket that listens on port 22 (found by the socket's inode among every
- * process's descriptors, whatever its parent or name), and its command name in `command`; 0 when
- * nothing listens. */
-static int ssh_server(char command[64]) {
-  unsigned long inodes[MAX_LISTENERS];
-  int count = ssh_listeners(inodes);
-  if (count == 0) return 0;
-  DIR* processes = opendir("/proc");
-  if (processes == NULL) return 0;
-  int found = 0;
-  struct dirent* entry;
-  while (found == 0 && (entry = readdir(processes)) != NULL) {
-    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
-    char path[300];
-    snprintf(path, sizeof(path), "/proc/%s/fd", entry->d_name);
-    DIR* descriptors = opendir(path);
-    if (descriptors == NULL) continue;
-    struct dirent* fd;
-    while (found == 0 && (fd = readdir(descriptors)) != NULL) {
-      char link[600];
-      char target[64];
-      snprintf(link, sizeof(link), "%s/%s", path, fd->d_name);
-      ssize_t length = readlink(link, target, sizeof(target) - 1);
-      unsigned long inode = 0;
-      if (length <= 0) continue;
-      target[length] = '\0';
-      if (sscanf(target, "socket:[%lu]", &inode) != 1) continue;
-      for (int i = 0; i < count; i++) {
-        if (inodes[i] == inode) found = atoi(entry->d_name);
-      }
-    }
-    closedir(descriptors);
-  }
-  closedir(processes);
-  command[0] = '\0';
-  char path[64];
-  snprintf(path, sizeof(path), "/proc/%d/comm", found);
-  FILE* file = found != 0 ? fopen(path, "r") : NULL;
-  if (file != NULL) {
-    if (fgets(command, 64, file) == NULL) command[0] = '\0';
-    command[strcspn(command, "\n")] = '\0';
-    fclose(file);
-  }
-  return found;
-}
-
-/* Stops the listening dropbear daemon `pid` (sessions of connected clients stay) and serves port
- * 22 in its place; NULL once the agent listens, an error reply otherwise. */
-static const char* take_over_from_dropbear(int pid) {
-  if (pid != 0) {
-    kill(pid, SIGTERM);
-    for (int i = 0; i < 500 && kill(pid, 0) == 0; i++) usleep(2000);
-    if (kill(pid, 0) == 0) return "error the old dropbear does not stop\n";
-    if (await_listening(0) != 0) return "error something else listens on port 22\n";
-  }
-  return listen_on_ssh_port() == 0 ? NULL : "error the agent cannot listen on port 22\n";
-}
-
-/* Makes sshd re-read its host keys: on SIGHUP it closes its sockets and executes itself anew;
- * "ok" once it listens on new sockets. */
-static const char* reload_openssh(int pid) {
-  static char problem[160];
-  unsigned long before[MAX_LISTENERS];
-  int old_count = ssh_listeners(before);
-  if (kill(pid, SIGHUP) != 0) return "error cannot signal sshd\n";
-  int count = 0;
-  for (int i = 0; i < 5000; i++) {
-    unsigned long now[MAX_LISTENERS];
-    count = ssh_listeners(now);
-    int renewed = count > 0;
-    for (int a = 0; renewed && a < count; a++) {
-      for (int b = 0; b < old_count; b++) {
-        if (now[a] == before[b]) renewed = 0;
-      }
-    }
-    if (renewed) return "ok\n";
-    usleep(2000);
-  }
-  snprintf(problem, sizeof(problem),
-           "error sshd (pid %d, %s) did not listen again after its reload (sockets on port 22: "
-           "%d before, %d now)\n",
-           pid, kill(pid, 0) == 0 ? "alive" : "gone", old_count, count);
-  return problem;
 }
 
 /* Home, uid and gid of `user`, read from /etc/passwd (a static binary has no NSS). Fields may be
@@ -553,6 +395,9 @@ static void remove_other_host_keys(void) {
   for (size_t i = 0; i < sizeof(old_keys) / sizeof(old_keys[0]); i++) unlink(old_keys[i]);
 }
 
+/* The SSH server quiesce found before the image was saved: every clone has the same. */
+static struct ssh_server server_at_quiesce;
+
 static const char* apply_identity(int fd, const char* header) {
   static char keys[MAX_KEYS];
   static char dropbear_key[MAX_HOST_KEY];
@@ -593,29 +438,65 @@ static const char* apply_identity(int fd, const char* header) {
     return "error cannot set the hostname\n";
   }
 
-  /* Normally the agent serves port 22 already (quiesce took it from dropbear before the save):
-   * then no other server needs looking for, which costs tens of milliseconds of cold code. */
-  char server[64] = "";
-  int pid = ssh_listener < 0 ? ssh_server(server) : 0;
-  if (pid != 0 && strcmp(server, "sshd") == 0) {
+  /* Normally quiesce found the server before the save (and took port 22 from dropbear): looking
+   * again would cost tens of milliseconds of cold code. */
+  struct ssh_server found;
+  const struct ssh_server* server = &server_at_quiesce;
+  if (agent_ssh_listener() < 0 && server_at_quiesce.kind == SSH_SERVER_UNKNOWN) {
+    find_ssh_server(&found);
+    server = &found;
+  }
+  if (agent_ssh_listener() < 0 && server->kind == SSH_SERVER_UNKNOWN) {
+    static char problem[400];
+    snprintf(problem, sizeof(problem), "error no SSH server vmfest knows: %s\n",
+             server->description);
+    return problem;
+  }
+  if (agent_ssh_listener() < 0 && server->openssh) {
     if (write_file(OPENSSH_HOST_KEY, openssh_key, openssh_length, 0600) != 0 ||
         write_file(OPENSSH_HOST_KEY ".pub", openssh_public, public_length, 0644) != 0) {
-      return "error cannot write the host key\n";
+      return "error cannot write the OpenSSH host key\n";
     }
-    return reload_openssh(pid);
+  } else if (write_file(DROPBEAR_HOST_KEY, dropbear_key, dropbear_length, 0600) != 0) {
+    return "error cannot write the dropbear host key\n";
   }
-  if (write_file(DROPBEAR_HOST_KEY, dropbear_key, dropbear_length, 0600) != 0) {
-    return "error cannot write the host key\n";
+  if (agent_ssh_listener() >= 0) return "ok\n";
+  const char* problem = NULL;
+  switch (server->kind) {
+    case SSH_SERVER_OPENSSH_DAEMON:
+      return reload_openssh(server->pid);
+    case SSH_SERVER_DROPBEAR_DAEMON:
+      problem = take_over_from_dropbear(server->pid);
+      break;
+    case SSH_SERVER_SYSTEMD_SOCKET:
+      /* quiesce stopped the server: the first connection starts one with the new key */
+      problem = server == &server_at_quiesce ? NULL : stop_socket_servers();
+      break;
+    case SSH_SERVER_AGENT: /* served above */
+    case SSH_SERVER_UNKNOWN:
+      break;
   }
-  const char* problem = ssh_listener < 0 ? take_over_from_dropbear(pid) : NULL;
   return problem != NULL ? problem : "ok\n";
 }
 
+/* "ok DESCRIPTION" for a server the agent handles, "unknown DESCRIPTION" otherwise. */
+static const char* describe_ssh_server(void) {
+  static char answer[400];
+  struct ssh_server server;
+  find_ssh_server(&server);
+  snprintf(answer, sizeof(answer), "%s %s\n", server.kind == SSH_SERVER_UNKNOWN ? "unknown" : "ok",
+           server.description);
+  return answer;
+}
+
 static const char* quiesce(int keep_cache) {
-  char server[64];
-  int pid = ssh_server(server);
-  const char* problem =
-      pid != 0 && strcmp(server, "dropbear") == 0 ? take_over_from_dropbear(pid) : NULL;
+  find_ssh_server(&server_at_quiesce);
+  const char* problem = NULL;
+  if (server_at_quiesce.kind == SSH_SERVER_DROPBEAR_DAEMON) {
+    problem = take_over_from_dropbear(server_at_quiesce.pid);
+  } else if (server_at_quiesce.kind == SSH_SERVER_SYSTEMD_SOCKET) {
+    problem = stop_socket_servers();
+  }
   if (problem != NULL) return problem;
   sync();
   if (keep_cache) return "ok\n";
@@ -637,6 +518,8 @@ int main(void) {
       reply(fd, "pong\n");
     } else if (strcmp(line, "quiesce") == 0 || strcmp(line, "quiesce keep-cache") == 0) {
       reply(fd, quiesce(strcmp(line, "quiesce") != 0));
+    } else if (strcmp(line, "ssh-server") == 0) {
+      reply(fd, describe_ssh_server());
     } else if (strncmp(line, "identity ", 9) == 0) {
       reply(fd, apply_identity(fd, line));
     } else {
