@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <string_view>
@@ -340,18 +341,21 @@ class LibvirtBackend final : public Backend {
     if ((backend == nullptr || std::string_view(backend) != "libvirt") && uri == nullptr) return {};
     std::vector<std::string> removed;
     const std::string prefix = home_prefix(home.instances().parent_path());
-    // The instance a domain or volume name belongs to, if its folder is gone.
-    auto orphan = [&](std::string name, std::string_view suffix) {
-      if (!name.starts_with(prefix) || !name.ends_with(suffix)) return false;
-      name = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
-      return !name.empty() && !fs::exists(home.instances() / name);
+    // The domain a domain or volume name belongs to, if its instance's folder is gone.
+    auto orphaned_domain = [&](const std::string& name,
+                               std::string_view suffix) -> std::optional<std::string> {
+      if (!name.starts_with(prefix) || !name.ends_with(suffix)) return std::nullopt;
+      std::string domain = name.substr(0, name.size() - suffix.size());
+      const std::string instance = domain.substr(prefix.size());
+      if (instance.empty() || fs::exists(home.instances() / instance)) return std::nullopt;
+      return domain;
     };
     for (const HostUri& host : configured_hosts()) {
       Connection connection = connect(host.uri);
       std::set<std::string> still_running;  // their disks stay: the domain still uses them
       for (const Domain& domain : list_domains(connection.get(), host.uri)) {
         const std::string name = virDomainGetName(domain.get());
-        if (!orphan(name, "")) continue;
+        if (!orphaned_domain(name, "")) continue;
         try {
           destroy_domain(domain.get(), host.uri);
           removed.push_back(fmt::format("libvirt domain '{}' on {}", name, host.uri));
@@ -363,10 +367,9 @@ class LibvirtBackend final : public Backend {
       }
       StoragePool pool(connection.get(), host.uri);
       for (const std::string& name : pool.volume_names()) {
-        if (!orphan(name, kDiskSuffix) && !orphan(name, kSeedSuffix)) continue;
-        const std::string_view suffix = name.ends_with(kDiskSuffix) ? kDiskSuffix : kSeedSuffix;
-        const std::string owner = name.substr(0, name.size() - suffix.size());
-        if (still_running.contains(owner)) continue;
+        std::optional<std::string> owner = orphaned_domain(name, kDiskSuffix);
+        if (!owner) owner = orphaned_domain(name, kSeedSuffix);
+        if (!owner || still_running.contains(*owner)) continue;
         pool.remove(name);
         removed.push_back(fmt::format("libvirt volume '{}' on {}", name, host.uri));
       }

@@ -106,6 +106,8 @@ fs::path stalled_mark(const fs::path& directory, pid_t pid) {
 
 // What this process tells the others about itself: whether it is stalled. Waits and starting slots
 // of all its threads count, so a process booting one VM while another thread waits is not.
+// A child forked without exec inherits it, counts and mark included: it is judged as its parent
+// until it execs. The fork tests fork before either process waits or starts.
 class ProcessSlotState {
  public:
   static ProcessSlotState& instance() {
@@ -215,6 +217,13 @@ bool host_stalled(const fs::path& directory, const std::vector<fs::path>& busy) 
 struct Attempt {
   std::vector<VmSlot> taken;
   std::vector<fs::path> busy;
+
+  // `lock` becomes the slot of the next instance without one; its file names the holder.
+  void take(FileLock lock, int index, const std::vector<std::string>& instance_names) {
+    lock.describe_holder(
+        fmt::format("pid {} instance {}\n", ::getpid(), instance_names[taken.size()]));
+    taken.emplace_back(std::move(lock), index);
+  }
 };
 
 Attempt try_slots(const fs::path& directory, int count,
@@ -226,9 +235,7 @@ Attempt try_slots(const fs::path& directory, int count,
       attempt.busy.push_back(slot_file(directory, index));
       continue;
     }
-    lock.describe_holder(
-        fmt::format("pid {} instance {}\n", ::getpid(), instance_names[attempt.taken.size()]));
-    attempt.taken.emplace_back(std::move(lock), index);
+    attempt.take(std::move(lock), index, instance_names);
   }
   return attempt;
 }
@@ -245,9 +252,7 @@ std::vector<VmSlot> break_stall(const fs::path& directory, int count,
   for (int index = 0; attempt.taken.size() < instance_names.size(); ++index) {
     FileLock lock(beyond_cap_file(directory, index), FileLock::Mode::TryOnce);
     if (!lock.held()) continue;
-    lock.describe_holder(
-        fmt::format("pid {} instance {}\n", ::getpid(), instance_names[attempt.taken.size()]));
-    attempt.taken.emplace_back(std::move(lock), count + index);
+    attempt.take(std::move(lock), count + index, instance_names);
   }
   spdlog::warn(
       "vmfest: instance '{}' starts beyond the host's cap of {} VMs (VMFEST_MAX_VMS): every slot "
@@ -291,6 +296,7 @@ std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_na
   };
   Attempt attempt = try_slots(directory, count, instance_names);
   if (static_cast<int>(attempt.taken.size()) == wanted) return granted(std::move(attempt.taken));
+  attempt.taken.clear();  // all or none: give back a partial set before waiting
 
   const WaitScope waiting(directory);
   spdlog::info("vmfest: instance '{}' waits for {} free VM slot(s) (cap {})",
@@ -299,7 +305,6 @@ std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_na
   std::optional<Clock::time_point> stalled_since;
   std::minstd_rand jitter(static_cast<unsigned>(::getpid()));
   while (true) {
-    attempt.taken.clear();  // all or none: give back a partial set before waiting
     if (Clock::now() >= deadline) {
       throw StateError(fmt::format(
           "instance '{}' waited {} s for {} of the host's {} VM slots (VMFEST_MAX_VMS); held by: "
