@@ -254,6 +254,7 @@ int main(int argc, char** argv) {
   app.footer(kFooter);
   bool verbose = false;
   app.add_flag("-v,--verbose", verbose, "debug logging on stderr");
+  app.set_version_flag("--version", "vmfest " VMFEST_VERSION);
 
   // Everything after the first `--` is the command `vmfest ssh` runs in the guest, kept away
   // from CLI11 (which would take "-l" for an option of ours and "[a,b]" for a list).

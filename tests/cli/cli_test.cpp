@@ -258,6 +258,12 @@ TEST(Cli, HelpForEveryCommand) {
   EXPECT_TRUE(contains(top.out, "Exit status")) << top.out;
 }
 
+TEST(Cli, VersionIsTheProjects) {
+  CliResult version = run_cli({"--version"});
+  EXPECT_EQ(version.exit_code, 0) << version.describe();
+  EXPECT_EQ(version.out, "vmfest " VMFEST_PROJECT_VERSION "\n") << version.describe();
+}
+
 // A VMFEST_HOME of the test's own, holding the default model as "tiny": `reap --force` and broken
 // entries must not reach the tests that share the home beside it. It lives in the shared home's
 // folder, outside its registry, and is removed when the test passes.
