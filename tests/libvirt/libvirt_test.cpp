@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <thread>
@@ -150,6 +151,67 @@ TEST(Libvirt, NothingOfThePoolIsReadThroughAPath) {
   EXPECT_NE(vmfest::detail::read_text(instance.console_log()).find("VMFEST-READY"),
             std::string::npos)
       << "the console, read through libvirt, shows the boot";
+}
+
+// The size of the kernel volume an instance's domain boots, as libvirt states it.
+std::uint64_t booted_kernel_size(const std::string& uri, const Instance& instance) {
+  lv::Connection connection = lv::connect(uri);
+  for (const std::string& name : lv::domain_names(connection.get(), uri)) {
+    if (!name.ends_with("-" + instance.name())) continue;
+    const std::optional<lv::Domain> domain = lv::find_domain(connection.get(), name, uri);
+    if (!domain) break;
+    char* xml = virDomainGetXMLDesc(domain->get(), 0);
+    const std::string text = xml != nullptr ? xml : "";
+    std::free(xml);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's string
+    const auto begin = text.find("<kernel>");
+    const auto end = text.find("</kernel>");
+    if (begin == std::string::npos || end == std::string::npos) break;
+    const std::string path = text.substr(begin + 8, end - begin - 8);
+    virStorageVolPtr volume = virStorageVolLookupByPath(connection.get(), path.c_str());
+    if (volume == nullptr) break;
+    virStorageVolInfo info{};
+    const int status = virStorageVolGetInfo(volume, &info);
+    virStorageVolFree(volume);
+    if (status == 0) return info.capacity;
+    break;
+  }
+  ADD_FAILURE() << "no kernel volume found for the domain of " << instance.name();
+  return 0;
+}
+
+// Two models with one disk and two kernels (the second is the first with a page of zeros appended,
+// which the boot loader ignores) each boot their own kernel, not the one uploaded first.
+TEST(Libvirt, ModelsSharingADiskBootTheirOwnKernels) {
+  vmfest::ModelRegistry registry;
+  const vmfest::Model first = registry.get(vmfest::testing::kDefaultModel);
+  ASSERT_EQ(first.boot.kind, vmfest::BootSpec::Kind::Kernel);
+  const fs::path bundle =
+      fs::temp_directory_path() / fmt::format("vmfest-other-kernel-{}", ::getpid());
+  fs::remove_all(bundle);
+  fs::copy(first.source, bundle, fs::copy_options::recursive);
+  for (const fs::directory_entry& entry : fs::directory_iterator(bundle)) {
+    fs::permissions(entry.path(), fs::perms::owner_write, fs::perm_options::add);
+  }
+  const fs::path kernel = bundle / first.boot.kernel.filename();
+  ASSERT_TRUE(fs::exists(kernel)) << kernel;
+  std::ofstream(kernel, std::ios::binary | std::ios::app) << std::string(4096, '\0');
+  const std::string second_name = fmt::format("other-kernel-{}", ::getpid());
+  vmfest::SetupOptions options;
+  options.name = second_name;
+  const vmfest::Model second = vmfest::setup_model(bundle.string(), options);
+  fs::remove_all(bundle);
+  ASSERT_EQ(second.sha256, first.sha256) << "the two models share one disk";
+
+  for (const vmfest::Model& model : {first, second}) {
+    vmfest::InstanceRequest request;
+    request.model = model.name;
+    Instance instance = Instance::create(request);
+    instance.start();
+    EXPECT_EQ(instance.ssh().check("echo up").stdout_text, "up\n") << model.name;
+    EXPECT_EQ(booted_kernel_size(first_uri(), instance), fs::file_size(model.boot.kernel))
+        << model.name << " boots another model's kernel";
+  }
+  registry.remove(second_name);
 }
 
 // Run as a child by the next test: starts an instance, says its name, and waits to be killed.

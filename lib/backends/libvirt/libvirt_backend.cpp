@@ -93,12 +93,12 @@ class LibvirtMachine final : public Machine {
     outlives_owner_ = config_.outlives_owner;
     const StoragePool& pool = storage();
     const Model& model = config_.model;
-    const std::string base = model_volume_name(model, "disk." + model.format);
+    const std::string base = model_disk_volume_name(model);
     pool.upload_cached(base, model.disk);
     if (model.boot.kind == BootSpec::Kind::Kernel) {
-      pool.upload_cached(model_volume_name(model, "kernel"), model.boot.kernel);
+      pool.upload_cached(boot_file_volume_name(model.boot.kernel, "kernel"), model.boot.kernel);
       if (!model.boot.initrd.empty()) {
-        pool.upload_cached(model_volume_name(model, "initrd"), model.boot.initrd);
+        pool.upload_cached(boot_file_volume_name(model.boot.initrd, "initrd"), model.boot.initrd);
       }
     }
     if (config_.full_copy) {
@@ -123,9 +123,9 @@ class LibvirtMachine final : public Machine {
     spec.seed_volume = seed_volume();
     const Model& model = config_.model;
     if (model.boot.kind == BootSpec::Kind::Kernel) {
-      spec.kernel = pool.path_of(model_volume_name(model, "kernel"));
+      spec.kernel = pool.path_of(boot_file_volume_name(model.boot.kernel, "kernel"));
       if (!model.boot.initrd.empty())
-        spec.initrd = pool.path_of(model_volume_name(model, "initrd"));
+        spec.initrd = pool.path_of(boot_file_volume_name(model.boot.initrd, "initrd"));
       spec.cmdline = model.boot.cmdline;
     }
     spec.guest_ssh_port = model.ssh_port;

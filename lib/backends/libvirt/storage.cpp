@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "vmfest/error.h"
+#include "vmfest/internal/base.h"
 
 namespace vmfest::detail::libvirt {
 namespace fs = std::filesystem;
@@ -219,9 +220,13 @@ void StoragePool::remove(const std::string& name) const {
   }
 }
 
-std::string model_volume_name(const Model& model, const std::string& part) {
+std::string model_disk_volume_name(const Model& model) {
   const std::string content = model.sha256.empty() ? model.name : model.sha256.substr(0, 16);
-  return fmt::format("model-{}-{}", content, part);
+  return fmt::format("model-{}-disk.{}", content, model.format);
+}
+
+std::string boot_file_volume_name(const fs::path& file, const std::string& part) {
+  return fmt::format("model-{}-{}", sha256_file(file).substr(0, 16), part);
 }
 
 }  // namespace vmfest::detail::libvirt

@@ -57,8 +57,10 @@ class StoragePool {
   Pool pool_;
 };
 
-// The volume name of a part ("disk.qcow2", "kernel", "initrd") of a model: by the model's content,
-// so every home and runner on a host shares one upload.
-std::string model_volume_name(const Model& model, const std::string& part);
+// Volume names by content, so every home and runner on a host shares one upload: a model's disk by
+// the disk's sha256, its kernel and initrd each by their own (models may share a disk and not a
+// kernel).
+std::string model_disk_volume_name(const Model& model);
+std::string boot_file_volume_name(const std::filesystem::path& file, const std::string& part);
 
 }  // namespace vmfest::detail::libvirt
