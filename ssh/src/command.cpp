@@ -134,11 +134,17 @@ ExecOutcome execute(Connection& connection, const ExecRequest& request) {
   PidLine pid_line(request.wrapped);
   Channel channel;
   bool finished = false;
+  const std::stop_callback wake_on_stop(request.stop, [&connection] { connection.wake_waiters(); });
   try {
     auto lock = connection.lock();
     channel = connection.open_session_channel(lock, setup_deadline, 1);
     connection.request_exec(lock, *channel, request.command_line, setup_deadline);
     while (true) {
+      if (request.stop.stop_requested()) {
+        // Thrown here so that the handler below kills the command.
+        throw SshError(fmt::format("`{}` on {} was stopped by its caller", request.display,
+                                   connection.describe()));
+      }
       connection.pull_output(*channel);
       std::string out = std::exchange(channel->out, {});
       std::string err = std::exchange(channel->err, {});
@@ -165,7 +171,7 @@ ExecOutcome execute(Connection& connection, const ExecRequest& request) {
       }
       const bool news = connection.wait_until(lock, deadline, [&] {
         return !channel->out.empty() || !channel->err.empty() || channel->backlog ||
-               channel->finished() || input.can_write(*channel);
+               channel->finished() || input.can_write(*channel) || request.stop.stop_requested();
       });
       if (!news) break;
     }
