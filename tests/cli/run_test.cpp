@@ -60,6 +60,15 @@ class ScratchFolder {
   fs::path path_;
 };
 
+// The layers of the image store built by exactly these steps (as ProvisionStep::describe() says).
+std::vector<vmfest::WarmImageInfo> layers_with_steps(const std::vector<std::string>& steps) {
+  std::vector<vmfest::WarmImageInfo> found;
+  for (auto& image : vmfest::list_warm_images()) {
+    if (image.steps == steps) found.push_back(image);
+  }
+  return found;
+}
+
 TEST(Run, PassesOutputAndStatusThroughAndLeavesNothing) {
   const std::string name = unique("run-status");
   const CliResult result = run_cli(
@@ -92,13 +101,6 @@ TEST(Run, StepFileBuildsALayerOnceAndALaterRunReusesIt) {
       "run: mkdir -p /srv",
       fmt::format("upload: {} -> /srv/www", (scratch.path() / "site").string()),
       fmt::format("run: echo note {} > /srv/note", token)};
-  auto layers_with_our_steps = [&] {
-    std::vector<vmfest::WarmImageInfo> found;
-    for (auto& image : vmfest::list_warm_images()) {
-      if (image.steps == steps) found.push_back(image);
-    }
-    return found;
-  };
   const std::vector<std::string> run = {
       "run",         "--step-file", (scratch.path() / "steps.txt").string(),
       kDefaultModel, "--",          "cat /srv/www/index.html /srv/note"};
@@ -108,7 +110,7 @@ TEST(Run, StepFileBuildsALayerOnceAndALaterRunReusesIt) {
   EXPECT_EQ(first.exit_code, 0) << first.describe();
   EXPECT_EQ(first.out, expected) << first.describe();
   EXPECT_TRUE(contains(first.err, "provisioning step 2 of 3 (upload:")) << first.describe();
-  const auto built = layers_with_our_steps();
+  const auto built = layers_with_steps(steps);
   ASSERT_EQ(built.size(), 1U);
   EXPECT_EQ(built.front().status, "ready");
 
@@ -116,7 +118,7 @@ TEST(Run, StepFileBuildsALayerOnceAndALaterRunReusesIt) {
   EXPECT_EQ(second.exit_code, 0) << second.describe();
   EXPECT_EQ(second.out, expected) << second.describe();
   EXPECT_FALSE(contains(second.err, "provisioning step")) << second.describe();
-  const auto reused = layers_with_our_steps();
+  const auto reused = layers_with_steps(steps);
   ASSERT_EQ(reused.size(), 1U);
   EXPECT_EQ(reused.front().directory, built.front().directory);
   EXPECT_GE(reused.front().last_used, built.front().last_used);
@@ -157,6 +159,30 @@ TEST(Run, SigtermWhileTheCommandRunsDestroysTheInstance) {
   EXPECT_TRUE(contains(run.output(), "instance '" + name + "' is destroyed after SIGTERM"))
       << run.output();
   expect_gone(name);
+}
+
+// A signal during the start (here: while a provisioning step runs) takes effect once the start
+// returns: the command never runs and the instance is destroyed.
+TEST(Run, SigtermDuringTheStartDestroysTheInstance) {
+  const std::string name = unique("run-sigterm-start");
+  ScratchFolder scratch("run-sigterm-start");
+  const std::string step = fmt::format("sleep 3; echo {}", std::random_device{}());
+  std::ofstream(scratch.path() / "steps.txt") << "run " << step << "\n";
+  vmfest::testing::ChildProcess run(
+      {VMFEST_CLI, "run", "--name", name, "--step-file", (scratch.path() / "steps.txt").string(),
+       kDefaultModel, "--", "echo the command ran"},
+      scratch.path() / "output.txt");
+  const bool provisioning = run.wait_for_line(
+      fmt::format("info: vmfest: provisioning step 1 of 1 (run: {}) of instance '{}'", step, name),
+      std::chrono::seconds(240));
+  run.signal(SIGTERM);
+  EXPECT_TRUE(provisioning) << run.output();
+  EXPECT_EQ(run.wait(), 128 + SIGTERM) << run.output();
+  EXPECT_TRUE(contains(run.output(), "instance '" + name + "' is destroyed after SIGTERM"))
+      << run.output();
+  EXPECT_FALSE(contains(run.output(), "the command ran")) << run.output();
+  expect_gone(name);
+  for (const auto& layer : layers_with_steps({"run: " + step})) fs::remove_all(layer.directory);
 }
 
 TEST(Run, BadInputIsRefusedWithVmfestsOwnStatus) {
