@@ -23,7 +23,8 @@ namespace {
 constexpr const char* kFooter =
     R"(Exit status: 0 on success, 1 when vmfest could not do it, 2 for a malformed command line
 or an unusable argument (name, profile, ...). `vmfest ssh NAME -- CMD` exits with CMD's status,
-and 255 when vmfest itself fails (usage errors included), as ssh(1) does.
+and 255 when vmfest itself fails (usage errors included), as ssh(1) does. `vmfest run MODEL --
+CMD` exits with CMD's status, 255 when vmfest fails, 2 for a usage error, 128+N after signal N.
 Models and instances live in $VMFEST_HOME (default ~/.local/share/vmfest).)";
 
 // A subcommand that takes an instance name and does one thing to it.
@@ -220,9 +221,14 @@ void configure_logging(bool verbose) {
   spdlog::set_default_logger(logger);
 }
 
-bool ssh_command_given(const CLI::App& app) {
+bool command_given(const CLI::App& app, const std::string& name) {
   const auto parsed = app.get_subcommands();
-  return !parsed.empty() && parsed.front()->get_name() == "ssh";
+  return !parsed.empty() && parsed.front()->get_name() == name;
+}
+
+// The commands that take the guest's command after `--`.
+bool takes_guest_command(const CLI::App& app) {
+  return command_given(app, "ssh") || command_given(app, "run");
 }
 
 // CLI11's message, made specific where it would mislead.
@@ -231,9 +237,9 @@ std::string usage_problem(const CLI::App& app, const CLI::ParseError& error) {
   if (app.get_subcommands().empty() && !app.remaining().empty()) {
     return fmt::format("unknown command '{}'", app.remaining().front());
   }
-  if (dynamic_cast<const CLI::ExtrasError*>(&error) != nullptr && ssh_command_given(app)) {
-    return fmt::format("{}; put the guest's command after --: vmfest ssh NAME -- CMD...",
-                       error.what());
+  if (dynamic_cast<const CLI::ExtrasError*>(&error) != nullptr && takes_guest_command(app)) {
+    return fmt::format("{}; put the guest's command after --: vmfest {} -- CMD...", error.what(),
+                       command_given(app, "ssh") ? "ssh NAME" : "run MODEL");
   }
   return error.what();
 }
@@ -256,7 +262,7 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose, "debug logging on stderr");
   app.set_version_flag("--version", "vmfest " VMFEST_VERSION);
 
-  // Everything after the first `--` is the command `vmfest ssh` runs in the guest, kept away
+  // Everything after the first `--` is the command `vmfest ssh`/`run` runs in the guest, kept away
   // from CLI11 (which would take "-l" for an option of ours and "[a,b]" for a list).
   char** const end = argv + argc;
   char** const separator =
@@ -269,25 +275,29 @@ int main(int argc, char** argv) {
   add_list_command(app, command);
   add_image_commands(app, command);
   add_ssh_command(app, command, remote_command);
+  add_run_command(app, command, remote_command);
+  add_copy_command(app, command);
 
   try {
     app.parse(static_cast<int>(separator - argv), argv);
-    if (separator != end && !ssh_command_given(app)) {
-      throw CLI::ExtrasError("only `vmfest ssh NAME -- CMD...` takes arguments after --",
-                             CLI::ExitCodes::ExtrasError);
+    if (separator != end && !takes_guest_command(app)) {
+      throw CLI::ExtrasError(
+          "only `vmfest ssh NAME -- CMD...` and `vmfest run MODEL -- CMD...` take arguments "
+          "after --",
+          CLI::ExitCodes::ExtrasError);
     }
   } catch (const CLI::ParseError& error) {
     if (error.get_exit_code() == 0) return app.exit(error);  // --help
     print_error(fmt::format("{}\nRun `vmfest --help` or `vmfest COMMAND --help` for usage.",
                             usage_problem(app, error)));
-    return ssh_command_given(app) ? kExitSshFailure : kExitUsage;
+    return command_given(app, "ssh") ? kExitSshFailure : kExitUsage;
   }
   configure_logging(verbose);
   try {
     return command.run();
   } catch (const vmfest::InvalidArgument& error) {
     print_error(error.what());
-    return command.failure_status == kExitFailure ? kExitUsage : command.failure_status;
+    return command.usage_status;
   } catch (const std::exception& error) {
     print_error(error.what());
     return command.failure_status;

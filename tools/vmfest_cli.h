@@ -8,6 +8,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "vmfest/ssh/session.h"
+
 namespace vmfest::cli {
 
 // Exit statuses (also listed in `vmfest --help`).
@@ -19,6 +21,7 @@ inline constexpr int kExitSshFailure = 255;
 struct Command {
   std::function<int()> run;           // returns the exit status
   int failure_status = kExitFailure;  // when run() throws a vmfest::Error
+  int usage_status = kExitUsage;      // when it throws an InvalidArgument
 };
 
 // setup-model, models, rm-model.
@@ -32,5 +35,16 @@ void add_list_command(CLI::App& app, Command& command);
 // ssh; `remote_command` is what followed `--` on the command line.
 void add_ssh_command(CLI::App& app, Command& command,
                      const std::vector<std::string>& remote_command);
+// run: a command in a fresh instance, destroyed afterwards; `remote_command` as for ssh.
+void add_run_command(CLI::App& app, Command& command,
+                     const std::vector<std::string>& remote_command);
+// cp.
+void add_copy_command(CLI::App& app, Command& command);
+
+// The words after `--` as the guest's shell command line: one word is a command line, as with
+// ssh(1); several are a program and its arguments, quoted so they arrive exactly.
+std::string remote_command_line(const std::vector<std::string>& words);
+// A remote command's exit status, or 128 + its signal's number as a shell reports it.
+int remote_exit_status(const ssh::CommandResult& result);
 
 }  // namespace vmfest::cli

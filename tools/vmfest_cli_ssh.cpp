@@ -29,31 +29,12 @@ namespace vmfest::cli {
 namespace {
 namespace fs = std::filesystem;
 
-// One word is a shell command line, as with ssh(1); several are a program and its arguments,
-// quoted so the guest's shell passes them on exactly (`-- sh -c 'exit 7'` exits 7).
-std::string remote_command_line(const std::vector<std::string>& words) {
-  if (words.size() == 1) return words.front();
-  std::string line;
-  for (const auto& word : words) line += (line.empty() ? "" : " ") + ssh::shell_quote(word);
-  return line;
-}
-
-// 128 + the signal's number, as a shell reports a command killed by a signal.
-int signal_exit_status(const std::string& name) {
-  for (int number = 1; number < NSIG; ++number) {
-    const char* abbreviation = ::sigabbrev_np(number);
-    if (abbreviation != nullptr && name == abbreviation) return 128 + number;
-  }
-  return kExitSshFailure;
-}
-
 int run_remote_command(Instance& instance, const std::vector<std::string>& words) {
   ssh::CommandResult result = instance.ssh().run(remote_command_line(words));
   std::fwrite(result.stdout_text.data(), 1, result.stdout_text.size(), stdout);
   std::fflush(stdout);
   std::fwrite(result.stderr_text.data(), 1, result.stderr_text.size(), stderr);
-  if (result.signal) return signal_exit_status(*result.signal);
-  return result.exit_status;
+  return remote_exit_status(result);
 }
 
 // A mode-0700 folder under $TMPDIR, removed with everything in it.
@@ -179,6 +160,22 @@ int open_shell(Instance& instance) {
 
 }  // namespace
 
+std::string remote_command_line(const std::vector<std::string>& words) {
+  if (words.size() == 1) return words.front();
+  std::string line;
+  for (const auto& word : words) line += (line.empty() ? "" : " ") + ssh::shell_quote(word);
+  return line;
+}
+
+int remote_exit_status(const ssh::CommandResult& result) {
+  if (!result.signal) return result.exit_status;
+  for (int number = 1; number < NSIG; ++number) {
+    const char* abbreviation = ::sigabbrev_np(number);
+    if (abbreviation != nullptr && *result.signal == abbreviation) return 128 + number;
+  }
+  return kExitSshFailure;
+}
+
 void add_ssh_command(CLI::App& app, Command& command,
                      const std::vector<std::string>& remote_command) {
   auto name = std::make_shared<std::string>();
@@ -194,6 +191,7 @@ void add_ssh_command(CLI::App& app, Command& command,
       "a command; without one, the shell gets the terminal.");
   sub->callback([&command, &remote_command, name] {
     command.failure_status = kExitSshFailure;
+    command.usage_status = kExitSshFailure;
     command.run = [&remote_command, name] {
       Instance instance = Instance::open(*name);
       return remote_command.empty() ? open_shell(instance)

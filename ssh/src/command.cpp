@@ -124,6 +124,11 @@ void kill_group(Connection& connection, long pid) {
   execute(connection, kill);
 }
 
+[[noreturn]] void throw_stopped(const Connection& connection, const ExecRequest& request) {
+  throw SshError(
+      fmt::format("`{}` on {} was stopped by its caller", request.display, connection.describe()));
+}
+
 }  // namespace
 
 ExecOutcome execute(Connection& connection, const ExecRequest& request) {
@@ -134,11 +139,15 @@ ExecOutcome execute(Connection& connection, const ExecRequest& request) {
   PidLine pid_line(request.wrapped);
   Channel channel;
   bool finished = false;
+  if (request.stop.stop_requested()) throw_stopped(connection, request);  // do not even start it
+  const std::stop_callback wake_on_stop(request.stop, [&connection] { connection.wake_waiters(); });
   try {
     auto lock = connection.lock();
     channel = connection.open_session_channel(lock, setup_deadline, 1);
     connection.request_exec(lock, *channel, request.command_line, setup_deadline);
     while (true) {
+      // Thrown inside, so that the handler below kills the command.
+      if (request.stop.stop_requested()) throw_stopped(connection, request);
       connection.pull_output(*channel);
       std::string out = std::exchange(channel->out, {});
       std::string err = std::exchange(channel->err, {});
@@ -165,7 +174,7 @@ ExecOutcome execute(Connection& connection, const ExecRequest& request) {
       }
       const bool news = connection.wait_until(lock, deadline, [&] {
         return !channel->out.empty() || !channel->err.empty() || channel->backlog ||
-               channel->finished() || input.can_write(*channel);
+               channel->finished() || input.can_write(*channel) || request.stop.stop_requested();
       });
       if (!news) break;
     }

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <functional>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 
@@ -24,6 +25,7 @@ struct ExecRequest {
   InputSource input_source;  // when set, `input` is ignored
   ChunkSink on_stdout;       // raw output, called without the connection lock
   ChunkSink on_stderr;
+  std::stop_token stop;  // a stop request kills the command and throws SshError
 };
 
 struct ExecOutcome {
@@ -32,8 +34,8 @@ struct ExecOutcome {
 };
 
 // Runs the request to completion. Throws SshTimeoutError after killing the command when its
-// timeout passes, SshError when the connection fails; exceptions from the sinks or the input
-// source kill the command and propagate.
+// timeout passes, SshError when the connection fails or a stop is requested; exceptions from the
+// sinks or the input source kill the command and propagate.
 ExecOutcome execute(Connection& connection, const ExecRequest& request);
 
 }  // namespace vmfest::ssh::detail

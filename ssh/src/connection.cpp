@@ -170,6 +170,14 @@ void Connection::wake() noexcept {
   [[maybe_unused]] auto written = ::write(wake_fd_.get(), &one, sizeof one);
 }
 
+void Connection::wake_waiters() noexcept {
+  // Without the lock a waiter may miss the notification between its check and its wait; it then
+  // looks again at the end of its slice (a second at most).
+  changed_.notify_all();
+  const std::uint64_t one = 1;
+  [[maybe_unused]] auto written = ::write(watcher_wake_fd_.get(), &one, sizeof one);
+}
+
 void Connection::note_progress(bool tunnel) noexcept {
   progress_ = true;
   if (tunnel) tunnel_progress_ = true;

@@ -162,6 +162,9 @@ class Connection {
   void note_progress(bool tunnel) noexcept;
   // Makes the I/O thread look at its work again (new forwards, channels to free...).
   void wake() noexcept;
+  // Makes every wait_until() look at its condition again now (from any thread, lock not held):
+  // for a condition that changed outside the connection, such as a stop request.
+  void wake_waiters() noexcept;
 
   // Port forwards served by the I/O thread. Each returns {id, port}.
   std::pair<int, int> add_local_forward(const std::string& guest_host, int guest_port);

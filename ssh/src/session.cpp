@@ -68,12 +68,15 @@ CommandResult run_on(Connection& connection, std::string_view command, const Run
   request.timeout = options.timeout;
   request.input = options.input;
   request.input_source = options.input_source;
+  request.stop = options.stop;
   request.on_stdout = [&](std::string_view chunk) {
     if (options.capture_output) result.stdout_text += chunk;
+    if (options.on_stdout_bytes) options.on_stdout_bytes(chunk);
     out_lines.feed(chunk);
   };
   request.on_stderr = [&](std::string_view chunk) {
     if (options.capture_output) result.stderr_text += chunk;
+    if (options.on_stderr_bytes) options.on_stderr_bytes(chunk);
     err_lines.feed(chunk);
   };
   const detail::ExecOutcome outcome = detail::execute(connection, request);

@@ -212,7 +212,12 @@ TEST(Cli, BadInputIsRefusedAndChangesNothing) {
       {{"start", "../x"}, kExitUsage, "invalid instance name"},
       {{"ssh", name, "--", "true"}, kExitSshFailure, "no instance named '" + name + "'"},
       {{"ssh", name, "hostname"}, kExitSshFailure, "put the guest's command after --"},
-      {{"ls", "--", "x"}, kExitUsage, "only `vmfest ssh NAME -- CMD...` takes arguments after --"},
+      {{"ls", "--", "x"},
+       kExitUsage,
+       "only `vmfest ssh NAME -- CMD...` and `vmfest run MODEL -- CMD...` take arguments after --"},
+      {{"run", kDefaultModel, "true"},
+       kExitUsage,
+       "put the guest's command after --: vmfest run MODEL -- CMD..."},
       {{"rm-model", "no-such-model"}, kExitFailure, "model 'no-such-model' is not registered"},
       {{"power-down", name, "--grace", "-1"}, kExitUsage, "--grace"},
       {{"frobnicate"}, kExitUsage, "unknown command 'frobnicate'"},
@@ -248,7 +253,7 @@ TEST(Cli, BadInputIsRefusedAndChangesNothing) {
 TEST(Cli, HelpForEveryCommand) {
   for (const char* command :
        {"setup-model", "models", "rm-model", "create", "start", "pause", "resume", "power-down",
-        "destroy", "ls", "ssh", "reap", "commit", "images", "prune"}) {
+        "destroy", "ls", "ssh", "run", "cp", "reap", "commit", "images", "prune"}) {
     CliResult help = run_cli({command, "--help"});
     EXPECT_EQ(help.exit_code, 0) << command << ": " << help.describe();
     EXPECT_TRUE(contains(help.out, std::string("Usage: vmfest ") + command)) << help.describe();

@@ -87,6 +87,10 @@ class ChildProcess {
     if (!status_) ::kill(pid_, SIGKILL);
     (void)wait();
   }
+  // Sends `number` to the child (while it runs) without waiting for it.
+  void signal(int number) {
+    if (!status_) ::kill(pid_, number);
+  }
   [[nodiscard]] std::string output() const {
     std::ifstream in(output_, std::ios::binary);
     std::ostringstream text;

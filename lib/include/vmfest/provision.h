@@ -30,4 +30,14 @@ struct ProvisionStep {
 
 using ProvisionSteps = std::vector<ProvisionStep>;
 
+// Reads steps from a text file, one a line, e.g. for `vmfest run --step-file`:
+//   run CMD...     the rest of the line is a shell command line in the guest
+//   upload SRC DST a file or folder of the host (relative: to the step file's folder) to DST
+//   reboot
+// Blank lines and lines whose first character other than a blank is `#` are skipped. The steps are
+// those ProvisionStep::run/upload/reboot make, so they build and reuse the same layers. Throws
+// InvalidArgument naming FILE:LINE for a malformed line or an upload source that does not exist,
+// and naming the file when it cannot be read.
+ProvisionSteps read_step_file(const std::filesystem::path& file);
+
 }  // namespace vmfest

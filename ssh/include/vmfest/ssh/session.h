@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -48,6 +49,8 @@ struct CommandResult {
 using InputSource = std::function<std::size_t(std::span<char> buffer)>;
 // Receives a command's output one line at a time (without its '\n') while the command runs.
 using LineSink = std::function<void(std::string_view line)>;
+// Receives a command's output as it arrives, byte for byte (a pass-through to a terminal or file).
+using OutputSink = std::function<void(std::string_view bytes)>;
 
 struct RunOptions {
   // Kills the remote command (its whole process group) when it runs longer, then throws
@@ -60,6 +63,11 @@ struct RunOptions {
   InputSource input_source;  // standard input streamed from the host
   LineSink on_stdout_line;   // called on the calling thread, never under an internal lock
   LineSink on_stderr_line;
+  OutputSink on_stdout_bytes;  // the same output unsplit, as it arrives (same thread)
+  OutputSink on_stderr_bytes;
+  // A stop request (from any thread, e.g. on Ctrl-C) kills the remote command (its whole process
+  // group) and makes run() throw SshError at once.
+  std::stop_token stop;
   bool capture_output = true;  // false: output goes only to the line sinks (long, chatty jobs)
 };
 
