@@ -96,7 +96,9 @@ std::string timeline_svg(const std::vector<InstanceRun>& instances) {
     label_chars = std::max(label_chars, label_of(run).size());
   }
   const long long span = std::max(last - first, 1LL);
-  const int label_width = static_cast<int>(std::min<std::size_t>(label_chars, kMaxLabel)) * 6 + 12;
+  // About 6.5 px a character of the labels' 11 px sans-serif, and a margin.
+  const int label_width =
+      static_cast<int>(std::min<std::size_t>(label_chars, kMaxLabel)) * 13 / 2 + 24;
   const int plot_left = label_width;
   const int plot_width = kWidth - plot_left - kBadgeRoom;
   const auto x_of = [&](long long ms) {

@@ -24,7 +24,7 @@ inline constexpr std::array<PhaseStyle, 14> kPhases{{
     {"warm image", "saving the warm image (first boot of a model)", "#b07aa1"},
     {"provision", "running the provision steps", "#ff9da7"},
     {"layer", "saving the provisioned layer", "#9c4f96"},
-    {"group", "waiting for the other instances of its test to start", "#d7d7d7"},
+    {"group", "waiting for the other instances of its test (their creation or start)", "#d7d7d7"},
     {"failed", "a start that failed", "#6b0000"},
     {"first command", "the first command (SSH login and command)", "#edc948"},
     {"test", "running the test", "#a0cbe8"},
