@@ -45,7 +45,8 @@ fi
 # The fixtures record each instance's phases under the artifacts folder (VMFEST_ARTIFACTS, set by
 # vmfest_add_tests); the page drawn from them after ctest is this run's alone.
 records=$build/vmfest-artifacts/records
-report=$build/vmfest-report$([ "$broken_kvm" = true ] && echo -broken-kvm).html
+report=$build/vmfest-report.html
+[ "$broken_kvm" = false ] || report=$build/vmfest-report-broken-kvm.html
 rm -rf "$records" "$report"
 
 status=0
