@@ -119,7 +119,7 @@ TEST_F(RunRecords, AFolderWithoutRecordsIsAClearError) {
     FAIL() << "read_run_records found records in a folder without any";
   } catch (const vmfest::Error& error) {
     EXPECT_EQ(std::string(error.what()),
-              "vmfest report: no run records in " + (folder_ / "records").string() +
+              "no run records in " + (folder_ / "records").string() +
                   " (0 record file(s)); tests that use the vmfest fixtures write them to "
                   "$VMFEST_ARTIFACTS/records");
   }

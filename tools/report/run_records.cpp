@@ -48,7 +48,7 @@ std::vector<fs::path> record_files(const fs::path& folder) {
   std::error_code error;
   if (!fs::is_directory(folder, error)) {
     throw Error(
-        fmt::format("vmfest report: {} is not a folder of run records; pass the folder the "
+        fmt::format("{} is not a folder of run records; pass the folder the "
                     "tests wrote them to ($VMFEST_ARTIFACTS/records, by default "
                     "<build>/vmfest-artifacts/records)",
                     folder.string()));
@@ -59,8 +59,8 @@ std::vector<fs::path> record_files(const fs::path& folder) {
     if (it->is_regular_file() && it->path().extension() == ".jsonl") files.push_back(it->path());
   }
   if (error) {
-    throw Error(fmt::format("vmfest report: cannot list the run records in {}: {}", folder.string(),
-                            error.message()));
+    throw Error(
+        fmt::format("cannot list the run records in {}: {}", folder.string(), error.message()));
   }
   std::sort(files.begin(), files.end());
   return files;
@@ -134,7 +134,7 @@ RunRecords read_run_records(const fs::path& folder) {
   }
   if (records.instances.empty()) {
     throw Error(fmt::format(
-        "vmfest report: no run records in {} ({} record file(s){}); tests that use the vmfest "
+        "no run records in {} ({} record file(s){}); tests that use the vmfest "
         "fixtures write them to $VMFEST_ARTIFACTS/records",
         folder.string(), files.size(),
         records.warnings.empty() ? ""
