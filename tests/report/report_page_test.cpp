@@ -45,6 +45,18 @@ TEST_F(ReportedRunTwo, BothAnswer) {
   EXPECT_EQ(ssh(1).check("echo second").stdout_text, "second\n");
 }
 
+// Provisioned: the first run builds a layer that later runs resume.
+class ReportedRunLayer : public InstanceTest {
+ protected:
+  [[nodiscard]] VmRequirements requirements() const override {
+    return {.provision = {vmfest::ProvisionStep::run("echo provisioned > /tmp/report-layer")}};
+  }
+};
+
+TEST_F(ReportedRunLayer, SeesItsStep) {
+  EXPECT_EQ(ssh().check("cat /tmp/report-layer").stdout_text, "provisioned\n");
+}
+
 // ---- helpers ----------------------------------------------------------------------------------
 
 std::optional<fs::path> find_on_path(const std::string& program) {
@@ -150,7 +162,7 @@ TEST_F(ReportPage, ChromiumDrawsABarPerInstanceWithItsPhases) {
                     "chromium); skipped outside CI, a failure with CI=true";
   }
 
-  // 1. A real run: this binary's ReportedRun tests, three instances, their own artifacts folder.
+  // 1. A real run: this binary's ReportedRun tests, four instances, their own artifacts folder.
   const fs::path artifacts = work_ / "artifacts";
   ChildProcess run({"/usr/bin/env", "-u", "GTEST_SHARD_INDEX", "-u", "GTEST_TOTAL_SHARDS",
                     "VMFEST_ARTIFACTS=" + artifacts.string(), "VMFEST_KEEP=never",
@@ -159,14 +171,14 @@ TEST_F(ReportPage, ChromiumDrawsABarPerInstanceWithItsPhases) {
   ASSERT_EQ(finish(run, std::chrono::seconds(420), "the reported run"), 0) << run.output();
   const fs::path records_folder = artifacts / "records";
   const vmfest::report::RunRecords records = vmfest::report::read_run_records(records_folder);
-  ASSERT_EQ(records.instances.size(), 3U);
+  ASSERT_EQ(records.instances.size(), 4U);
   EXPECT_TRUE(records.warnings.empty()) << records.warnings.front();
 
   // 2. The page.
   const fs::path page = work_ / "report.html";
   const auto made = run_cli({"report", records_folder.string(), "-o", page.string()});
   ASSERT_EQ(made.exit_code, 0) << made.describe();
-  EXPECT_NE(made.out.find("wrote the report of 3 instance(s) to " + page.string()),
+  EXPECT_NE(made.out.find("wrote the report of 4 instance(s) to " + page.string()),
             std::string::npos)
       << made.describe();
 
@@ -211,8 +223,8 @@ TEST_F(ReportPage, ChromiumDrawsABarPerInstanceWithItsPhases) {
   EXPECT_GT(colours.size(), 8U) << "the screenshot is (nearly) one colour: a blank render";
   const vmfest::testing::PngPixels reference = vmfest::testing::read_png(blank);
   ASSERT_EQ(reference.rgb.size(), png.rgb.size());
-  // The phase with the most time has a wide segment on some bar (at least a 13th of the run's span
-  // on a bar of one of three instances): its colour (phases.h) must be among the bars' pixels.
+  // The phase with the most time has segments wide enough to see: its colour (phases.h) must be
+  // among the bars' pixels.
   const auto totals = vmfest::report::phase_totals(records.instances);
   const auto largest = std::max_element(totals.begin(), totals.end(),
                                         [](const auto& a, const auto& b) { return a.ms < b.ms; });
@@ -241,7 +253,18 @@ TEST_F(ReportPage, ChromiumDrawsABarPerInstanceWithItsPhases) {
           << "phase " << phase.phase << " of " << run_of_instance.instance << " is not drawn";
     }
   }
-  for (const std::string test : {"ReportedRunOne.RunsACommand", "ReportedRunTwo.BothAnswer"}) {
+  // What each instance started from, as the library's phases tell it.
+  for (const auto& recorded : records.instances) {
+    if (recorded.test == "ReportedRunLayer.SeesItsStep") {
+      EXPECT_TRUE(recorded.image == "layer" || recorded.image == "layer build") << recorded.image;
+    } else {
+      EXPECT_TRUE(recorded.image == "warm" || recorded.image == "warm build" ||
+                  recorded.image == "cold")
+          << recorded.image;
+    }
+  }
+  for (const std::string test : {"ReportedRunOne.RunsACommand", "ReportedRunTwo.BothAnswer",
+                                 "ReportedRunLayer.SeesItsStep"}) {
     EXPECT_TRUE(std::any_of(records.instances.begin(), records.instances.end(),
                             [&](const auto& recorded) { return recorded.test == test; }))
         << test << " has no record";

@@ -178,6 +178,7 @@ TEST(RunTimeline, TheFixturesRecordReadsBackBackToBack) {
   times.test = "Suite.Test";
   times.instance = "vm-1";
   times.model = "vmfest-tiny";
+  times.set_size = 2;
   times.create_began = at(0);
   times.create_ended = at(100);
   times.start_asked = at(150);  // the set's other instance was created meanwhile
@@ -206,6 +207,34 @@ TEST(RunTimeline, TheFixturesRecordReadsBackBackToBack) {
     EXPECT_EQ(run->phases[index].end_ms - run->phases[index].begin_ms, expected[index].second)
         << run->phases[index].phase;
     previous_end = run->phases[index].end_ms;
+  }
+}
+
+TEST(RunTimeline, AnInstanceAloneHasNoGroupWait) {
+  using vmfest::testing::detail::InstanceTimes;
+  using vmfest::testing::detail::WallClock;
+  const WallClock::time_point zero{std::chrono::milliseconds(1'700'000'000'000)};
+  const auto at = [&](long long ms) { return zero + std::chrono::milliseconds(ms); };
+  InstanceTimes times;
+  times.create_began = at(0);
+  times.create_ended = at(100);
+  times.start_asked = at(103);  // the fixture's own steps between create and start
+  times.start_phases = {{"slot", 0.0, at(110)}, {"console", 5.0, at(5110)}, {"ssh", 1.0, at(6110)}};
+  times.start_done = at(6112);
+  times.test_ended = at(7000);  // no command through the fixture's SSH handle
+
+  std::string problem;
+  const auto run = parse_record_line(vmfest::testing::detail::record_line(times), problem);
+  ASSERT_TRUE(run) << problem;
+  EXPECT_EQ(run->image, "cold");
+  EXPECT_TRUE(run->kept);  // never destroyed
+  const std::vector<std::pair<std::string, long long>> expected = {
+      {"create", 103}, {"slot", 7}, {"console", 5000}, {"ssh", 1002}, {"test", 888}};
+  ASSERT_EQ(run->phases.size(), expected.size());
+  for (std::size_t index = 0; index < expected.size(); ++index) {
+    EXPECT_EQ(run->phases[index].phase, expected[index].first);
+    EXPECT_EQ(run->phases[index].end_ms - run->phases[index].begin_ms, expected[index].second)
+        << run->phases[index].phase;
   }
 }
 
