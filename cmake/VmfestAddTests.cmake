@@ -14,7 +14,8 @@
 # (environment or cache variable) at configure time, else min(cores, memory / 512 MiB).
 # MODELS are set up once per test binary before its first test (VMFEST_MODELS); the default model
 # always is. Failed tests leave their logs in ${CMAKE_BINARY_DIR}/vmfest-artifacts
-# (VMFEST_ARTIFACTS) and JUnit XML goes to ${CMAKE_BINARY_DIR}/vmfest-junit. FIXTURES_REQUIRED
+# (VMFEST_ARTIFACTS), every test process the timeline of its instances in its records/ folder
+# (`vmfest report` draws it), and JUnit XML goes to ${CMAKE_BINARY_DIR}/vmfest-junit. FIXTURES_REQUIRED
 # names ctest fixtures every test needs (e.g. a set-up test that empties its VMFEST_HOME).
 # The same binary can be registered again with another PREFIX for its ctest names, e.g. against
 # another model: vmfest_add_tests(TARGET t PREFIX debian/ FILTER "Guest.*"

@@ -27,5 +27,7 @@ packages=(
   mmdebstrap
   # tests and benchmarks: a real ssh/scp client to compare against, python for the HTTP test server
   openssh-client python3 curl procps libxml2-utils
+  # ... and a headless browser that renders `vmfest report`'s page (tests/report)
+  chromium
 )
 install_missing "${packages[@]}"

@@ -11,6 +11,8 @@
 #   mknod /dev/kvm c 10 232) and removed afterwards (the stand-in never opens it: vmfest only
 #   needs to see one). Proves that vmfest's probe and its runtime fallback choose TCG there.
 #   CTEST_ARGS go to ctest (e.g. -L vm).
+# After ctest, `vmfest report` draws where the run's time went into <build>/vmfest-report.html
+# (vmfest-report-broken-kvm.html for --broken-kvm) and the path is printed.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${VMFEST_BUILD_DIR:-$root/build}
@@ -40,8 +42,27 @@ if [ "$broken_kvm" = true ]; then
   set -- -LE 'distro|libvirt' "$@"
 fi
 
+# The fixtures record each instance's phases under the artifacts folder (VMFEST_ARTIFACTS, set by
+# vmfest_add_tests); the page drawn from them after ctest is this run's alone.
+records=$build/vmfest-artifacts/records
+report=$build/vmfest-report.html
+[ "$broken_kvm" = false ] || report=$build/vmfest-report-broken-kvm.html
+rm -rf "$records" "$report"
+
 status=0
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" "$@" || status=$?
+
+# Where the run's time went (`vmfest report`): a page per run, beside the build's other results.
+if [ -n "$(find "$records" -name '*.jsonl' 2>/dev/null)" ]; then
+  if "$build/tools/vmfest" report "$records" -o "$report"; then
+    echo "vmfest: where this run's time went: $report"
+  else
+    echo "vmfest: FAIL: no report of this run's time from the records in $records" >&2
+    status=1
+  fi
+else
+  echo "vmfest: no VM test ran, so there is no report of the run's time"
+fi
 
 leaks=0
 # Only this run's VMs count, not another project's on the same host: a QEMU started by vmfest works

@@ -274,6 +274,7 @@ int main(int argc, char** argv) {
   add_instance_commands(app, command);
   add_list_command(app, command);
   add_image_commands(app, command);
+  add_report_command(app, command);
   add_ssh_command(app, command, remote_command);
   add_run_command(app, command, remote_command);
   add_copy_command(app, command);

@@ -160,9 +160,22 @@ TEST_F(Harness, FailingTestLeavesArtifactsAndKeepsItsInstance) {
       output.find(fmt::format("[vmfest] artifacts of Child.FailsOnPurpose in {}", folder.string())),
       std::string::npos)
       << output;
+  // Beside them: the run's timeline records (`vmfest report`), a line per instance in one file.
   std::vector<fs::path> saved;
   for (const auto& entry : fs::directory_iterator(artifacts)) saved.push_back(entry.path());
-  ASSERT_EQ(saved, std::vector<fs::path>{folder});
+  std::sort(saved.begin(), saved.end());
+  ASSERT_EQ(saved, (std::vector<fs::path>{folder, artifacts / "records"}));
+  std::vector<fs::path> record_files;
+  for (const auto& entry : fs::directory_iterator(artifacts / "records")) {
+    record_files.push_back(entry.path());
+  }
+  ASSERT_EQ(record_files.size(), 1U);
+  const std::string records = read_file(record_files.front());
+  EXPECT_EQ(std::count(records.begin(), records.end(), '\n'), 2) << records;
+  EXPECT_NE(records.find("\"instance\":\"" + failed + "\",\"kept\":true"), std::string::npos)
+      << records;
+  EXPECT_NE(records.find("\"instance\":\"" + passed + "\",\"kept\":false"), std::string::npos)
+      << records;
   const fs::path files = folder / failed;
   // A warm clone resumes a booted guest, so its console may be quiet: only its presence counts.
   EXPECT_TRUE(fs::exists(files / "console.log"));

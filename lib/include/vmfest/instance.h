@@ -87,6 +87,8 @@ struct InstanceRequest {
 struct StartPhase {
   std::string name;
   double seconds = 0;
+  // When it ended, by the wall clock: lines up the phases of several processes (a run's timeline).
+  std::chrono::system_clock::time_point ended;
 };
 
 // What `vmfest ls` shows about one instance; the state is asked of the hypervisor.

@@ -24,7 +24,7 @@ void StartClock::begin(std::string instance) {
 
 void StartClock::phase_done(const char* name) {
   const auto now = Clock::now();
-  phases_.push_back({name, seconds_between(phase_begin_, now)});
+  phases_.push_back({name, seconds_between(phase_begin_, now), std::chrono::system_clock::now()});
   phase_begin_ = now;
   spdlog::debug("instance {}: start phase '{}' took {:.3f} s", instance_, name,
                 phases_.back().seconds);
