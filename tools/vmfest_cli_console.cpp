@@ -52,7 +52,7 @@ bool copy_new_text(std::ifstream& log) {
     std::fwrite(buffer, 1, static_cast<std::size_t>(log.gcount()), stdout);
     copied = true;
   }
-  log.clear();  // at the end for now: later reads see what QEMU appends
+  log.clear();  // at the end for now: later reads see what the guest writes
   std::fflush(stdout);
   return copied;
 }

@@ -12,7 +12,8 @@
 namespace vmfest::detail {
 
 // ${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/vmfest}: what vmfest learns about this host, per
-// user and for every VMFEST_HOME (accelerator decisions, QEMU facts, the default model's bundles).
+// user and for every VMFEST_HOME (accelerator decisions, the hypervisor's answers, the default
+// model's bundles).
 std::filesystem::path host_cache_root();
 // The complete bundles of the default model (tools/build-default-model.sh) in host_cache_root().
 std::vector<std::filesystem::path> default_model_bundles();

@@ -137,7 +137,7 @@ class Machine {
 // One line of `vmfest doctor`: whether this host can run vmfest's VMs, and how well.
 struct HostCheck {
   enum class Verdict { Ok, Warn, Fail };  // Fail: no VM can run until it is fixed
-  std::string name;                       // "qemu", "accelerator", ...
+  std::string name;                       // "home", "accelerator", ...
   Verdict verdict = Verdict::Ok;
   std::string detail;  // what was found
   std::string fix;     // what to do about a warning or a failure; empty for ok
