@@ -59,7 +59,12 @@ std::vector<HostCheck> backend_checks(const Home& home) {
         fmt::format("{} (this vmfest has: {})", chosen, fmt::join(detail::backend_names(), ", ")),
         ""};
   }));
-  for (const std::string& name : detail::backend_names()) {
+  // The default backend's checks first: they decide most.
+  std::vector<std::string> names = detail::backend_names();
+  std::stable_partition(names.begin(), names.end(), [](const std::string& name) {
+    return name == detail::default_backend_name();
+  });
+  for (const std::string& name : names) {
     try {
       for (HostCheck& check : detail::make_backend(name)->host_checks(home)) {
         checks.push_back(std::move(check));

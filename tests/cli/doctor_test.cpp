@@ -136,4 +136,15 @@ TEST(Doctor, AHomeOthersCanReadIsAWarningWithTheChmodFix) {
   fs::remove_all(home);
 }
 
+#ifdef VMFEST_CLI_HAS_VIRTUALBOX
+TEST(Doctor, AnUnreachableVboxwebsrvFailsWithTheUrl) {
+  const ScopedVariable url("VMFEST_VBOX_URL", "http://127.0.0.1:1/");
+  const nlohmann::json check = check_named(doctor_json(1), "vboxwebsrv http://127.0.0.1:1/");
+  EXPECT_EQ(check.value("verdict", ""), "fail") << check.dump();
+  EXPECT_NE(check.value("detail", "").find("cannot reach vboxwebsrv at http://127.0.0.1:1/"),
+            std::string::npos)
+      << check.dump();
+}
+#endif
+
 }  // namespace
