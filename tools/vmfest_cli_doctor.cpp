@@ -30,6 +30,7 @@ namespace vmfest::cli {
 namespace {
 namespace fs = std::filesystem;
 using detail::HostCheck;
+using detail::run_host_check;
 using Verdict = HostCheck::Verdict;
 
 constexpr std::uint64_t kMib = 1024 * 1024;
@@ -38,27 +39,18 @@ constexpr std::uint64_t kMib = 1024 * 1024;
 constexpr std::uint64_t kFailDiskMib = 1024;
 constexpr std::uint64_t kWarnDiskMib = 5 * 1024;
 
-// A check that throws fails, with vmfest's message as the detail.
-template <typename Check>
-HostCheck guarded(const char* name, const std::string& fix, Check check) {
-  try {
-    return check();
-  } catch (const Error& error) {
-    return {name, Verdict::Fail, error.what(), fix};
-  }
-}
-
 // The default backend, and every backend this program has that is configured for this host.
 std::vector<HostCheck> backend_checks(const Home& home) {
   std::vector<HostCheck> checks;
-  checks.push_back(guarded("backend", "set VMFEST_BACKEND to one of this vmfest's backends", [] {
-    const std::string chosen = detail::default_backend_name();
-    detail::make_backend(chosen);  // InvalidArgument naming the linked ones
-    return HostCheck{
-        "backend", Verdict::Ok,
-        fmt::format("{} (this vmfest has: {})", chosen, fmt::join(detail::backend_names(), ", ")),
-        ""};
-  }));
+  checks.push_back(
+      run_host_check("backend", "set VMFEST_BACKEND to one of this vmfest's backends", [] {
+        const std::string chosen = detail::default_backend_name();
+        detail::make_backend(chosen);  // InvalidArgument naming the linked ones
+        return HostCheck{"backend", Verdict::Ok,
+                         fmt::format("{} (this vmfest has: {})", chosen,
+                                     fmt::join(detail::backend_names(), ", ")),
+                         ""};
+      }));
   // The default backend's checks first: they decide most.
   std::vector<std::string> names = detail::backend_names();
   std::stable_partition(names.begin(), names.end(), [](const std::string& name) {
@@ -187,15 +179,16 @@ HostCheck default_model_check(const Home& home) {
 std::vector<HostCheck> all_checks() {
   const Home home = Home::from_environment();
   std::vector<HostCheck> checks = backend_checks(home);
-  const HostCheck home_verdict = guarded("home", "set VMFEST_HOME to a folder you can write",
-                                         [&home] { return home_check(home); });
+  const HostCheck home_verdict = run_host_check("home", "set VMFEST_HOME to a folder you can write",
+                                                [&home] { return home_check(home); });
   checks.push_back(home_verdict);
-  checks.push_back(guarded("vm slots", "", slots_check));
+  checks.push_back(run_host_check("vm slots", "", slots_check));
   if (home_verdict.verdict != Verdict::Fail) {
-    checks.push_back(guarded("disk", "", [&home] { return disk_check(home); }));
-    checks.push_back(guarded("default model", "", [&home] { return default_model_check(home); }));
+    checks.push_back(run_host_check("disk", "", [&home] { return disk_check(home); }));
+    checks.push_back(
+        run_host_check("default model", "", [&home] { return default_model_check(home); }));
   }
-  checks.push_back(guarded("memory", "", memory_check));
+  checks.push_back(run_host_check("memory", "", memory_check));
   return checks;
 }
 

@@ -89,30 +89,21 @@ HostCheck kvm_access_check() {
           "sudo usermod -aG kvm $USER, then log in again"};
 }
 
-// A check that throws fails, with its message as the detail and `fix`.
-template <typename Check>
-HostCheck guarded(const char* name, const std::string& fix, Check check) {
-  try {
-    return check();
-  } catch (const Error& error) {
-    return {name, Verdict::Fail, error.what(), fix};
-  }
-}
-
 }  // namespace
 
 std::vector<HostCheck> qemu_host_checks(const fs::path& home) {
   std::vector<HostCheck> checks;
-  checks.push_back(guarded("qemu",
-                           "sudo apt-get install qemu-system-x86 qemu-utils (Debian), or set "
-                           "VMFEST_QEMU to a qemu-system-x86_64",
-                           qemu_check));
+  checks.push_back(
+      run_host_check("qemu",
+                     "sudo apt-get install qemu-system-x86 qemu-utils (Debian), or set "
+                     "VMFEST_QEMU to a qemu-system-x86_64",
+                     qemu_check));
   if (checks.back().verdict != Verdict::Fail) {
-    checks.push_back(guarded("warm memory",
-                             "set VMFEST_WARM_MEMORY to mapped or streamed, or unset it",
-                             warm_memory_check));
-    checks.push_back(guarded("accelerator", "set VMFEST_ACCEL to kvm or tcg, or unset it",
-                             [&home] { return accelerator_check(home); }));
+    checks.push_back(run_host_check("warm memory",
+                                    "set VMFEST_WARM_MEMORY to mapped or streamed, or unset it",
+                                    warm_memory_check));
+    checks.push_back(run_host_check("accelerator", "set VMFEST_ACCEL to kvm or tcg, or unset it",
+                                    [&home] { return accelerator_check(home); }));
   }
   checks.push_back(kvm_access_check());
   return checks;

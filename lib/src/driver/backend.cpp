@@ -65,6 +65,15 @@ void Machine::remove_port_forward(int /*host_port*/) {
   throw not_implemented(kPortForwards.ability);
 }
 
+HostCheck run_host_check(const std::string& name, const std::string& fix,
+                         const std::function<HostCheck()>& check) {
+  try {
+    return check();
+  } catch (const Error& error) {
+    return {name, HostCheck::Verdict::Fail, error.what(), fix};
+  }
+}
+
 const char* to_string(HostCheck::Verdict verdict) {
   switch (verdict) {
     case HostCheck::Verdict::Ok:

@@ -143,6 +143,10 @@ struct HostCheck {
   std::string fix;     // what to do about a warning or a failure; empty for ok
 };
 const char* to_string(HostCheck::Verdict verdict);
+// `check`'s result, or, when it throws a vmfest::Error, a failed check `name` saying why, with
+// `fix`.
+HostCheck run_host_check(const std::string& name, const std::string& fix,
+                         const std::function<HostCheck()>& check);
 
 // What a backend can do beyond the lifecycle every backend has. The core asks before it relies on
 // one, and refuses or falls back in one place, so no backend repeats a refusal.
