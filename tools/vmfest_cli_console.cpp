@@ -87,7 +87,9 @@ void add_console_command(CLI::App& app, Command& command) {
   auto name = std::make_shared<std::string>();
   auto follow = std::make_shared<bool>(false);
   CLI::App* sub = app.add_subcommand(
-      "console", "Print an instance's serial console log (the kernel's and init's messages)");
+      "console",
+      "Print an instance's serial console log (the kernel's and init's messages; a warm clone's "
+      "starts where it resumed, `vmfest create --cold` logs a whole boot)");
   sub->add_option("name", *name, "the instance")->required();
   sub->add_flag("-f,--follow", *follow,
                 "keep printing what the guest writes until the instance stops or is destroyed "
