@@ -278,6 +278,8 @@ int main(int argc, char** argv) {
   add_ssh_command(app, command, remote_command);
   add_run_command(app, command, remote_command);
   add_copy_command(app, command);
+  add_console_commands(app, command);
+  add_doctor_command(app, command);
 
   try {
     app.parse(static_cast<int>(separator - argv), argv);

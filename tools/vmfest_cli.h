@@ -34,6 +34,10 @@ void add_image_commands(CLI::App& app, Command& command);
 void add_list_command(CLI::App& app, Command& command);
 // report.
 void add_report_command(CLI::App& app, Command& command);
+// doctor.
+void add_doctor_command(CLI::App& app, Command& command);
+// console, port.
+void add_console_commands(CLI::App& app, Command& command);
 // ssh; `remote_command` is what followed `--` on the command line.
 void add_ssh_command(CLI::App& app, Command& command,
                      const std::vector<std::string>& remote_command);

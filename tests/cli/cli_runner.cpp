@@ -3,11 +3,14 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <stdexcept>
+#include <thread>
 
 #include <fmt/format.h>
 #include <boost/asio/io_context.hpp>
@@ -68,6 +71,54 @@ CliResult run_cli(const std::vector<std::string>& args, const std::string& input
   result.out = out.read();
   result.err = err.read();
   return result;
+}
+
+struct BackgroundCli::Impl {
+  StreamFile in;
+  StreamFile out;
+  StreamFile err;
+  int pid = 0;
+  std::optional<int> status;
+};
+
+BackgroundCli::BackgroundCli(const std::vector<std::string>& args)
+    : impl_(std::make_unique<Impl>()) {
+  boost::asio::io_context context;
+  bp::process child(context, VMFEST_CLI, args,
+                    bp::process_stdio{impl_->in.get(), impl_->out.get(), impl_->err.get()},
+                    vmfest::detail::CloseInheritedFds{});
+  impl_->pid = child.id();
+  child.detach();  // waited for with waitpid below, not by Boost
+}
+
+BackgroundCli::~BackgroundCli() {
+  if (impl_->status) return;
+  ::kill(impl_->pid, SIGKILL);
+  int status = 0;
+  ::waitpid(impl_->pid, &status, 0);
+}
+
+std::string BackgroundCli::out() const { return impl_->out.read(); }
+std::string BackgroundCli::err() const { return impl_->err.read(); }
+
+void BackgroundCli::signal(int signal) {
+  if (!impl_->status) ::kill(impl_->pid, signal);
+}
+
+std::optional<int> BackgroundCli::wait_for_exit(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!impl_->status) {
+    int status = 0;
+    const pid_t done = ::waitpid(impl_->pid, &status, WNOHANG);
+    if (done == impl_->pid) {
+      impl_->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    } else if (std::chrono::steady_clock::now() >= deadline) {
+      return std::nullopt;
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  return impl_->status;
 }
 
 std::optional<nlohmann::json> listed_instance(const std::string& name) {

@@ -2,7 +2,9 @@
 // process's environment (so with its VMFEST_HOME), and collects what it wrote.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,6 +24,28 @@ struct CliResult {
 
 // `vmfest ARGS...` with `input` on its standard input; waits for it to exit.
 CliResult run_cli(const std::vector<std::string>& args, const std::string& input = "");
+
+// `vmfest ARGS...` running in the background (e.g. `console -f`, `port`), its output going to
+// temporary files. Killed (SIGKILL, by its pid) if it still runs when this goes away.
+class BackgroundCli {
+ public:
+  explicit BackgroundCli(const std::vector<std::string>& args);
+  BackgroundCli(const BackgroundCli&) = delete;
+  BackgroundCli& operator=(const BackgroundCli&) = delete;
+  ~BackgroundCli();
+
+  // What it wrote so far.
+  [[nodiscard]] std::string out() const;
+  [[nodiscard]] std::string err() const;
+  // Sends it `signal`.
+  void signal(int signal);
+  // Its exit status once it has exited within `timeout` (128 + N for signal N), else nullopt.
+  std::optional<int> wait_for_exit(std::chrono::milliseconds timeout);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // The entry of `vmfest ls --json` named `name`; nullopt when not listed.
 std::optional<nlohmann::json> listed_instance(const std::string& name);

@@ -319,7 +319,33 @@ class LibvirtMachine final : public Machine {
 
 class LibvirtBackend final : public Backend {
  public:
+  // Each configured host answers, or why not (the connection's error says what to check).
+  std::vector<HostCheck> host_checks(const Home& /*home*/) override {
+    if (!in_use()) return {};
+    std::vector<HostCheck> checks;
+    for (const HostUri& host : configured_hosts()) {
+      const std::string name = "libvirt " + host.uri;
+      try {
+        Connection connection = connect(host.uri);
+        unsigned long version = 0;
+        virConnectGetLibVersion(connection.get(), &version);
+        checks.push_back({name, HostCheck::Verdict::Ok,
+                          fmt::format("reachable (libvirt {}.{}.{})", version / 1000000,
+                                      version / 1000 % 1000, version % 1000),
+                          ""});
+      } catch (const Error& error) {
+        checks.push_back({name, HostCheck::Verdict::Fail, error.what(),
+                          fmt::format("`virsh -c '{}' version` shows the problem", host.uri)});
+      }
+    }
+    return checks;
+  }
+
   [[nodiscard]] std::string name() const override { return "libvirt"; }
+  // The default backend, or given its hosts: otherwise this backend asks no libvirtd anything.
+  [[nodiscard]] bool in_use() const {
+    return default_backend_name() == name() || std::getenv("VMFEST_LIBVIRT_URI") != nullptr;
+  }
   std::unique_ptr<Machine> machine(const MachineConfig& config,
                                    const nlohmann::json& saved) override {
     return std::make_unique<LibvirtMachine>(config, saved);
@@ -336,9 +362,7 @@ class LibvirtBackend final : public Backend {
 
   // Only where the libvirt backend is in use: a reap must not knock on a libvirtd nobody asked for.
   std::vector<std::string> remove_orphans(const Home& home) override {
-    const char* backend = std::getenv("VMFEST_BACKEND");
-    const char* uri = std::getenv("VMFEST_LIBVIRT_URI");
-    if ((backend == nullptr || std::string_view(backend) != "libvirt") && uri == nullptr) return {};
+    if (!in_use()) return {};
     std::vector<std::string> removed;
     const std::string prefix = home_prefix(home.instances().parent_path());
     // The domain a domain or volume name belongs to, if its instance's folder is gone.

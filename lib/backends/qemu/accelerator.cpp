@@ -152,12 +152,8 @@ fs::path find_probe_kernel(const fs::path& registered) {
     return kernel;
   }
   if (!registered.empty() && readable(registered)) return registered;
-  // Bundles of tools/build-default-model.sh, complete ones only.
-  std::error_code error;
-  for (const auto& bundle : fs::directory_iterator(host_cache_root() / "default-model", error)) {
-    if (fs::exists(bundle.path() / ".complete") && readable(bundle.path() / "vmlinuz")) {
-      return bundle.path() / "vmlinuz";
-    }
+  for (const fs::path& bundle : default_model_bundles()) {
+    if (readable(bundle / "vmlinuz")) return bundle / "vmlinuz";
   }
   utsname host{};
   ::uname(&host);

@@ -87,20 +87,21 @@ std::vector<std::string> qemu_arguments(const MachineConfig& config, const Launc
     args.insert(args.end(), {"-append", model.boot.cmdline});
   }
   add_storage(config, args);
-  args.insert(
-      args.end(),
-      {"-netdev",
-       fmt::format("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{}", launch.ssh_port, model.ssh_port),
-       "-device", "virtio-net-pci,netdev=net0,id=vnet0", "-device", "virtio-rng-pci,id=rng0",
-       // A new generation ID in every QEMU, so a clone's kernel (Linux >= 5.18) reseeds its RNG
-       // the moment it resumes.
-       "-device", "vmgenid,guid=auto,id=vmgenid0",
-       // The guest agent's port: warm clones get their identity through it.
-       "-device", "virtio-serial-pci,id=vser0", "-chardev",
-       fmt::format("socket,id=agent0,path={},server=on,wait=off", kAgentSocket), "-device",
-       "virtserialport,bus=vser0.0,chardev=agent0,name=org.vmfest.agent", "-serial",
-       fmt::format("file:{}", kSerialLog), "-qmp",
-       fmt::format("unix:{},server=on,wait=off", kQmpSocket), "-pidfile", kPidFile});
+  args.insert(args.end(),
+              {"-netdev",
+               fmt::format("user,id={},hostfwd=tcp:127.0.0.1:{}-:{}", kUserNetdev, launch.ssh_port,
+                           model.ssh_port),
+               "-device", fmt::format("virtio-net-pci,netdev={},id=vnet0", kUserNetdev), "-device",
+               "virtio-rng-pci,id=rng0",
+               // A new generation ID in every QEMU, so a clone's kernel (Linux >= 5.18) reseeds its
+               // RNG the moment it resumes.
+               "-device", "vmgenid,guid=auto,id=vmgenid0",
+               // The guest agent's port: warm clones get their identity through it.
+               "-device", "virtio-serial-pci,id=vser0", "-chardev",
+               fmt::format("socket,id=agent0,path={},server=on,wait=off", kAgentSocket), "-device",
+               "virtserialport,bus=vser0.0,chardev=agent0,name=org.vmfest.agent", "-serial",
+               fmt::format("file:{}", kSerialLog), "-qmp",
+               fmt::format("unix:{},server=on,wait=off", kQmpSocket), "-pidfile", kPidFile});
   if (config.private_nic) {
     const PrivateNic& nic = *config.private_nic;
     args.insert(args.end(),

@@ -10,6 +10,8 @@
 namespace vmfest::detail::qemu {
 
 inline constexpr const char* kDisk = "disk.qcow2";
+// The user-mode network that carries SSH; more ports join it at run time (`vmfest port`).
+inline constexpr const char* kUserNetdev = "net0";
 inline constexpr const char* kSerialLog = "serial.log";
 inline constexpr const char* kQmpSocket = "qmp.sock";
 inline constexpr const char* kPidFile = "qemu.pid";

@@ -33,17 +33,6 @@ const fs::path& qemu_img() {
   return path;
 }
 
-fs::path host_cache_root() {
-  if (const char* dir = std::getenv("VMFEST_CACHE_DIR"); dir != nullptr && *dir != '\0') {
-    return dir;
-  }
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
-    return fs::path(xdg) / "vmfest";
-  }
-  const char* home = std::getenv("HOME");
-  return fs::path(home != nullptr ? home : "/tmp") / ".cache" / "vmfest";
-}
-
 std::string on_disk_identity(const fs::path& file) {
   std::error_code error;
   const fs::path real = fs::canonical(file, error);

@@ -12,9 +12,6 @@ namespace vmfest::detail::qemu {
 const std::filesystem::path& qemu_binary();
 const std::filesystem::path& qemu_img();
 
-// ${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/vmfest}: what vmfest learns about this host, per
-// user and for every VMFEST_HOME (accelerator decisions, QEMU facts, the default model's bundles).
-std::filesystem::path host_cache_root();
 // Which file `file` is: its real path, size, inode, modification and change times. Replacing or
 // changing it (a package update, a rewritten kernel) changes them.
 std::string on_disk_identity(const std::filesystem::path& file);

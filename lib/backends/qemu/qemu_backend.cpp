@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "host_checks.h"
 #include "host_qemu.h"
 #include "qemu_machine.h"
 #include "vmfest/internal/base.h"
@@ -18,6 +19,10 @@ class QemuBackend final : public Backend {
     return {.warm_images = true,
             .export_disk = true,
             .private_segments = true,
+            .port_forwards = true,
+            .how_port_forwards =
+                "QEMU's user-mode network takes it at run time (QMP "
+                "human-monitor-command hostfwd_add)",
             .why_no_warm_images = {}};
   }
   std::unique_ptr<Machine> machine(const MachineConfig& config,
@@ -33,6 +38,12 @@ class QemuBackend final : public Backend {
                                  model.boot.initrd.empty() ? "" : kept_sha256(model.boot.initrd));
     }
     return fingerprint + QemuMachine(config, nlohmann::json()).hardware_signature();
+  }
+
+  // Only for the backend that starts QEMU VMs here (another one may drive a QEMU elsewhere).
+  std::vector<HostCheck> host_checks(const Home& home) override {
+    if (default_backend_name() != name()) return {};
+    return qemu_host_checks(home.root());
   }
 };
 

@@ -49,16 +49,15 @@ fs::path registered_kernel(const fs::path& home) {
   return {};
 }
 
+}  // namespace
+
 // The probe boots a Linux kernel whatever the model boots from: a disk-booted model's bootloader
 // runs under KVMs that hang the kernel it loads.
-AcceleratorChoice accelerator_choice(const MachineConfig& config) {
-  const fs::path kernel = config.model.boot.kind == BootSpec::Kind::Kernel
-                              ? config.model.boot.kernel
-                              : find_probe_kernel(registered_kernel(config.home));
+AcceleratorChoice accelerator_choice(const fs::path& home, const fs::path& model_kernel) {
+  const fs::path kernel =
+      !model_kernel.empty() ? model_kernel : find_probe_kernel(registered_kernel(home));
   return choose_accelerator(qemu_binary(), accelerator_cache_directory(), kernel, kProbeTimeout);
 }
-
-}  // namespace
 
 QemuMachine::QemuMachine(MachineConfig config, const nlohmann::json& saved)
     : config_(std::move(config)) {
@@ -79,6 +78,11 @@ QemuMachine::QemuMachine(MachineConfig config, const nlohmann::json& saved)
 QemuMachine::~QemuMachine() {
   // The process handle would kill qemu in its destructor; the core decides that explicitly.
   detach();
+}
+
+fs::path QemuMachine::model_kernel() const {
+  const Model& model = config_.model;
+  return model.boot.kind == BootSpec::Kind::Kernel ? model.boot.kernel : fs::path();
 }
 
 void QemuMachine::create_disk() {
@@ -107,7 +111,7 @@ void QemuMachine::create_disk() {
 
 void QemuMachine::launch(const VmSlot* slot) {
   slot_descriptor_ = slot != nullptr ? slot->descriptor() : -1;
-  AcceleratorChoice choice = accelerator_choice(config_);
+  AcceleratorChoice choice = accelerator_choice(config_.home, model_kernel());
   log_choice_once(choice);
   accelerator_ = choice.name;
   // Only the first launch of a warm clone resumes the image; later ones boot its disk.
@@ -193,6 +197,42 @@ InstanceState QemuMachine::state() {
   return InstanceState::Paused;
 }
 
+namespace {
+
+// An HMP command over QMP; HMP answers in text, trimmed here.
+std::string monitor_command(QmpClient client, const std::string& command) {
+  std::string answer =
+      client.execute("human-monitor-command", {{"command-line", command}}).get<std::string>();
+  answer.erase(answer.find_last_not_of(" \r\n") + 1);
+  return answer;
+}
+
+}  // namespace
+
+void QemuMachine::add_port_forward(int host_port, int guest_port) {
+  // Silent when it worked, else it says why ("Could not set up host forwarding rule ...").
+  const std::string answer = monitor_command(
+      qmp(),
+      fmt::format("hostfwd_add {} tcp:127.0.0.1:{}-:{}", kUserNetdev, host_port, guest_port));
+  if (!answer.empty()) {
+    throw BackendError(
+        fmt::format("cannot forward host port {} to guest port {} of instance '{}': QEMU said: {}",
+                    host_port, guest_port, config_.instance_name, answer));
+  }
+}
+
+void QemuMachine::remove_port_forward(int host_port) {
+  // "host forwarding rule for tcp:... removed", or "... not found".
+  const std::string answer = monitor_command(
+      qmp(), fmt::format("hostfwd_remove {} tcp:127.0.0.1:{}", kUserNetdev, host_port));
+  if (!answer.ends_with(" removed")) {
+    throw BackendError(
+        fmt::format("cannot remove the forward of host port {} to instance '{}': "
+                    "QEMU said: {}",
+                    host_port, config_.instance_name, answer));
+  }
+}
+
 void QemuMachine::export_disk(const fs::path& destination) {
   // -U: a paused QEMU still holds the image's write lock; the guest writes nothing meanwhile.
   run_tool_checked(
@@ -213,7 +253,7 @@ std::string QemuMachine::agent_exchange(const std::string& request, milliseconds
 }
 
 std::string QemuMachine::hardware_signature() {
-  accelerator_ = accelerator_choice(config_).name;
+  accelerator_ = accelerator_choice(config_.home, model_kernel()).name;
   std::string signature = fmt::format("machine {}\naccelerator {}\nmemory {}\n", machine_type(),
                                       accelerator_, to_string(warm_memory()));
   const std::vector<std::string> args = arguments();

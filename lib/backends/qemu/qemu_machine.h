@@ -25,6 +25,11 @@ inline constexpr const char* kQemuLog = "qemu.log";
 inline constexpr const char* kWarmBase = "base.qcow2";
 inline constexpr const char* kWarmState = "state";
 
+// The accelerator a VM of `home` gets: KVM or TCG as decided for this host (choose_accelerator),
+// probed with `model_kernel`, or without one (a disk-booted model) another Linux kernel.
+AcceleratorChoice accelerator_choice(const std::filesystem::path& home,
+                                     const std::filesystem::path& model_kernel);
+
 class QemuMachine final : public Machine {
  public:
   QemuMachine(MachineConfig config, const nlohmann::json& saved);
@@ -46,6 +51,9 @@ class QemuMachine final : public Machine {
   std::string agent_exchange(const std::string& request,
                              std::chrono::milliseconds timeout) override;
   [[nodiscard]] bool resumed_warm() const override { return resuming_; }
+  // QEMU's user-mode network takes more forwards while it runs: HMP's hostfwd_add over QMP.
+  void add_port_forward(int host_port, int guest_port) override;
+  void remove_port_forward(int host_port) override;
   // What a saved guest depends on: machine type, accelerator, where its memory lives, memory
   // size, CPUs, kernel command line and the ordered device list (QEMU refuses state from other
   // hardware, and would happily resume it on another memory mode).
@@ -61,6 +69,8 @@ class QemuMachine final : public Machine {
     return config_.directory / file;
   }
   static void log_choice_once(const AcceleratorChoice& choice);
+  // The model's kernel when it boots one, else empty (see accelerator_choice).
+  [[nodiscard]] std::filesystem::path model_kernel() const;
   // Starts QEMU, retrying on another host port for SSH should another process take it first.
   void start_process();
   // Starts qemu; true once its QMP socket answers, false when the SSH port was taken meanwhile.

@@ -348,6 +348,22 @@ class VirtualBoxBackend final : public Backend {
                                    const nlohmann::json& saved) override {
     return std::make_unique<VirtualBoxMachine>(config, saved);
   }
+  // Only when VirtualBox is the default backend or given a server: a logon, and its version.
+  std::vector<HostCheck> host_checks(const Home& /*home*/) override {
+    if (default_backend_name() != name() && std::getenv("VMFEST_VBOX_URL") == nullptr) return {};
+    ServerOptions options = ServerOptions::from_environment();
+    options.context = "vmfest doctor";
+    const std::string check = "vboxwebsrv " + options.url;
+    try {
+      const Websession session(options);
+      return {{check, HostCheck::Verdict::Ok,
+               fmt::format("reachable (VirtualBox API {})", to_string(session.version())), ""}};
+    } catch (const Error& error) {
+      return {{check, HostCheck::Verdict::Fail, error.what(),
+               "start vboxwebsrv on the VirtualBox host, or fix VMFEST_VBOX_URL, "
+               "VMFEST_VBOX_USER and VMFEST_VBOX_PASSWORD"}};
+    }
+  }
 };
 
 std::unique_ptr<Backend> make_virtualbox_backend() { return std::make_unique<VirtualBoxBackend>(); }

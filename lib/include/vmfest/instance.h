@@ -146,6 +146,13 @@ class Instance {
   // identity. InvalidArgument for a bad name, ModelError when the name is taken.
   Model save_as_model(const std::string& model_name);
 
+  // Forwards TCP `host_port` on 127.0.0.1 (0: a free one) to `guest_port` of the running guest
+  // and returns the host port. The forward lasts until remove_port_forward() or the VM stops,
+  // whichever process made it. StateError unless running or when the host port is taken;
+  // BackendError when the backend cannot forward ports.
+  int forward_port(int guest_port, int host_port = 0);
+  void remove_port_forward(int host_port);
+
   // Called while start() waits (see StartProgress); replaces the request's on_progress.
   void on_progress(StartProgressCallback callback);
 

@@ -46,6 +46,10 @@ struct Model {
   bool guest_agent = false;
 };
 
+// The name the test fixtures register vmfest's default model under (tools/build-default-model.sh
+// builds it).
+inline constexpr const char* kDefaultModelName = "vmfest-tiny";
+
 class ModelRegistry {
  public:
   explicit ModelRegistry(Home home = Home::from_environment());

@@ -16,6 +16,27 @@ namespace {
 const std::chrono::steady_clock::time_point process_begin = std::chrono::steady_clock::now();
 }  // namespace
 
+std::filesystem::path host_cache_root() {
+  if (const char* dir = std::getenv("VMFEST_CACHE_DIR"); dir != nullptr && *dir != '\0') {
+    return dir;
+  }
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
+    return std::filesystem::path(xdg) / "vmfest";
+  }
+  const char* home = std::getenv("HOME");
+  return std::filesystem::path(home != nullptr ? home : "/tmp") / ".cache" / "vmfest";
+}
+
+std::vector<std::filesystem::path> default_model_bundles() {
+  std::vector<std::filesystem::path> bundles;
+  std::error_code error;
+  for (const auto& bundle :
+       std::filesystem::directory_iterator(host_cache_root() / "default-model", error)) {
+    if (std::filesystem::exists(bundle.path() / ".complete")) bundles.push_back(bundle.path());
+  }
+  return bundles;
+}
+
 std::optional<long> whole_number_setting(const char* name, long min, long max,
                                          std::string_view unit) {
   const char* configured = std::getenv(name);

@@ -2,12 +2,21 @@
 #pragma once
 
 #include <chrono>
+#include <filesystem>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include <spdlog/common.h>
 
 namespace vmfest::detail {
+
+// ${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/vmfest}: what vmfest learns about this host, per
+// user and for every VMFEST_HOME (accelerator decisions, the hypervisor's answers, the default
+// model's bundles).
+std::filesystem::path host_cache_root();
+// The complete bundles of the default model (tools/build-default-model.sh) in host_cache_root().
+std::vector<std::filesystem::path> default_model_bundles();
 
 // The whole number in environment variable `name`; nullopt when it is unset or empty.
 // InvalidArgument, naming the variable, its value and the range, when it is not a whole number

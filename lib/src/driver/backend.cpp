@@ -55,5 +55,35 @@ std::string Backend::warm_fingerprint(const MachineConfig& /*config*/) {
   throw not_implemented(kWarmImages.ability);
 }
 std::vector<std::string> Backend::remove_orphans(const Home& /*home*/) { return {}; }
+std::vector<HostCheck> Backend::host_checks(const Home& /*home*/) { return {}; }
+
+void Machine::add_port_forward(int /*host_port*/, int /*guest_port*/) {
+  throw not_implemented(kPortForwards.ability);
+}
+
+void Machine::remove_port_forward(int /*host_port*/) {
+  throw not_implemented(kPortForwards.ability);
+}
+
+HostCheck run_host_check(const std::string& name, const std::string& fix,
+                         const std::function<HostCheck()>& check) {
+  try {
+    return check();
+  } catch (const Error& error) {
+    return {name, HostCheck::Verdict::Fail, error.what(), fix};
+  }
+}
+
+const char* to_string(HostCheck::Verdict verdict) {
+  switch (verdict) {
+    case HostCheck::Verdict::Ok:
+      return "ok";
+    case HostCheck::Verdict::Warn:
+      return "warn";
+    case HostCheck::Verdict::Fail:
+      return "fail";
+  }
+  return "fail";
+}
 
 }  // namespace vmfest::detail

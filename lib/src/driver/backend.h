@@ -127,7 +127,26 @@ class Machine {
   virtual std::string agent_exchange(const std::string& request, std::chrono::milliseconds timeout);
   // True when the last launch resumed a warm image rather than booting.
   [[nodiscard]] virtual bool resumed_warm() const { return false; }
+
+  // Forwards TCP `host_port` on 127.0.0.1 to `guest_port` of the running guest, for as long as
+  // the VM runs or until remove_port_forward (Capabilities::port_forwards; the defaults say no).
+  virtual void add_port_forward(int host_port, int guest_port);
+  virtual void remove_port_forward(int host_port);
 };
+
+// One line of `vmfest doctor`: whether this host can run vmfest's VMs, and how well.
+struct HostCheck {
+  enum class Verdict { Ok, Warn, Fail };  // Fail: no VM can run until it is fixed
+  std::string name;                       // "home", "accelerator", ...
+  Verdict verdict = Verdict::Ok;
+  std::string detail;  // what was found
+  std::string fix;     // what to do about a warning or a failure; empty for ok
+};
+const char* to_string(HostCheck::Verdict verdict);
+// `check`'s result, or, when it throws a vmfest::Error, a failed check `name` saying why, with
+// `fix`.
+HostCheck run_host_check(const std::string& name, const std::string& fix,
+                         const std::function<HostCheck()>& check);
 
 // What a backend can do beyond the lifecycle every backend has. The core asks before it relies on
 // one, and refuses or falls back in one place, so no backend repeats a refusal.
@@ -140,6 +159,10 @@ struct Capabilities {
   bool export_disk = false;
   // Gives a VM a second card on a private segment (MachineConfig::private_nic).
   bool private_segments = false;
+  // Forwards more host ports to a running guest (Machine::add_port_forward).
+  bool port_forwards = false;
+  // How, for the help of `vmfest port` ("the hypervisor's ... command").
+  std::string how_port_forwards{};
   // Why no warm images, for the line that says once that the backend's instances boot cold.
   std::string why_no_warm_images;
 };
@@ -152,6 +175,8 @@ inline constexpr Capability kWarmImages{&Capabilities::warm_images, "make warm i
 inline constexpr Capability kExportDisk{&Capabilities::export_disk, "export an instance's disk"};
 inline constexpr Capability kPrivateSegments{&Capabilities::private_segments,
                                              "join a private segment"};
+inline constexpr Capability kPortForwards{&Capabilities::port_forwards,
+                                          "forward a host port to a running guest"};
 
 class Backend {
  public:
@@ -170,6 +195,10 @@ class Backend {
   // hypervisors it is configured for, and returns one line per thing removed. Called by the
   // reaper; the default keeps nothing outside the folders.
   virtual std::vector<std::string> remove_orphans(const Home& home);
+  // What this host needs for this backend's VMs, checked now (`vmfest doctor`): its hypervisor
+  // found, reachable and how fast it runs guests. A backend this host is not configured for
+  // (neither the default nor given a server to use) returns none; so does the default.
+  virtual std::vector<HostCheck> host_checks(const Home& home);
 };
 
 // The driver table. Each backend folder registers its factory with VMFEST_REGISTER_BACKEND; the

@@ -51,6 +51,16 @@ Home Home::from_environment() {
 
 namespace detail {
 
+HomeExposure home_exposure(const Home& home) {
+  const fs::path& root = home.root();
+  struct stat info {};
+  if (::stat(root.c_str(), &info) != 0 || (info.st_mode & 0077) == 0) return {};
+  return {fmt::format("can be read by other users (mode {:04o}): its warm images hold what their "
+                      "guests held in memory and its layers what their steps uploaded",
+                      info.st_mode & 07777),
+          fmt::format("chmod 700 {}", root.string())};
+}
+
 const fs::path& prepare_home(const Home& home) {
   const fs::path& root = home.root();
   std::error_code error;
@@ -71,17 +81,14 @@ const fs::path& prepare_home(const Home& home) {
     }
     return root;
   }
-  struct stat info {};
-  if (::stat(root.c_str(), &info) != 0 || (info.st_mode & 0077) == 0) return root;
+  const HomeExposure exposure = home_exposure(home);
+  if (exposure.problem.empty()) return root;
   static std::mutex mutex;
   static std::set<fs::path> told;
   const std::lock_guard lock(mutex);
   if (told.insert(root).second) {
-    spdlog::warn(
-        "vmfest: the home {} can be read by other users (mode {:04o}): its warm images hold what "
-        "their guests held in memory and its layers what their steps uploaded; `chmod 700 {}` "
-        "keeps them yours",
-        root.string(), info.st_mode & 07777, root.string());
+    spdlog::warn("vmfest: the home {} {}; `{}` keeps them yours", root.string(), exposure.problem,
+                 exposure.fix);
   }
   return root;
 }

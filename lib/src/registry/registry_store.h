@@ -23,6 +23,13 @@ nlohmann::json model_to_json(const Model& model);
 // their guests held in memory, layers every file their steps uploaded. Says once per process, with
 // the fix, when an existing home can be read by other users. Returns the home's root.
 const std::filesystem::path& prepare_home(const Home& home);
+// Why the home's files are not its user's alone, and the command that makes them so; both empty
+// when they are (or the home does not exist yet). prepare_home() warns with it once.
+struct HomeExposure {
+  std::string problem;  // "can be read by other users (mode 0755): ..."
+  std::string fix;      // "chmod 700 HOME"
+};
+HomeExposure home_exposure(const Home& home);
 
 // Removes the staging folders of setups whose process died (the reaper's part for models).
 void remove_interrupted_setups(const Home& home);
