@@ -252,8 +252,9 @@ TEST(Cli, BadInputIsRefusedAndChangesNothing) {
 
 TEST(Cli, HelpForEveryCommand) {
   for (const char* command :
-       {"setup-model", "models", "rm-model", "create", "start", "pause", "resume", "power-down",
-        "destroy", "ls", "ssh", "run", "cp", "reap", "commit", "images", "prune"}) {
+       {"setup-model", "models",  "rm-model", "create", "start",  "pause",  "resume",
+        "power-down",  "destroy", "ls",       "ssh",    "run",    "cp",     "console",
+        "port",        "doctor",  "report",   "reap",   "commit", "images", "prune"}) {
     CliResult help = run_cli({command, "--help"});
     EXPECT_EQ(help.exit_code, 0) << command << ": " << help.describe();
     EXPECT_TRUE(contains(help.out, std::string("Usage: vmfest ") + command)) << help.describe();
