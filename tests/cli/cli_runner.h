@@ -13,6 +13,12 @@
 
 namespace vmfest::testing {
 
+// The CLI's exit statuses (`vmfest --help`): its own failure, a usage error, and the failure of
+// `vmfest ssh` and `vmfest run`, whose other statuses are the guest command's.
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+inline constexpr int kExitSshFailure = 255;
+
 struct CliResult {
   int exit_code = -1;
   std::string out;  // stdout

@@ -20,12 +20,11 @@ namespace {
 namespace fs = std::filesystem;
 using vmfest::testing::CliResult;
 using vmfest::testing::kDefaultModel;
+using vmfest::testing::kExitFailure;
+using vmfest::testing::kExitSshFailure;
+using vmfest::testing::kExitUsage;
 using vmfest::testing::listed_instance;
 using vmfest::testing::run_cli;
-
-constexpr int kExitFailure = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitSshFailure = 255;
 
 // Names unique to this test process: ctest runs the tests of this binary in parallel processes
 // that share one VMFEST_HOME.

@@ -15,10 +15,9 @@ namespace {
 namespace fs = std::filesystem;
 using vmfest::testing::CliResult;
 using vmfest::testing::kDefaultModel;
+using vmfest::testing::kExitFailure;
+using vmfest::testing::kExitUsage;
 using vmfest::testing::run_cli;
-
-constexpr int kExitFailure = 1;
-constexpr int kExitUsage = 2;
 
 std::string unique(const std::string& prefix) { return prefix + "-" + std::to_string(::getpid()); }
 

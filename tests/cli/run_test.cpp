@@ -23,11 +23,10 @@ namespace {
 namespace fs = std::filesystem;
 using vmfest::testing::CliResult;
 using vmfest::testing::kDefaultModel;
+using vmfest::testing::kExitSshFailure;
+using vmfest::testing::kExitUsage;
 using vmfest::testing::listed_instance;
 using vmfest::testing::run_cli;
-
-constexpr int kExitUsage = 2;
-constexpr int kExitVmfestFailure = 255;
 
 std::string unique(const std::string& prefix) { return prefix + "-" + std::to_string(::getpid()); }
 
@@ -187,7 +186,7 @@ TEST(Run, SigtermDuringTheStartDestroysTheInstance) {
 
 TEST(Run, BadInputIsRefusedWithVmfestsOwnStatus) {
   const CliResult unknown = run_cli({"run", "no-such-model", "--", "true"});
-  EXPECT_EQ(unknown.exit_code, kExitVmfestFailure) << unknown.describe();
+  EXPECT_EQ(unknown.exit_code, kExitSshFailure) << unknown.describe();
   EXPECT_TRUE(contains(unknown.err, "vmfest: error: model 'no-such-model' is not registered"))
       << unknown.describe();
 

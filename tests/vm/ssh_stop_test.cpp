@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <optional>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -12,7 +11,7 @@
 
 #include "timing.h"
 #include "vmfest/error.h"
-#include "vmfest/gtest/environment.h"
+#include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
 
 namespace {
@@ -21,19 +20,10 @@ using vmfest::ssh::RunOptions;
 using vmfest::testing::Clock;
 using vmfest::testing::seconds_since;
 
-class SshStop : public ::testing::Test {
+// One instance for the suite; the session itself, since these tests hand it RunOptions.
+class SshStop : public vmfest::testing::SharedInstanceTest<SshStop> {
  protected:
-  static void SetUpTestSuite() {
-    vmfest::InstanceRequest request;
-    request.model = vmfest::testing::kDefaultModel;
-    instance_.emplace(vmfest::Instance::create(request));
-    instance_->start();
-  }
-  static void TearDownTestSuite() { instance_.reset(); }
-  static vmfest::ssh::Session& ssh() { return instance_->ssh(); }
-
- private:
-  static inline std::optional<vmfest::Instance> instance_;
+  static vmfest::ssh::Session& ssh() { return instance().ssh(); }
 };
 
 TEST_F(SshStop, OutputBytesPassThroughUnsplitWhileTheCommandRuns) {
