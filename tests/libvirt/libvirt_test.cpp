@@ -247,6 +247,45 @@ class PrivateHome {
   fs::path home_;
 };
 
+// Run as a child by Libvirt.AnotherRunnersHome*: a reap of its (empty) home, which removes what
+// that home left on the host.
+TEST(LibvirtChild, ReapItsHome) {
+  if (std::getenv("VMFEST_LIBVIRT_CHILD_REAP") == nullptr) GTEST_SKIP() << "run by another test";
+  const vmfest::Home home = vmfest::Home::from_environment();
+  EXPECT_TRUE(fs::is_empty(home.instances())) << "another runner's home is its own";
+  for (const std::string& reaped : vmfest::reap_leaked_instances(home)) {
+    std::printf("reaped %s\n", reaped.c_str());
+  }
+}
+
+// CI runners of one image have one home path and may share a libvirt host: a runner's reap, whose
+// home has none of this one's instance folders, must not take this home's VMs for orphans. The
+// other runner is a child in a mount namespace of its own with another folder at this home's path.
+TEST(Libvirt, AnotherRunnersHomeAtTheSamePathLeavesThisHomesVmsAlone) {
+  const PrivateHome private_home;
+  Instance instance = start_instance();
+  const vmfest::Home home = vmfest::Home::from_environment();
+  const fs::path other = home.root().string() + "-other-runner";
+  fs::create_directories(other);
+  fs::permissions(other, fs::perms::owner_all);
+  const fs::path output = fs::temp_directory_path() / fmt::format("vmfest-runner-{}", ::getpid());
+  vmfest::testing::ChildProcess child(
+      {"/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+       R"(mount --bind "$1" "$2" && exec "$3" --gtest_filter=LibvirtChild.ReapItsHome)", "sh",
+       other.string(), home.root().string(), fs::read_symlink("/proc/self/exe").string()},
+      output, {"VMFEST_LIBVIRT_CHILD_REAP=1", "GTEST_SHARD_INDEX=0", "GTEST_TOTAL_SHARDS=1"});
+  EXPECT_EQ(child.wait(), 0) << child.output();
+  const std::string said = child.output();
+  fs::remove(output);
+
+  EXPECT_TRUE(domain_exists(first_uri(), "-" + instance.name())) << said;
+  EXPECT_EQ(volumes_with(first_uri(), "-" + instance.name()).size(), 2U) << said;
+  EXPECT_EQ(instance.ssh().check("echo alive").stdout_text, "alive\n") << said;
+  const vmfest::Home other_home(other);
+  EXPECT_NE(other_home.id(), home.id()) << "two homes of one path share an id";
+  fs::remove_all(other);
+}
+
 TEST(Libvirt, AKilledTestProcessLeavesNoDomainAndReapLeavesNoVolume) {
   const PrivateHome home;
   const fs::path output = fs::temp_directory_path() / fmt::format("vmfest-libvirt-{}", ::getpid());

@@ -286,3 +286,21 @@ TEST_F(RegistryTest, AHomeThatCannotBeMadeIsAnErrorNamingVmfestHome) {
 }
 
 }  // namespace
+
+// Homes of one path on two CI runners must not share an id: a copy of a home (a restored cache)
+// at the original path makes its own, while the home itself keeps its id wherever it is moved.
+TEST_F(RegistryTest, AHomeKeepsItsIdAndACopyAtItsPathMakesAnother) {
+  const std::string id = home().id();
+  EXPECT_EQ(id.size(), 16U) << id;
+  EXPECT_EQ(home().id(), id) << "asked again";
+  EXPECT_EQ(fs::status(home().root() / "home-id").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+
+  const fs::path moved = root_ / "moved-home";
+  fs::rename(home().root(), moved);
+  fs::copy(moved, home().root(), fs::copy_options::recursive);
+  const std::string copy_id = home().id();
+  EXPECT_NE(copy_id, id) << "a copy at the same path took the original's id";
+  EXPECT_EQ(vmfest::Home(moved).id(), id) << "a moved home lost its id";
+  EXPECT_EQ(home().id(), copy_id);
+}

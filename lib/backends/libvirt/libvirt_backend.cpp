@@ -24,6 +24,7 @@
 #include "placement.h"
 #include "storage.h"
 #include "vmfest/error.h"
+#include "vmfest/home.h"
 #include "vmfest/internal/base.h"
 #include "vmfest/internal/driver.h"
 
@@ -40,11 +41,9 @@ constexpr milliseconds kStatePoll{100};
 constexpr const char* kDiskSuffix = ".qcow2";
 constexpr const char* kSeedSuffix = "-seed.iso";
 
-// What names of a home's domains and volumes start with: its hash, so homes (and CI runners)
-// sharing a host never collide.
-std::string home_prefix(const fs::path& home_root) {
-  return fmt::format("vmfest-{}-", sha256_text(home_root.string()).substr(0, 8));
-}
+// What names of a home's domains and volumes start with: its id, so that homes sharing a host never
+// touch each other's, also homes of one path on several CI runners.
+std::string home_prefix(const Home& home) { return fmt::format("vmfest-{}-", home.id()); }
 
 // A remote host's ports cannot be probed from here: a random one, retried if QEMU finds it taken.
 int random_remote_port() {
@@ -78,7 +77,12 @@ InstanceState to_instance_state(int state) {
 class LibvirtMachine final : public Machine {
  public:
   LibvirtMachine(MachineConfig config, const nlohmann::json& saved) : config_(std::move(config)) {
-    domain_ = home_prefix(config_.directory.parent_path().parent_path()) + config_.instance_name;
+    if (saved.is_object() && saved.contains("domain")) {
+      domain_ = saved.value("domain", "");
+    } else {
+      domain_ =
+          home_prefix(Home(config_.directory.parent_path().parent_path())) + config_.instance_name;
+    }
     if (saved.is_object() && saved.contains("uri")) {
       host_ = parse_host_uri(saved.value("uri", ""));
       port_ = saved.value("port", 0);
@@ -364,7 +368,7 @@ class LibvirtBackend final : public Backend {
   std::vector<std::string> remove_orphans(const Home& home) override {
     if (!in_use()) return {};
     std::vector<std::string> removed;
-    const std::string prefix = home_prefix(home.instances().parent_path());
+    const std::string prefix = home_prefix(home);
     // The domain a domain or volume name belongs to, if its instance's folder is gone.
     auto orphaned_domain = [&](const std::string& name,
                                std::string_view suffix) -> std::optional<std::string> {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <filesystem>
+#include <string>
 
 namespace vmfest {
 
@@ -16,6 +17,12 @@ class Home {
   [[nodiscard]] std::filesystem::path models() const { return root_ / "models"; }
   [[nodiscard]] std::filesystem::path instances() const { return root_ / "instances"; }
   [[nodiscard]] std::filesystem::path cache() const { return root_ / "cache"; }
+
+  // A random id (16 hex digits) made at the first call and kept in the home: it names what the home
+  // leaves on hypervisor hosts that several homes share, where homes of one path meet (CI runners
+  // of one image have one $HOME). A copy of the home (a restored CI cache) is another folder and
+  // makes an id of its own. Makes the home where it is missing.
+  [[nodiscard]] std::string id() const;
 
  private:
   std::filesystem::path root_;

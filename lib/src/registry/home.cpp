@@ -2,16 +2,21 @@
 
 #include <sys/stat.h>
 
+#include <fcntl.h>
+
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <random>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "../base/files.h"
 #include "registry_store.h"
 #include "vmfest/error.h"
 
@@ -31,9 +36,46 @@ fs::path canonical_root(const fs::path& root) {
   return error ? absolute.lexically_normal() : resolved;
 }
 
+// Which folder this is, beyond its path: its inode and birth time (the device where the file
+// system cannot tell a birth time). A copy at the same path differs; a reboot does not.
+std::string folder_identity(const fs::path& folder) {
+  struct statx info {};
+  if (::statx(AT_FDCWD, folder.c_str(), 0, STATX_INO | STATX_BTIME, &info) != 0) {
+    throw Error(
+        fmt::format("cannot read vmfest's home {}: {}; set VMFEST_HOME to a folder you can "
+                    "write",
+                    folder.string(), std::strerror(errno)));
+  }
+  if ((info.stx_mask & STATX_BTIME) != 0) {
+    return fmt::format("ino-{}-born-{}.{:09}", info.stx_ino, info.stx_btime.tv_sec,
+                       info.stx_btime.tv_nsec);
+  }
+  return fmt::format("ino-{}-dev-{}:{}", info.stx_ino, info.stx_dev_major, info.stx_dev_minor);
+}
+
+bool is_id(const std::string& text) {
+  return text.size() == 16 && text.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
 }  // namespace
 
 Home::Home(fs::path root) : root_(canonical_root(root)) {}
+
+std::string Home::id() const {
+  const fs::path& root = detail::prepare_home(*this);
+  const std::string folder = folder_identity(root);
+  const fs::path file = root / "home-id";
+  // One maker at a time, so processes sharing the home agree on one id.
+  const detail::FileLock lock(root / "home-id.lock");
+  std::istringstream recorded(detail::read_text_if_exists(file));
+  std::string id;
+  std::string recorded_folder;
+  if (recorded >> id >> recorded_folder && is_id(id) && recorded_folder == folder) return id;
+  std::random_device random;
+  id = fmt::format("{:08x}{:08x}", random(), random());
+  detail::write_text_atomically(file, fmt::format("{} {}\n", id, folder), 0600);
+  return id;
+}
 
 Home Home::from_environment() {
   if (const char* home = std::getenv("VMFEST_HOME"); home != nullptr && *home != '\0') {
