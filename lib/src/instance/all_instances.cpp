@@ -141,8 +141,12 @@ void force_destroy_instance(const std::string& name, const Home& home) {
 
 std::vector<std::string> reap_leaked_instances(const Home& home, const ReapOptions& options) {
   std::vector<std::string> reaped;
-  if (!fs::exists(home.instances())) return reaped;
-  for (const auto& entry : fs::directory_iterator(home.instances())) {
+  // No instances folder (a home emptied by hand) still has the backends' orphans to look for.
+  const std::vector<fs::directory_entry> entries =
+      fs::exists(home.instances())
+          ? std::vector<fs::directory_entry>(fs::directory_iterator(home.instances()), {})
+          : std::vector<fs::directory_entry>{};
+  for (const auto& entry : entries) {
     const fs::path directory = entry.path();
     if (!entry.is_directory()) continue;
     try {
