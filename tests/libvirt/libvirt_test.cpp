@@ -24,6 +24,7 @@
 #include "backends/libvirt/libvirt_api.h"
 #include "backends/libvirt/storage.h"
 #include "child_process.h"
+#include "libvirt_test_support.h"
 #include "vmfest/error.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
@@ -34,8 +35,7 @@ namespace fs = std::filesystem;
 namespace lv = vmfest::detail::libvirt;
 using namespace std::chrono_literals;
 using vmfest::Instance;
-
-std::string first_uri() { return lv::configured_hosts().front().uri; }
+using namespace vmfest::testing::libvirt_support;
 
 // A host that takes the connection but never answers (hung, or stopped) fails the connect within
 // VMFEST_LIBVIRT_TIMEOUT, naming the URI; one that refuses it fails at once.
@@ -76,35 +76,10 @@ TEST(LibvirtHosts, AHostThatDoesNotAnswerFailsWithinItsTimeout) {
 }
 
 // The volumes of the pool on `uri` whose names hold `part`, with their paths there.
-std::map<std::string, std::string> volumes_with(const std::string& uri, const std::string& part) {
-  lv::Connection connection = lv::connect(uri);
-  const lv::StoragePool pool(connection.get(), uri);
-  std::map<std::string, std::string> found;
-  for (const std::string& name : pool.volume_names()) {
-    if (name.find(part) != std::string::npos) found[name] = pool.path_of(name);
-  }
-  return found;
-}
-
-bool domain_exists(const std::string& uri, const std::string& part) {
-  lv::Connection connection = lv::connect(uri);
-  const auto names = lv::domain_names(connection.get(), uri);
-  return std::any_of(names.begin(), names.end(),
-                     [&](const std::string& name) { return name.find(part) != std::string::npos; });
-}
-
 // What the backend recorded for an instance: its host's URI among it.
 nlohmann::json machine_state(const Instance& instance) {
   return nlohmann::json::parse(vmfest::detail::read_text(instance.directory() / "instance.json"))
       .at("machine");
-}
-
-Instance start_instance() {
-  vmfest::InstanceRequest request;
-  request.model = vmfest::testing::test_model();
-  Instance instance = Instance::create(request);
-  instance.start();
-  return instance;
 }
 
 TEST(LibvirtHosts, AUriNamesItsHostAndTheWayToItsGuests) {
@@ -143,7 +118,7 @@ TEST(Libvirt, NothingOfThePoolIsReadThroughAPath) {
   Instance instance = start_instance();
   EXPECT_EQ(instance.ssh().check("echo up").stdout_text, "up\n");
   const auto volumes = volumes_with(first_uri(), instance.name());
-  ASSERT_EQ(volumes.size(), 2U) << "the instance's disk and seed";
+  ASSERT_EQ(disk_and_seed(volumes), 2U) << "the instance's disk and seed";
   for (const auto& [name, path] : volumes) {
     EXPECT_FALSE(fs::exists(path)) << "volume " << name << " is visible here at " << path
                                    << ": the pool is shared with the test's file system";
@@ -223,30 +198,6 @@ TEST(LibvirtChild, StartAndWaitToBeKilled) {
   std::this_thread::sleep_for(600s);
 }
 
-// A home of the test's own while it lives: every Instance::create of a process sharing a home reaps
-// that home once, so another test could reap the killed child's instance before this one looks.
-class PrivateHome {
- public:
-  PrivateHome()
-      : previous_(std::getenv("VMFEST_HOME") != nullptr ? std::getenv("VMFEST_HOME") : ""),
-        home_(fs::temp_directory_path() / fmt::format("vmfest-libvirt-home-{}", ::getpid())) {
-    fs::remove_all(home_);
-    ::setenv("VMFEST_HOME", home_.c_str(), 1);
-    vmfest::testing::ensure_default_model();
-  }
-  PrivateHome(const PrivateHome&) = delete;
-  PrivateHome& operator=(const PrivateHome&) = delete;
-  ~PrivateHome() {
-    vmfest::reap_leaked_instances(vmfest::Home::from_environment(), {.force = true});
-    ::setenv("VMFEST_HOME", previous_.c_str(), 1);
-    fs::remove_all(home_);
-  }
-
- private:
-  std::string previous_;
-  fs::path home_;
-};
-
 // Run as a child by Libvirt.AnotherRunnersHome*: a reap of its (empty) home, which removes what
 // that home left on the host.
 TEST(LibvirtChild, ReapItsHome) {
@@ -280,7 +231,7 @@ TEST(Libvirt, AnotherRunnersHomeAtTheSamePathLeavesThisHomesVmsAlone) {
   fs::remove(output);
 
   EXPECT_TRUE(domain_exists(first_uri(), "-" + instance.name())) << said;
-  EXPECT_EQ(volumes_with(first_uri(), "-" + instance.name()).size(), 2U) << said;
+  EXPECT_EQ(disk_and_seed(volumes_with(first_uri(), "-" + instance.name())), 2U) << said;
   EXPECT_EQ(instance.ssh().check("echo alive").stdout_text, "alive\n") << said;
   const vmfest::Home other_home(other);
   EXPECT_NE(other_home.id(), home.id()) << "two homes of one path share an id";
@@ -316,7 +267,8 @@ TEST(Libvirt, AKilledTestProcessLeavesNoDomainAndReapLeavesNoVolume) {
     std::this_thread::sleep_for(100ms);
   }
   EXPECT_FALSE(domain_exists(first_uri(), "-" + name)) << "the killed process's VM runs on";
-  EXPECT_EQ(volumes_with(first_uri(), "-" + name).size(), 2U) << "its disk and seed wait for reap";
+  EXPECT_EQ(disk_and_seed(volumes_with(first_uri(), "-" + name)), 2U)
+      << "its disk and seed wait for reap";
 
   const auto reaped = vmfest::reap_leaked_instances();
   EXPECT_NE(std::find(reaped.begin(), reaped.end(), name), reaped.end());

@@ -4,15 +4,14 @@
 // stream, and SSH reaches the guest through a forward on the host's 127.0.0.1 (through the host's
 // own SSH account when it is remote). A domain of an owned instance dies with its connection
 // (VIR_DOMAIN_START_AUTODESTROY): a test process killed at any moment leaks no VM, only volumes,
-// which `vmfest reap` deletes through the instance's record.
+// which a reap deletes: that home's through the instance's record, any other runner's when the
+// owner's lease runs out (leases.h, reap.h).
 
 #include <unistd.h>
 
 #include <mutex>
 #include <optional>
 #include <random>
-#include <set>
-#include <string_view>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -20,8 +19,11 @@
 #include "console_log.h"
 #include "domain_xml.h"
 #include "hosts.h"
+#include "leases.h"
 #include "libvirt_api.h"
+#include "naming.h"
 #include "placement.h"
+#include "reap.h"
 #include "storage.h"
 #include "vmfest/error.h"
 #include "vmfest/home.h"
@@ -37,13 +39,6 @@ namespace {
 constexpr const char* kConsoleLog = "serial.log";
 constexpr int kLaunchAttempts = 5;  // each with another forward port, should one be taken
 constexpr milliseconds kStatePoll{100};
-
-constexpr const char* kDiskSuffix = ".qcow2";
-constexpr const char* kSeedSuffix = "-seed.iso";
-
-// What names of a home's domains and volumes start with: its id, so that homes sharing a host never
-// touch each other's, also homes of one path on several CI runners.
-std::string home_prefix(const Home& home) { return fmt::format("vmfest-{}-", home.id()); }
 
 // A remote host's ports cannot be probed from here: a random one, retried if QEMU finds it taken.
 int random_remote_port() {
@@ -96,15 +91,10 @@ class LibvirtMachine final : public Machine {
     domain_type_ = domain_type();
     outlives_owner_ = config_.outlives_owner;
     const StoragePool& pool = storage();
+    // First, so that no volume of it is ever without a live lease or this home's record.
+    if (!outlives_owner_) lease_.emplace(pool, host_.uri, domain_);
     const Model& model = config_.model;
-    const std::string base = model_disk_volume_name(model);
-    pool.upload_cached(base, model.disk);
-    if (model.boot.kind == BootSpec::Kind::Kernel) {
-      pool.upload_cached(boot_file_volume_name(model.boot.kernel, "kernel"), model.boot.kernel);
-      if (!model.boot.initrd.empty()) {
-        pool.upload_cached(boot_file_volume_name(model.boot.initrd, "initrd"), model.boot.initrd);
-      }
-    }
+    const std::string base = pool.upload_cached(model_disk_volume_name(model), model.disk);
     if (config_.full_copy) {
       pool.create_copy(disk_volume(), base);
     } else {
@@ -126,10 +116,13 @@ class LibvirtMachine final : public Machine {
     spec.disk_volume = disk_volume();
     spec.seed_volume = seed_volume();
     const Model& model = config_.model;
+    // Uploaded (or found) now: only a running domain keeps them from collection.
+    auto boot_file = [&](const fs::path& file, const std::string& part) {
+      return pool.path_of(pool.upload_cached(boot_file_volume_name(file, part), file));
+    };
     if (model.boot.kind == BootSpec::Kind::Kernel) {
-      spec.kernel = pool.path_of(boot_file_volume_name(model.boot.kernel, "kernel"));
-      if (!model.boot.initrd.empty())
-        spec.initrd = pool.path_of(boot_file_volume_name(model.boot.initrd, "initrd"));
+      spec.kernel = boot_file(model.boot.kernel, "kernel");
+      if (!model.boot.initrd.empty()) spec.initrd = boot_file(model.boot.initrd, "initrd");
       spec.cmdline = model.boot.cmdline;
     }
     spec.guest_ssh_port = model.ssh_port;
@@ -214,6 +207,11 @@ class LibvirtMachine final : public Machine {
     const StoragePool& pool = storage();
     pool.remove(disk_volume());
     pool.remove(seed_volume());
+    if (lease_) {
+      lease_.reset();
+    } else {
+      remove_lease_markers(pool, pool.volume_names(), domain_);  // its owner's, who died
+    }
   }
 
   [[nodiscard]] ssh::Endpoint ssh_endpoint() const override {
@@ -242,6 +240,7 @@ class LibvirtMachine final : public Machine {
           "stops a test's VMs when it exits; create it detached to keep it",
           config_.instance_name);
       static_cast<void>(connection_.release());
+      if (lease_) lease_->keep_until_exit();
     }
   }
 
@@ -318,6 +317,7 @@ class LibvirtMachine final : public Machine {
   int port_ = 0;
   Connection connection_;
   std::optional<StoragePool> pool_;  // after connection_: it uses it
+  std::optional<Lease> lease_;       // after pool_: it uses it; held while this process owns it
   std::unique_ptr<ConsoleLog> console_;
 };
 
@@ -368,39 +368,8 @@ class LibvirtBackend final : public Backend {
   std::vector<std::string> remove_orphans(const Home& home) override {
     if (!in_use()) return {};
     std::vector<std::string> removed;
-    const std::string prefix = home_prefix(home);
-    // The domain a domain or volume name belongs to, if its instance's folder is gone.
-    auto orphaned_domain = [&](const std::string& name,
-                               std::string_view suffix) -> std::optional<std::string> {
-      if (!name.starts_with(prefix) || !name.ends_with(suffix)) return std::nullopt;
-      std::string domain = name.substr(0, name.size() - suffix.size());
-      const std::string instance = domain.substr(prefix.size());
-      if (instance.empty() || fs::exists(home.instances() / instance)) return std::nullopt;
-      return domain;
-    };
     for (const HostUri& host : configured_hosts()) {
-      Connection connection = connect(host.uri);
-      std::set<std::string> still_running;  // their disks stay: the domain still uses them
-      for (const Domain& domain : list_domains(connection.get(), host.uri)) {
-        const std::string name = virDomainGetName(domain.get());
-        if (!orphaned_domain(name, "")) continue;
-        try {
-          destroy_domain(domain.get(), host.uri);
-          removed.push_back(fmt::format("libvirt domain '{}' on {}", name, host.uri));
-        } catch (const BackendError& error) {
-          spdlog::warn("vmfest: the orphaned domain '{}' still runs, so its volumes stay: {}", name,
-                       error.what());
-          still_running.insert(name);
-        }
-      }
-      StoragePool pool(connection.get(), host.uri);
-      for (const std::string& name : pool.volume_names()) {
-        std::optional<std::string> owner = orphaned_domain(name, kDiskSuffix);
-        if (!owner) owner = orphaned_domain(name, kSeedSuffix);
-        if (!owner || still_running.contains(*owner)) continue;
-        pool.remove(name);
-        removed.push_back(fmt::format("libvirt volume '{}' on {}", name, host.uri));
-      }
+      for (std::string& what : reap_host(host, home)) removed.push_back(std::move(what));
     }
     return removed;
   }

@@ -3,8 +3,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <mutex>
+#include <random>
+#include <set>
 #include <thread>
 
 #include <fmt/format.h>
@@ -19,7 +23,68 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kDoneSuffix = ".done";
+constexpr const char* kUnusedSuffix = ".unused";  // since: a collection found it unused
 constexpr std::chrono::seconds kStalledUpload{60};
+constexpr std::chrono::hours kDeadUpload{1};  // an incomplete upload that long untouched is dead
+
+std::string generation_name(const std::string& name, int generation) {
+  return fmt::format("{}.g{}", name, generation);
+}
+
+// The generation N of a volume "<name>.g<N>", 0 for any other volume.
+int generation_of(const std::string& volume, const std::string& name) {
+  const std::string prefix = name + ".g";
+  if (!volume.starts_with(prefix) || volume.size() == prefix.size()) return 0;
+  const std::string digits = volume.substr(prefix.size());
+  if (!std::ranges::all_of(digits, [](char c) { return c >= '0' && c <= '9'; })) return 0;
+  return digits.size() > 6 ? 0 : std::stoi(digits);
+}
+
+int newest_generation(const std::vector<std::string>& names, const std::string& name) {
+  int newest = 0;
+  for (const std::string& volume : names) newest = std::max(newest, generation_of(volume, name));
+  return newest;
+}
+
+// The oldest generation of `name` that was completed.
+std::optional<std::string> complete_upload(const std::vector<std::string>& names,
+                                           const std::string& name) {
+  const std::set<std::string> present(names.begin(), names.end());
+  std::optional<int> oldest;
+  for (const std::string& volume : names) {
+    const int generation = generation_of(volume, name);
+    if (generation > 0 && present.contains(volume + kDoneSuffix) &&
+        (!oldest || generation < *oldest)) {
+      oldest = generation;
+    }
+  }
+  if (!oldest) return std::nullopt;
+  return generation_name(name, *oldest);
+}
+
+// A volume upload_cached made: "model-<hash>-<part>.g<N>".
+bool is_upload(const std::string& volume) {
+  const auto dot = volume.rfind(".g");
+  return volume.starts_with("model-") && dot != std::string::npos &&
+         generation_of(volume, volume.substr(0, dot)) > 0;
+}
+
+// The seconds of "<tag>seconds.nanoseconds</tag>" in a volume's XML.
+std::optional<std::chrono::system_clock::time_point> timestamp_in(const std::string& xml,
+                                                                  const std::string& tag) {
+  const std::string open = "<" + tag + ">";
+  const auto begin = xml.find(open);
+  if (begin == std::string::npos) return std::nullopt;
+  const auto start = begin + open.size();
+  const auto end = xml.find_first_of(".<", start);
+  if (end == std::string::npos || end == start) return std::nullopt;
+  try {
+    return std::chrono::system_clock::time_point(
+        std::chrono::seconds(std::stoll(xml.substr(start, end - start))));
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
 
 std::string environment_or(const char* variable, const char* fallback) {
   const char* value = std::getenv(variable);
@@ -138,40 +203,102 @@ std::uint64_t StoragePool::allocation_of(const std::string& name) const {
   return volume && virStorageVolGetInfo(volume->get(), &info) == 0 ? info.allocation : 0;
 }
 
-// Creating the volume is the lock, on the host itself, so uploaders of every home and runner agree:
-// who creates it uploads and then adds the marker; the others wait for the marker while the
-// volume grows. One that stops growing for kStalledUpload belonged to an uploader that died.
-void StoragePool::upload_cached(const std::string& name, const fs::path& file) const {
-  const std::string done = name + kDoneSuffix;
-  while (!contains(done)) {
-    if (try_create_volume(raw_volume_xml(name, fs::file_size(file)))) {
-      spdlog::info("vmfest: uploading {} to libvirt pool '{}' on {} (once per content)",
-                   file.filename().string(), name_, uri_);
-      fill(name, file);
-      if (!try_create_volume(raw_volume_xml(done, 0)) && !contains(done)) {
-        fail(fmt::format("libvirt: could not mark volume '{}' complete", name), uri_);
+// Uploads go by generation: volume "<name>.g<N>" is created (creation is atomic on the host, so
+// one uploader of any home or runner claims it), filled, then marked complete by
+// "<name>.g<N>.done". Waiters watch the newest generation grow; when it stops growing for
+// kStalledUpload they claim the next one and leave the stalled one to its uploader, who may still
+// complete it: any complete generation serves. collect_unused_models deletes what nobody completes.
+std::string StoragePool::upload_cached(const std::string& name, const fs::path& file) const {
+  while (true) {
+    const std::vector<std::string> names = volume_names();
+    if (auto complete = complete_upload(names, name)) {
+      remove(*complete + kUnusedSuffix);  // in use again
+      return *complete;
+    }
+    const int newest = newest_generation(names, name);
+    if (newest > 0 && waited_for_upload(generation_name(name, newest))) continue;
+    const std::string volume = generation_name(name, newest + 1);
+    if (try_create_volume(raw_volume_xml(volume, fs::file_size(file)))) {
+      spdlog::info("vmfest: uploading {} to libvirt pool '{}' on {} as '{}' (once per content)",
+                   file.filename().string(), name_, uri_, volume);
+      fill(volume, file);
+      if (!create_marker(volume + kDoneSuffix) && !contains(volume + kDoneSuffix)) {
+        fail(fmt::format("libvirt: could not mark volume '{}' complete", volume), uri_);
       }
-      return;
+      return volume;
     }
     if (last_error_code() != VIR_ERR_STORAGE_VOL_EXIST) {
-      fail(fmt::format("libvirt: could not create volume '{}' in pool '{}'", name, name_), uri_);
+      fail(fmt::format("libvirt: could not create volume '{}' in pool '{}'", volume, name_), uri_);
     }
-    std::uint64_t allocation = allocation_of(name);
-    auto changed = std::chrono::steady_clock::now();
-    while (!contains(done) && contains(name)) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      if (const std::uint64_t now = allocation_of(name); now != allocation) {
-        allocation = now;
-        changed = std::chrono::steady_clock::now();
-      } else if (std::chrono::steady_clock::now() - changed > kStalledUpload) {
-        spdlog::warn(
-            "vmfest: volume '{}' on {} stopped growing without being completed (its "
-            "uploader died?); uploading it again",
-            name, uri_);
-        remove(name);
-      }
+    // Another uploader claimed it a moment ago: watch that one.
+  }
+}
+
+bool StoragePool::waited_for_upload(const std::string& volume) const {
+  const std::string done = volume + kDoneSuffix;
+  std::uint64_t allocation = allocation_of(volume);
+  auto changed = std::chrono::steady_clock::now();
+  while (!contains(done) && contains(volume)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (const std::uint64_t now = allocation_of(volume); now != allocation) {
+      allocation = now;
+      changed = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - changed > kStalledUpload) {
+      spdlog::warn(
+          "vmfest: the upload of '{}' to {} stopped growing for {} s (its uploader died, or is "
+          "very slow); uploading another copy beside it",
+          volume, uri_, kStalledUpload.count());
+      return false;
     }
   }
+  return true;
+}
+
+std::vector<std::string> StoragePool::collect_unused_models(virConnectPtr connection,
+                                                            std::chrono::seconds keep) const {
+  const std::vector<std::string> names = volume_names();
+  const std::set<std::string> present(names.begin(), names.end());
+  // What refers to a pool file: overlays (their backing store) and domains (disks, kernels).
+  std::vector<std::string> referrers;
+  for (const std::string& name : names) {
+    if (auto xml = volume_xml(name); xml.find("<backingStore>") != std::string::npos) {
+      referrers.push_back(xml.substr(xml.find("<backingStore>")));
+    }
+  }
+  for (const Domain& domain : list_domains(connection, uri_)) {
+    if (char* xml = virDomainGetXMLDesc(domain.get(), 0); xml != nullptr) {
+      referrers.emplace_back(xml);
+      std::free(xml);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+    }
+  }
+  const auto now = host_now();
+  std::vector<std::string> deleted;
+  auto remove_all = [&](const std::string& volume) {
+    for (const char* suffix : {"", kDoneSuffix, kUnusedSuffix}) {
+      if (present.contains(volume + suffix)) remove(volume + suffix);
+    }
+    deleted.push_back(fmt::format("libvirt volume '{}' on {}", volume, uri_));
+  };
+  for (const std::string& volume : names) {
+    if (!is_upload(volume)) continue;
+    if (!present.contains(volume + kDoneSuffix)) {
+      const auto written = modified(volume);
+      if (written && now - *written > kDeadUpload) remove_all(volume);
+      continue;
+    }
+    const std::string path = path_of(volume);
+    const bool used = std::ranges::any_of(
+        referrers, [&](const std::string& xml) { return xml.find(path) != std::string::npos; });
+    const std::string unused = volume + kUnusedSuffix;
+    if (used) {
+      remove(unused);
+    } else if (const auto since = modified(unused); !since) {
+      create_marker(unused);
+    } else if (now - *since >= keep) {
+      remove_all(volume);
+    }
+  }
+  return deleted;
 }
 
 void StoragePool::create_overlay(const std::string& name, const std::string& backing,
@@ -218,6 +345,46 @@ void StoragePool::remove(const std::string& name) const {
       last_error_code() != VIR_ERR_NO_STORAGE_VOL) {
     fail(fmt::format("libvirt: could not delete volume '{}' of pool '{}'", name, name_), uri_);
   }
+}
+
+bool StoragePool::create_marker(const std::string& name) const {
+  return try_create_volume(raw_volume_xml(name, 0));
+}
+
+std::string StoragePool::volume_xml(const std::string& name) const {
+  auto volume = find_volume(pool_.get(), name, uri_);
+  if (!volume) return "";
+  char* xml = virStorageVolGetXMLDesc(volume->get(), 0);
+  if (xml == nullptr) return "";
+  std::string text(xml);
+  std::free(xml);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+  return text;
+}
+
+std::optional<std::chrono::system_clock::time_point> StoragePool::modified(
+    const std::string& name) const {
+  return timestamp_in(volume_xml(name), "mtime");
+}
+
+std::chrono::system_clock::time_point StoragePool::host_now() const {
+  const std::string probe = "vmfest-clock-" + random_token();
+  if (!create_marker(probe))
+    fail(fmt::format("libvirt: could not create volume '{}'", probe), uri_);
+  const auto now = modified(probe);
+  remove(probe);
+  if (!now) {
+    fail(
+        fmt::format("libvirt: volume '{}' of pool '{}' shows no time it was written", probe, name_),
+        uri_, "vmfest needs a folder ('dir') storage pool");
+  }
+  return *now;
+}
+
+std::string random_token() {
+  static std::mutex mutex;
+  static std::mt19937_64 random{std::random_device{}()};
+  const std::lock_guard lock(mutex);
+  return fmt::format("{:016x}", random());
 }
 
 std::string model_disk_volume_name(const Model& model) {

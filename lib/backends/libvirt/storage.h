@@ -3,8 +3,10 @@
 // it once, and each instance's volumes.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,10 +28,17 @@ class StoragePool {
   // Uploads a local file as a new volume `name` (virStorageVolUpload): what a remote host needs
   // instead of a path to a file it cannot see.
   void upload(const std::string& name, const std::filesystem::path& file) const;
-  // Uploads a local file once per host: `name` should carry the content's hash. Concurrent
-  // callers (any home, any runner) wait for the one uploader; an upload that was cut short
-  // (killed) lacks its completion marker, stops growing, and is replaced.
-  void upload_cached(const std::string& name, const std::filesystem::path& file) const;
+  // Uploads a local file once per host: `name` should carry the content's hash. Returns the
+  // volume that holds it. Concurrent callers (any home, any runner) wait for the one uploader
+  // while its volume grows; beside one that stopped growing (killed, or just very slow) another
+  // volume is uploaded, and the stalled one is never deleted under its uploader: any complete one
+  // serves. Each use clears the mark a collection of unused models leaves (collect_unused_models).
+  std::string upload_cached(const std::string& name, const std::filesystem::path& file) const;
+  // Deletes the uploads of upload_cached that no volume is backed by and no domain of the host
+  // uses for `keep` (marked unused at one collection, deleted at a later one), and uploads that
+  // stopped growing an hour ago. Returns what it deleted.
+  std::vector<std::string> collect_unused_models(virConnectPtr connection,
+                                                 std::chrono::seconds keep) const;
   // A qcow2 volume `name` backed by volume `backing` (in `backing_format`): kilobytes.
   void create_overlay(const std::string& name, const std::string& backing,
                       const std::string& backing_format) const;
@@ -39,6 +48,14 @@ class StoragePool {
   [[nodiscard]] std::vector<std::string> volume_names() const;
   // Deletes volume `name` if it exists.
   void remove(const std::string& name) const;
+  // Creates an empty volume `name` (a marker); false when it exists.
+  bool create_marker(const std::string& name) const;
+  // When volume `name` was last written, by the host's clock; nullopt when it does not exist.
+  [[nodiscard]] std::optional<std::chrono::system_clock::time_point> modified(
+      const std::string& name) const;
+  // The host's clock now (that of a marker made for the purpose): what modified() compares with,
+  // whatever this machine's clock says.
+  [[nodiscard]] std::chrono::system_clock::time_point host_now() const;
 
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
 
@@ -50,6 +67,11 @@ class StoragePool {
   // Streams `file` into the existing volume `name`; deletes the volume when that fails.
   void fill(const std::string& name, const std::filesystem::path& file) const;
   [[nodiscard]] std::uint64_t allocation_of(const std::string& name) const;
+  // Waits while another process uploads `volume`: true when it completed (or went), false when it
+  // stopped growing.
+  [[nodiscard]] bool waited_for_upload(const std::string& volume) const;
+  // The volume's XML (libvirt refreshes its size and times); "" when it is gone.
+  [[nodiscard]] std::string volume_xml(const std::string& name) const;
 
   virConnectPtr connection_;
   std::string uri_;
@@ -62,5 +84,8 @@ class StoragePool {
 // kernel).
 std::string model_disk_volume_name(const Model& model);
 std::string boot_file_volume_name(const std::filesystem::path& file, const std::string& part);
+
+// 16 random hex digits: names no other process picks.
+std::string random_token();
 
 }  // namespace vmfest::detail::libvirt

@@ -1,0 +1,23 @@
+// How the backend names what an instance has on a host: its domain "vmfest-<home id>-<instance>",
+// and volumes named after the domain.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "vmfest/home.h"
+
+namespace vmfest::detail::libvirt {
+
+// What names of a home's domains and volumes start with: its id, so that homes sharing a host never
+// touch each other's, also homes of one path on several CI runners.
+std::string home_prefix(const Home& home);
+
+inline constexpr const char* kDiskSuffix = ".qcow2";
+inline constexpr const char* kSeedSuffix = "-seed.iso";
+
+// The domain an instance's volume (disk, seed or lease marker) belongs to; nullopt for any other
+// volume (a model's, another program's).
+std::optional<std::string> domain_of_volume(const std::string& volume);
+
+}  // namespace vmfest::detail::libvirt

@@ -1,0 +1,175 @@
+// Many runners on one libvirt host: a runner's reap removes what a dead runner left (by its lease)
+// and never what a live one holds; models nothing uses are collected by age; concurrent uploads of
+// one content make one volume. Registered on both URIs by tests/libvirt/CMakeLists.txt.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <future>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "backends/libvirt/libvirt_api.h"
+#include "backends/libvirt/storage.h"
+#include "child_process.h"
+#include "libvirt_test_support.h"
+#include "random_file.h"
+#include "vmfest/home.h"
+#include "vmfest/instance.h"
+
+namespace {
+namespace fs = std::filesystem;
+namespace lv = vmfest::detail::libvirt;
+using namespace std::chrono_literals;
+using vmfest::Instance;
+using namespace vmfest::testing::libvirt_support;
+
+// Run as a child by the next test, in a home of its own: creates an instance (its volumes and its
+// lease on the host), says its name, and waits to be killed.
+TEST(LibvirtChild, CreateAndWaitToBeKilled) {
+  if (std::getenv("VMFEST_LIBVIRT_CHILD_CREATE") == nullptr) GTEST_SKIP() << "run by another test";
+  vmfest::InstanceRequest request;
+  request.model = vmfest::testing::test_model();
+  Instance instance = Instance::create(request);
+  std::printf("\ninstance %s\n", instance.name().c_str());
+  std::fflush(stdout);
+  std::this_thread::sleep_for(600s);
+}
+
+// Another runner (a child with a home of its own and a 3 s lease) creates an instance. While it
+// lives, this runner's reaps leave its volumes alone for twice its lease's term; once it is
+// killed and its lease ran out, this runner's reap removes them, lease markers included.
+TEST(Libvirt, AnyRunnerReapsADeadRunnersVolumesAndNoLiveOnes) {
+  const PrivateHome home;
+  const fs::path other = fs::temp_directory_path() / fmt::format("vmfest-runner-b-{}", ::getpid());
+  fs::remove_all(other);
+  const fs::path output = other.string() + ".out";
+  vmfest::testing::ChildProcess child(
+      {"/usr/bin/env", "-u", "GTEST_SHARD_INDEX", "-u", "GTEST_TOTAL_SHARDS",
+       fs::read_symlink("/proc/self/exe").string(),
+       "--gtest_filter=LibvirtChild.CreateAndWaitToBeKilled"},
+      output,
+      {"VMFEST_LIBVIRT_CHILD_CREATE=1", "VMFEST_HOME=" + other.string(), "VMFEST_LIBVIRT_LEASE=3"});
+  std::string name;
+  for (auto deadline = std::chrono::steady_clock::now() + 300s; name.empty();) {
+    const std::string text = child.output();
+    if (const auto at = text.find("\ninstance ");
+        at != std::string::npos && text.find('\n', at + 1) != std::string::npos) {
+      name = text.substr(at + 10, text.find('\n', at + 1) - at - 10);
+    }
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << text;
+    std::this_thread::sleep_for(100ms);
+  }
+  const std::string domain = fmt::format("vmfest-{}-{}", vmfest::Home(other).id(), name);
+  ASSERT_EQ(disk_and_seed(volumes_with(first_uri(), domain)), 2U) << child.output();
+
+  for (int reap = 0; reap < 3; ++reap) {
+    std::this_thread::sleep_for(2500ms);
+    vmfest::reap_leaked_instances();
+    const auto volumes = volumes_with(first_uri(), domain);
+    EXPECT_EQ(disk_and_seed(volumes), 2U) << "a live runner's instance lost a volume";
+    EXPECT_GE(lease_markers(volumes), 1U) << "the live runner's lease is gone";
+  }
+
+  child.kill();
+  EXPECT_EQ(child.wait(), 128 + SIGKILL);
+  fs::remove(output);
+  std::this_thread::sleep_for(4s);  // the 3 s lease runs out
+  vmfest::reap_leaked_instances();
+  EXPECT_TRUE(volumes_with(first_uri(), domain).empty()) << "the dead runner's volumes stay";
+  fs::remove_all(other);
+}
+
+// A storage pool of the test's own, so that a collection with a short time to live touches no other
+// test's models; deleted with what is left in it.
+class OwnPool {
+ public:
+  OwnPool() : name_(fmt::format("vmfest-test-{}", ::getpid())) {
+    ::setenv("VMFEST_LIBVIRT_POOL", name_.c_str(), 1);
+    ::setenv("VMFEST_LIBVIRT_POOL_PATH", fmt::format("/var/lib/vmfest-pool/{}", name_).c_str(), 1);
+  }
+  OwnPool(const OwnPool&) = delete;
+  OwnPool& operator=(const OwnPool&) = delete;
+  ~OwnPool() {
+    const lv::Connection connection = lv::connect(first_uri());
+    if (virStoragePoolPtr pool = virStoragePoolLookupByName(connection.get(), name_.c_str())) {
+      const lv::StoragePool volumes(connection.get(), first_uri());
+      for (const std::string& volume : volumes.volume_names()) volumes.remove(volume);
+      virStoragePoolDestroy(pool);
+      virStoragePoolDelete(pool, 0);
+      virStoragePoolUndefine(pool);
+      virStoragePoolFree(pool);
+    }
+    ::unsetenv("VMFEST_LIBVIRT_POOL");
+    ::unsetenv("VMFEST_LIBVIRT_POOL_PATH");
+  }
+
+  // The names of its volumes that start with `prefix`.
+  [[nodiscard]] std::set<std::string> volumes(const std::string& prefix) const {
+    const lv::Connection connection = lv::connect(first_uri());
+    std::set<std::string> names;
+    for (const std::string& volume :
+         lv::StoragePool(connection.get(), first_uri()).volume_names()) {
+      if (volume.starts_with(prefix)) names.insert(volume);
+    }
+    return names;
+  }
+
+ private:
+  std::string name_;
+};
+
+// A model's uploads (disk, kernel, initrd) stay while an instance uses them, whatever their time to
+// live; once nothing does, a reap marks them and a reap after the time to live deletes them.
+TEST(Libvirt, ModelsNothingUsesAreCollectedByAge) {
+  const PrivateHome home;
+  const OwnPool pool;
+  std::set<std::string> uploads;
+  {
+    Instance instance = start_instance();
+    uploads = pool.volumes("model-");
+    ASSERT_GE(uploads.size(), 4U) << "a disk, a kernel and their completion markers";
+    ::setenv("VMFEST_LIBVIRT_MODEL_TTL", "1", 1);
+    vmfest::reap_leaked_instances();
+    std::this_thread::sleep_for(2s);
+    vmfest::reap_leaked_instances();
+    EXPECT_EQ(pool.volumes("model-"), uploads) << "a running instance's model was collected";
+    EXPECT_EQ(instance.ssh().check("echo up").stdout_text, "up\n");
+  }
+  vmfest::reap_leaked_instances();
+  EXPECT_TRUE(std::ranges::includes(pool.volumes("model-"), uploads)) << "collected at once";
+  std::this_thread::sleep_for(2s);
+  vmfest::reap_leaked_instances();
+  ::unsetenv("VMFEST_LIBVIRT_MODEL_TTL");
+  EXPECT_TRUE(pool.volumes("model-").empty()) << "unused models stay";
+}
+
+// Four uploaders of one content at once (other runners, other homes) make one volume: the others
+// wait for the first and get its name.
+TEST(Libvirt, ConcurrentUploadsOfOneContentMakeOneVolume) {
+  const OwnPool pool;
+  const fs::path file = fs::temp_directory_path() / fmt::format("vmfest-upload-{}", ::getpid());
+  vmfest::testing::write_random_file(file, 32U << 20);
+  const std::string name = fmt::format("model-{}-disk.raw", lv::random_token());
+  std::vector<std::future<std::string>> uploads;
+  for (int i = 0; i < 4; ++i) {
+    uploads.push_back(std::async(std::launch::async, [&] {
+      const lv::Connection connection = lv::connect(first_uri());
+      return lv::StoragePool(connection.get(), first_uri()).upload_cached(name, file);
+    }));
+  }
+  std::set<std::string> volumes;
+  for (auto& upload : uploads) volumes.insert(upload.get());
+  fs::remove(file);
+  ASSERT_EQ(volumes.size(), 1U) << "the uploaders got different volumes";
+  EXPECT_EQ(pool.volumes(name),
+            (std::set<std::string>{*volumes.begin(), *volumes.begin() + ".done"}));
+}
+
+}  // namespace
