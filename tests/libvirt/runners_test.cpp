@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <future>
@@ -170,6 +171,46 @@ TEST(Libvirt, ConcurrentUploadsOfOneContentMakeOneVolume) {
   ASSERT_EQ(volumes.size(), 1U) << "the uploaders got different volumes";
   EXPECT_EQ(pool.volumes(name),
             (std::set<std::string>{*volumes.begin(), *volumes.begin() + ".done"}));
+}
+
+// Runners starting at once on one host never run more of its VMs than its cap: with a cap of 1, two
+// instances started from two threads (two connections, as two runners have) run one after the
+// other.
+TEST(Libvirt, AHostsCapHoldsUnderConcurrentStarts) {
+  const PrivateHome home;
+  ::setenv("VMFEST_LIBVIRT_MAX_VMS", "1", 1);
+  const std::string prefix = fmt::format("vmfest-{}-", vmfest::Home::from_environment().id());
+  std::atomic<bool> done{false};
+  std::atomic<int> most{0};
+  std::jthread watcher([&] {
+    const lv::Connection connection = lv::connect(first_uri());
+    while (!done) {
+      const auto running =
+          lv::list_domains(connection.get(), first_uri(), VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+      const int ours = static_cast<int>(std::ranges::count_if(running, [&](const lv::Domain& d) {
+        return std::string(virDomainGetName(d.get())).starts_with(prefix);
+      }));
+      most = std::max(most.load(), ours);
+      std::this_thread::sleep_for(50ms);
+    }
+  });
+  auto run = [] {
+    try {
+      Instance instance = start_instance();
+      EXPECT_EQ(instance.ssh().check("echo up").stdout_text, "up\n");
+      std::this_thread::sleep_for(2s);
+    } catch (const std::exception& error) {
+      ADD_FAILURE() << error.what();
+    }
+  };
+  {
+    const std::jthread first(run);
+    const std::jthread second(run);
+  }
+  done = true;
+  watcher.join();
+  ::unsetenv("VMFEST_LIBVIRT_MAX_VMS");
+  EXPECT_EQ(most, 1) << "at most one of the two may run at a time, and one did";
 }
 
 }  // namespace

@@ -104,7 +104,7 @@ class LibvirtMachine final : public Machine {
     pool.upload(seed_volume(), config_.seed_image);
   }
 
-  // The VM runs on the libvirt host, not as our child: it cannot hold a slot of this machine.
+  // The VM runs on the libvirt host, not as our child: it takes room under that host's cap.
   void launch(const VmSlot* /*slot*/) override {
     const StoragePool& pool = storage();
     DomainSpec spec;
@@ -134,23 +134,25 @@ class LibvirtMachine final : public Machine {
     const unsigned flags =
         VIR_DOMAIN_START_PAUSED | (outlives_owner_ ? 0U : unsigned{VIR_DOMAIN_START_AUTODESTROY});
     Domain domain;
-    for (int attempt = 1; !domain; ++attempt) {
-      port_ = config_.ssh_host_port != 0 ? config_.ssh_host_port
-              : host_.local()            ? free_loopback_port()
-                                         : random_remote_port();
-      spec.ssh_forward_port = port_;
-      domain.reset(virDomainCreateXML(connection(), domain_xml(spec).c_str(), flags));
-      if (domain) break;
-      const std::string why = last_error();
-      const bool port_taken = why.find("host forwarding") != std::string::npos;
-      if (!port_taken || attempt == kLaunchAttempts || config_.ssh_host_port != 0) {
-        fail(fmt::format("libvirt: could not start domain '{}' of instance '{}'", domain_,
-                         config_.instance_name),
-             host_.uri);
+    start_within_cap(connection(), pool, host_, [&] {
+      for (int attempt = 1; !domain; ++attempt) {
+        port_ = config_.ssh_host_port != 0 ? config_.ssh_host_port
+                : host_.local()            ? free_loopback_port()
+                                           : random_remote_port();
+        spec.ssh_forward_port = port_;
+        domain.reset(virDomainCreateXML(connection(), domain_xml(spec).c_str(), flags));
+        if (domain) break;
+        const std::string why = last_error();
+        const bool port_taken = why.find("host forwarding") != std::string::npos;
+        if (!port_taken || attempt == kLaunchAttempts || config_.ssh_host_port != 0) {
+          fail(fmt::format("libvirt: could not start domain '{}' of instance '{}'", domain_,
+                           config_.instance_name),
+               host_.uri);
+        }
+        spdlog::debug("vmfest: instance '{}': port {} is taken on {}; trying another",
+                      config_.instance_name, port_, host_.uri);
       }
-      spdlog::debug("vmfest: instance '{}': port {} is taken on {}; trying another",
-                    config_.instance_name, port_, host_.uri);
-    }
+    });
     // The readiness check reads this log: a previous boot's lines must not satisfy it.
     console_.reset();
     console_ = std::make_unique<ConsoleLog>(connection(), domain.get(), console_log(), host_.uri);
@@ -361,7 +363,8 @@ class LibvirtBackend final : public Backend {
   // cold. No private segments: vmfest's segment hub is a unix datagram socket on this machine.
   [[nodiscard]] Capabilities capabilities() const override {
     return {.why_no_warm_images =
-                "libvirt cannot restore a saved domain that dies with its test process"};
+                "libvirt cannot restore a saved domain that dies with its test process",
+            .runs_vms_here = false};
   }
 
   // Only where the libvirt backend is in use: a reap must not knock on a libvirtd nobody asked for.

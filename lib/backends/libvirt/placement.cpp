@@ -12,6 +12,7 @@
 
 #include "domain_xml.h"
 #include "libvirt_api.h"
+#include "storage.h"
 #include "vmfest/error.h"
 #include "vmfest/internal/base.h"
 #include "vmfest/internal/driver.h"
@@ -21,6 +22,54 @@ namespace vmfest::detail::libvirt {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+constexpr const char* kPlacementLock = "vmfest-placement.lock";
+// Held from a count to a domain's start: a lock older than this belonged to a runner that died.
+constexpr std::chrono::seconds kStaleLock{60};
+
+// The host's placement lock: a volume that only one runner at a time can create.
+class PlacementLock {
+ public:
+  PlacementLock(const StoragePool& pool, const HostUri& host, Clock::time_point deadline)
+      : pool_(pool) {
+    for (int attempt = 1; !pool.create_marker(kPlacementLock); ++attempt) {
+      if (last_error_code() != VIR_ERR_STORAGE_VOL_EXIST) {
+        fail(fmt::format("libvirt: could not create the placement lock '{}'", kPlacementLock),
+             host.uri);
+      }
+      if (attempt % 20 == 0) {
+        const auto since = pool.modified(kPlacementLock);
+        if (since && pool.host_now() - *since > kStaleLock) {
+          spdlog::warn(
+              "vmfest: the placement lock of {} is {} s old (its runner died); taking it", host.uri,
+              std::chrono::duration_cast<std::chrono::seconds>(pool.host_now() - *since).count());
+          pool.remove(kPlacementLock);
+          continue;
+        }
+      }
+      if (Clock::now() >= deadline) {
+        throw BackendError(
+            fmt::format("libvirt: the placement lock of {} ('{}' in pool '{}') stayed taken until "
+                        "VMFEST_SLOT_WAIT ran out; if no vmfest runs there, delete that volume",
+                        host.uri, kPlacementLock, pool.name()));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  PlacementLock(const PlacementLock&) = delete;
+  PlacementLock& operator=(const PlacementLock&) = delete;
+  ~PlacementLock() {
+    try {
+      pool_.remove(kPlacementLock);
+    } catch (const std::exception& error) {
+      spdlog::warn("vmfest: could not release the placement lock (others take it in {} s): {}",
+                   kStaleLock.count(), error.what());
+    }
+  }
+
+ private:
+  const StoragePool& pool_;
+};
 
 // How full a host is: the running vmfest domains made through its URI, against how many it takes
 // (VMFEST_LIBVIRT_MAX_VMS, else its CPUs). Counted by URI, not by host, so two URIs of one
@@ -52,7 +101,8 @@ HostLoad load_of(virConnectPtr connection, const HostUri& host) {
 
 }  // namespace
 
-// The load is read now, so processes creating at the same moment may pick the same host.
+// The load is read now, so processes creating at the same moment may pick the same host; the cap
+// holds all the same (start_within_cap).
 HostUri choose_host() {
   std::vector<HostUri> hosts = configured_hosts();
   if (hosts.size() == 1) return hosts.front();
@@ -81,6 +131,36 @@ HostUri choose_host() {
           full));
     }
     if (!said) spdlog::info("vmfest: every libvirt host is full ({}); waiting", full);
+    said = true;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
+void start_within_cap(virConnectPtr connection, const StoragePool& pool, const HostUri& host,
+                      const std::function<void()>& start) {
+  const auto deadline = Clock::now() + slot_timeout();
+  bool said = false;
+  while (true) {
+    HostLoad load;
+    {
+      const PlacementLock lock(pool, host, deadline);
+      load = load_of(connection, host);
+      if (load.running < load.cap) {
+        start();
+        return;
+      }
+    }
+    if (Clock::now() >= deadline) {
+      throw BackendError(fmt::format(
+          "libvirt host {} is full ({} of {} vmfest VMs run) and none stopped within "
+          "VMFEST_SLOT_WAIT. Raise VMFEST_LIBVIRT_MAX_VMS, add a host to VMFEST_LIBVIRT_URI, or "
+          "run fewer tests at once",
+          host.uri, load.running, load.cap));
+    }
+    if (!said) {
+      spdlog::info("vmfest: libvirt host {} is full ({} of {} vmfest VMs run); waiting", host.uri,
+                   load.running, load.cap);
+    }
     said = true;
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }

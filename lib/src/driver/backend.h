@@ -165,6 +165,9 @@ struct Capabilities {
   std::string how_port_forwards{};
   // Why no warm images, for the line that says once that the backend's instances boot cold.
   std::string why_no_warm_images;
+  // Its VMs run on this machine and take slots of this machine's cap (acquire_vm_slot); a backend
+  // whose VMs run on other hosts counts them there, and launch() gets no slot.
+  bool runs_vms_here = true;
 };
 // A capability, with the words that say what it lets a backend do.
 struct Capability {

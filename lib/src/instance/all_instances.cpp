@@ -33,7 +33,8 @@ struct InstanceAccess {
     std::vector<Instance*> waiting;
     std::vector<std::string> names;
     for (Instance* instance : instances) {
-      if (instance->impl_->slot) continue;
+      if (instance->impl_->slot || !instance->impl_->backend->capabilities().runs_vms_here)
+        continue;
       waiting.push_back(instance);
       names.push_back(instance->impl_->record.name);
     }

@@ -374,7 +374,7 @@ void Instance::start() {
   impl_->require_state("start", {InstanceState::Created, InstanceState::Stopped});
   impl_->session.reset();
   impl_->clock.begin(impl_->record.name);
-  if (!impl_->slot)
+  if (!impl_->slot && impl_->backend->capabilities().runs_vms_here)
     impl_->slot.emplace(detail::acquire_vm_slot(impl_->record.name, slot_timeout()));
   impl_->clock.phase_done("slot");
   impl_->resumed_warm = false;
@@ -395,7 +395,7 @@ void Instance::start() {
       }
     }
     impl_->build.steps_pending_after_boot = false;
-    impl_->slot->settle();
+    if (impl_->slot) impl_->slot->settle();
   } catch (...) {
     // A start that failed stops what it started: the VM of a detached instance (`vmfest start`)
     // would otherwise run on, unwatched, holding its VM slot.

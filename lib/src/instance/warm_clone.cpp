@@ -208,7 +208,7 @@ void Instance::Impl::finish_warm_build() {
 
 bool Instance::Impl::launch_or_boot_cold() {
   try {
-    machine->launch(&slot.value());
+    machine->launch(slot ? &*slot : nullptr);
   } catch (const detail::WarmResumeError& error) {
     const fs::path image = record.warm_image;
     const bool discarded = error.image_at_fault() && detail::discard_warm_image(image);
@@ -276,7 +276,7 @@ void Instance::Impl::fall_back_to_cold_boot(const std::string& why) {
   build.steps_inherited = 0;
   machine = backend->machine(detail::machine_config(home, record, model), nlohmann::json());
   machine->create_disk();
-  machine->launch(&slot.value());
+  machine->launch(slot ? &*slot : nullptr);
   record.started = true;
   save_record();
   wait_until_ready(true);
