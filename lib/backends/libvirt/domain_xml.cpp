@@ -1,5 +1,7 @@
 #include "domain_xml.h"
 
+#include <cstdlib>
+
 #include <fmt/format.h>
 
 #include "libvirt_api.h"
@@ -45,7 +47,7 @@ std::string domain_xml(const DomainSpec& spec) {
       "<features><acpi/></features><clock offset='utc'/>"
       "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>"
       "<on_crash>destroy</on_crash>"
-      "<devices>{disk}{seed}"
+      "<devices>{emulator}{disk}{seed}"
       "<serial type='pty'><target port='0'/></serial>"
       "<console type='pty'><target type='serial' port='0'/></console>"
       "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"
@@ -58,10 +60,19 @@ std::string domain_xml(const DomainSpec& spec) {
       fmt::arg("instance", xml_escape(spec.instance_name)),
       fmt::arg("owner", xml_escape(spec.owner)), fmt::arg("uri", xml_escape(spec.uri)),
       fmt::arg("memory", spec.memory_mib), fmt::arg("cpus", spec.cpus),
-      fmt::arg("os", os_xml(spec)),
+      fmt::arg("os", os_xml(spec)), fmt::arg("emulator", emulator_xml(spec.emulator)),
       fmt::arg("disk", volume_disk(spec.pool, spec.disk_volume, "qcow2", "vda", false)),
       fmt::arg("seed", volume_disk(spec.pool, spec.seed_volume, "raw", "vdb", true)),
       fmt::arg("netdev", xml_escape(netdev)));
+}
+
+std::string emulator_setting() {
+  const char* emulator = std::getenv("VMFEST_LIBVIRT_EMULATOR");
+  return emulator != nullptr ? emulator : "";
+}
+
+std::string emulator_xml(const std::string& emulator) {
+  return emulator.empty() ? "" : fmt::format("<emulator>{}</emulator>", xml_escape(emulator));
 }
 
 std::string uri_in_metadata(const std::string& metadata_xml) {

@@ -9,6 +9,7 @@ namespace vmfest::detail::libvirt {
 struct DomainSpec {
   std::string name;
   std::string domain_type = "qemu";  // "qemu" (TCG) or "kvm"
+  std::string emulator;              // the QEMU binary on the host; empty: libvirt's choice
   int memory_mib = 256;
   int cpus = 1;
   std::string pool;
@@ -28,6 +29,11 @@ struct DomainSpec {
 };
 
 std::string domain_xml(const DomainSpec& spec);
+
+// The <emulator> element for $VMFEST_LIBVIRT_EMULATOR (the QEMU binary the hosts run, by its path
+// there), or "" when unset: libvirt's default for the domain type.
+std::string emulator_setting();
+std::string emulator_xml(const std::string& emulator);
 
 // The <uri> of vmfest's metadata in the XML of a domain's metadata element ("" if none).
 std::string uri_in_metadata(const std::string& metadata_xml);

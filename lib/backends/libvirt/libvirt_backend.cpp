@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "accelerator.h"
 #include "console_log.h"
 #include "domain_xml.h"
 #include "hosts.h"
@@ -44,16 +45,6 @@ constexpr milliseconds kStatePoll{100};
 int random_remote_port() {
   static std::mt19937 random{std::random_device{}()};
   return std::uniform_int_distribution<int>(20000, 60999)(random);
-}
-
-// TCG unless asked for KVM: libvirt offers KVM wherever /dev/kvm exists, also on hosts whose KVM
-// hangs Linux guests, and a remote host cannot be probed with a test boot cheaply.
-std::string domain_type() {
-  const char* forced = std::getenv("VMFEST_ACCEL");
-  const std::string accel = forced != nullptr ? forced : "";
-  if (accel.empty() || accel == "tcg") return "qemu";
-  if (accel == "kvm") return "kvm";
-  throw InvalidArgument(fmt::format("VMFEST_ACCEL={} is not valid: use kvm or tcg", accel));
 }
 
 InstanceState to_instance_state(int state) {
@@ -88,9 +79,9 @@ class LibvirtMachine final : public Machine {
 
   void create_disk() override {
     host_ = choose_host();
-    domain_type_ = domain_type();
     outlives_owner_ = config_.outlives_owner;
     const StoragePool& pool = storage();
+    domain_type_ = host_accelerator(connection(), pool, host_, probe_kernel()).domain_type;
     // First, so that no volume of it is ever without a live lease or this home's record.
     if (!outlives_owner_) lease_.emplace(pool, host_.uri, domain_);
     const Model& model = config_.model;
@@ -110,6 +101,7 @@ class LibvirtMachine final : public Machine {
     DomainSpec spec;
     spec.name = domain_;
     spec.domain_type = domain_type_;
+    spec.emulator = emulator_setting();
     spec.memory_mib = config_.profile.memory_mib;
     spec.cpus = config_.profile.cpus;
     spec.pool = pool.name();
@@ -248,6 +240,11 @@ class LibvirtMachine final : public Machine {
 
  private:
   [[nodiscard]] std::string disk_volume() const { return domain_ + kDiskSuffix; }
+  // The model's own kernel, else the default model's: what a host's KVM is tested with.
+  [[nodiscard]] fs::path probe_kernel() const {
+    if (config_.model.boot.kind == BootSpec::Kind::Kernel) return config_.model.boot.kernel;
+    return default_probe_kernel();
+  }
   [[nodiscard]] std::string seed_volume() const { return domain_ + kSeedSuffix; }
 
   static std::string host_name() {
@@ -339,6 +336,15 @@ class LibvirtBackend final : public Backend {
                           fmt::format("reachable (libvirt {}.{}.{})", version / 1000000,
                                       version / 1000 % 1000, version % 1000),
                           ""});
+        const StoragePool pool(connection.get(), host.uri);
+        const HostAccelerator accel =
+            host_accelerator(connection.get(), pool, host, default_probe_kernel());
+        const bool kvm = accel.domain_type == "kvm";
+        checks.push_back(
+            {name + " accelerator",
+             kvm || accel.forced ? HostCheck::Verdict::Ok : HostCheck::Verdict::Warn,
+             fmt::format("{}: {}", kvm ? "KVM" : "TCG", accel.reason),
+             kvm || accel.forced ? "" : "give the host a working KVM for fast guests"});
       } catch (const Error& error) {
         checks.push_back({name, HostCheck::Verdict::Fail, error.what(),
                           fmt::format("`virsh -c '{}' version` shows the problem", host.uri)});
