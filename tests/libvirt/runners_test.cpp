@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <future>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -85,6 +86,91 @@ TEST(Libvirt, AnyRunnerReapsADeadRunnersVolumesAndNoLiveOnes) {
   vmfest::reap_leaked_instances();
   EXPECT_TRUE(volumes_with(first_uri(), domain).empty()) << "the dead runner's volumes stay";
   fs::remove_all(other);
+}
+
+// Run as a child by Libvirt.TwoRunnersOfOneHomePath*: creates and starts an instance, reaps, checks
+// that the reaps (its own, and the other runner's) left its VM and volumes, round after round until
+// it is killed. Says "round N" after each, "LOST <domain>" when something was taken.
+TEST(LibvirtChild, CreateStartAndReapUntilKilled) {
+  if (std::getenv("VMFEST_LIBVIRT_CHILD_ROUNDS") == nullptr) GTEST_SKIP() << "run by another test";
+  vmfest::testing::ensure_default_model();
+  const std::string prefix = fmt::format("vmfest-{}-", vmfest::Home::from_environment().id());
+  for (int round = 1;; ++round) {
+    Instance instance = start_instance();
+    vmfest::reap_leaked_instances();
+    const std::string domain = prefix + instance.name();
+    if (!domain_exists(first_uri(), domain) ||
+        disk_and_seed(volumes_with(first_uri(), domain)) != 2 ||
+        instance.ssh().check("echo up").stdout_text != "up\n") {
+      std::printf("\nLOST %s\n", domain.c_str());
+      std::fflush(stdout);
+      FAIL() << "a reap took a live instance's VM or volumes: " << domain;
+    }
+    std::printf("\nround %d\n", round);
+    std::fflush(stdout);
+  }
+}
+
+// CI runners of one image share a libvirt host with one home path. Two runners (children, each in a
+// mount namespace of its own with its own folder bind-mounted at one path) create, start and reap
+// side by side (VMFEST_TWO_RUNNERS_SECONDS, default 120): neither ever loses a VM or a volume.
+// After both are killed and their 5 s leases ran out, a reap by a third runner leaves nothing of
+// theirs.
+TEST(Libvirt, TwoRunnersOfOneHomePathShareAHostAndNeitherLosesAnything) {
+  const PrivateHome third;
+  const auto seconds =
+      std::chrono::seconds(std::getenv("VMFEST_TWO_RUNNERS_SECONDS") != nullptr
+                               ? std::stol(std::getenv("VMFEST_TWO_RUNNERS_SECONDS"))
+                               : 120);
+  const fs::path shared = fs::temp_directory_path() / fmt::format("vmfest-ci-home-{}", ::getpid());
+  fs::create_directories(shared);
+  std::vector<fs::path> folders;
+  std::vector<fs::path> outputs;
+  std::vector<std::unique_ptr<vmfest::testing::ChildProcess>> runners;
+  for (const char* runner : {"a", "b"}) {
+    folders.push_back(shared.string() + "-" + runner);
+    outputs.push_back(shared.string() + "-" + runner + ".out");
+    fs::create_directories(folders.back());
+    fs::permissions(folders.back(), fs::perms::owner_all);
+    runners.push_back(std::make_unique<vmfest::testing::ChildProcess>(
+        std::vector<std::string>{
+            "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+            R"(mount --bind "$1" "$2" && exec "$3" --gtest_filter=LibvirtChild.CreateStartAndReapUntilKilled)",
+            "sh", folders.back().string(), shared.string(),
+            fs::read_symlink("/proc/self/exe").string()},
+        outputs.back(),
+        std::vector<std::string>{"VMFEST_LIBVIRT_CHILD_ROUNDS=1", "VMFEST_HOME=" + shared.string(),
+                                 "VMFEST_LIBVIRT_LEASE=5", "VMFEST_LIBVIRT_MAX_VMS=4",
+                                 "GTEST_SHARD_INDEX=0", "GTEST_TOTAL_SHARDS=1"}));
+  }
+  const auto end = std::chrono::steady_clock::now() + seconds;
+  while (std::chrono::steady_clock::now() < end) {
+    for (const auto& runner : runners) {
+      ASSERT_FALSE(runner->output().find("\nLOST ") != std::string::npos) << runner->output();
+    }
+    std::this_thread::sleep_for(1s);
+  }
+  std::vector<std::string> said;
+  for (const auto& runner : runners) {
+    runner->kill();
+    EXPECT_EQ(runner->wait(), 128 + SIGKILL) << "a runner stopped early:\n" << runner->output();
+    said.push_back(runner->output());
+  }
+  for (const std::string& output : said) {
+    EXPECT_EQ(output.find("\nLOST "), std::string::npos) << output;
+    EXPECT_NE(output.find("\nround 2\n"), std::string::npos) << "fewer than 2 rounds:\n" << output;
+  }
+
+  std::this_thread::sleep_for(6s);  // their leases run out
+  vmfest::reap_leaked_instances();
+  for (const fs::path& folder : folders) {
+    const std::string id = vmfest::Home(folder).id();
+    EXPECT_FALSE(domain_exists(first_uri(), "vmfest-" + id)) << "a killed runner's VM runs on";
+    EXPECT_TRUE(volumes_with(first_uri(), "vmfest-" + id).empty()) << "a killed runner's volumes";
+    fs::remove_all(folder);
+  }
+  for (const fs::path& output : outputs) fs::remove(output);
+  fs::remove_all(shared);
 }
 
 // A storage pool of the test's own, so that a collection with a short time to live touches no other
