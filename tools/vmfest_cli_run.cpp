@@ -28,9 +28,8 @@ namespace {
 // While it lives, SIGINT, SIGTERM and SIGHUP request a stop instead of killing the process, so the
 // instance's handle can still destroy the instance; a second one ends the process at once, leaving
 // the instance to the reaper. The signals are blocked in every thread (made after this, the
-// library's included) and taken by one that waits for them. Processes started meanwhile, the VM's
-// among them, inherit the block: a Ctrl-C, which the terminal sends to the whole process group,
-// reaches only vmfest, which then destroys the VM in order (the library stops VMs by other means).
+// library's included) and taken by one that waits for them. The library starts its VMs with no
+// signal blocked, so a kept VM still stops at a plain `kill`.
 class StopOnSignals {
  public:
   StopOnSignals() {

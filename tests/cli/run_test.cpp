@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -40,6 +41,16 @@ void expect_gone(const std::string& name) {
   const fs::path folder = vmfest::Home::from_environment().instances() / name;
   EXPECT_FALSE(fs::exists(folder)) << folder;
   EXPECT_TRUE(vmfest::testing::processes_working_in(folder).empty()) << folder;
+}
+
+// The signals process `pid` blocks (bit N-1 for signal N), as /proc shows them.
+std::uint64_t blocked_signals(int pid) {
+  std::ifstream status(fmt::format("/proc/{}/status", pid));
+  for (std::string line; std::getline(status, line);) {
+    if (line.starts_with("SigBlk:")) return std::stoull(line.substr(7), nullptr, 16);
+  }
+  ADD_FAILURE() << "no SigBlk line for process " << pid;
+  return 0;
 }
 
 // A folder of this test's own, removed with what it holds.
@@ -135,6 +146,16 @@ TEST(Run, KeepLeavesAFailedInstanceReachable) {
   const CliResult reached = run_cli({"ssh", name, "--", "hostname"});
   EXPECT_EQ(reached.exit_code, 0) << reached.describe();
   EXPECT_EQ(reached.out, name + "\n") << reached.describe();
+  // The kept VM blocks none of the signals vmfest run blocks while it runs: `kill` stops it.
+  const fs::path folder = vmfest::Home::from_environment().instances() / name;
+  const std::vector<int> vm = vmfest::testing::processes_working_in(folder);
+  EXPECT_FALSE(vm.empty()) << "no VM process works in " << folder;
+  for (const int pid : vm) {
+    for (const int number : {SIGINT, SIGTERM, SIGHUP}) {
+      EXPECT_FALSE(blocked_signals(pid) >> (number - 1) & 1U)
+          << "the VM's process " << pid << " blocks " << ::sigdescr_np(number);
+    }
+  }
   const CliResult destroyed = run_cli({"destroy", name});
   EXPECT_EQ(destroyed.exit_code, 0) << destroyed.describe();
   expect_gone(name);

@@ -324,10 +324,10 @@ bool QemuMachine::spawn() {
   if (slot_descriptor_ >= 0) {
     // QEMU shares the slot's lock: the slot is taken exactly as long as this VM runs.
     process_.emplace(process_context_, qemu_binary().string(), arguments(), stdio, start_dir,
-                     InheritFd{slot_descriptor_}, CloseInheritedFds{});
+                     UnblockedSignals{}, InheritFd{slot_descriptor_}, CloseInheritedFds{});
   } else {
     process_.emplace(process_context_, qemu_binary().string(), arguments(), stdio, start_dir,
-                     CloseInheritedFds{});
+                     UnblockedSignals{}, CloseInheritedFds{});
   }
   std::fclose(log);
   pid_ = process_->id();

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -80,6 +81,22 @@ struct InheritFd {
   boost::system::error_code on_exec_setup(Launcher& /*launcher*/, const Path& /*executable*/,
                                           const char* const*& /*argv*/) const {
     if (::fcntl(fd, F_SETFD, 0) != 0) {
+      return boost::system::error_code(errno, boost::system::system_category());
+    }
+    return {};
+  }
+};
+
+// Pass to a launch whose child must take signals as a fresh process does, whatever this process
+// blocks: a process started while the CLI blocks SIGINT, SIGTERM and SIGHUP (vmfest run) would
+// otherwise ignore a plain `kill` for as long as it runs.
+struct UnblockedSignals {
+  template <typename Launcher, typename Path>
+  boost::system::error_code on_exec_setup(Launcher& /*launcher*/, const Path& /*executable*/,
+                                          const char* const*& /*argv*/) const {
+    sigset_t none;
+    ::sigemptyset(&none);
+    if (::sigprocmask(SIG_SETMASK, &none, nullptr) != 0) {
       return boost::system::error_code(errno, boost::system::system_category());
     }
     return {};
