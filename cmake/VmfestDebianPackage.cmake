@@ -29,9 +29,11 @@ set(_vmfest_deb_depends
     cmake g++
     libgtest-dev libgmock-dev libboost-filesystem1.81-dev libssh-dev libcurl4-openssl-dev
     zlib1g-dev libssl-dev libarchive-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
-    qemu-system-x86 qemu-utils genisoimage
-    busybox-static dropbear-bin cpio e2fsprogs openssh-sftp-server syslinux syslinux-common mtools
-    dosfstools fdisk)
+    qemu-system-x86 qemu-utils genisoimage)
+file(STRINGS "${PROJECT_SOURCE_DIR}/tools/lib/default-model-packages.txt" _vmfest_model_packages
+     REGEX "^(image|tool) ")
+list(TRANSFORM _vmfest_model_packages REPLACE "^[a-z]+ " "")
+list(APPEND _vmfest_deb_depends ${_vmfest_model_packages})
 set(_vmfest_deb_suggests "")
 if(TARGET vmfest_libvirt)
   list(APPEND _vmfest_deb_suggests libvirt-dev)

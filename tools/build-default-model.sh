@@ -29,7 +29,7 @@ out_dir=${1:-${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmfest}/default
 kernel_meta=linux-image-cloud-amd64
 root_mib=256 # room for tests to write a few 64 MiB files; the qcow2 only stores what is used
 # Installed packages whose files end up in the image or shape it: their versions are in the key.
-model_packages=(busybox-static dropbear-bin openssh-sftp-server syslinux syslinux-common mtools dosfstools fdisk)
+mapfile -t model_packages < <(awk '$1 == "image" { print $2 }' "${script%/*}/lib/default-model-packages.txt")
 keep_bundles=3 # older bundles are pruned (a running test may still use a recent one)
 root_label=vmfest-root
 # no_timer_check: the kernel's IO-APIC timer test wants a few ticks within ~40 ms of wall-clock time,

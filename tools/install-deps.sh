@@ -19,10 +19,8 @@ packages=(
   libvirt-dev libvirt-daemon-system libvirt-clients openssh-server
   # ... and the thread stacks that script prints of a libvirtd that stopped answering
   gdb
-  # default model ingredients (the kernel package is downloaded, not installed)
-  busybox-static dropbear-bin cpio e2fsprogs openssh-sftp-server genisoimage
-  # ... and its BIOS boot: SYSLINUX on a FAT partition, written without mounting anything
-  syslinux syslinux-common mtools dosfstools fdisk
+  # the cloud-init seed of every instance
+  genisoimage
   # Debian cloud test image (tools/build-debian-image.sh): bootstrapped by mmdebstrap
   mmdebstrap
   # tests and benchmarks: a real ssh/scp client to compare against, python for the HTTP test server
@@ -30,4 +28,7 @@ packages=(
   # ... and a headless browser that renders `vmfest report`'s page (tests/report)
   chromium
 )
+# the default model's ingredients (its kernel package is downloaded, not installed)
+mapfile -t -O "${#packages[@]}" packages < <(awk '!/^#/ && NF { print $2 }' \
+  "$(dirname "${BASH_SOURCE[0]}")/lib/default-model-packages.txt")
 install_missing "${packages[@]}"
