@@ -246,16 +246,8 @@ TEST(Libvirt, AKilledTestProcessLeavesNoDomainAndReapLeavesNoVolume) {
        "VMFEST_LIBVIRT_CHILD=1", fs::read_symlink("/proc/self/exe").string(),
        "--gtest_filter=LibvirtChild.StartAndWaitToBeKilled"},
       output);
-  std::string name;
-  for (auto deadline = std::chrono::steady_clock::now() + 300s; name.empty();) {
-    const std::string text = child.output();
-    if (const auto at = text.find("\ninstance ");
-        at != std::string::npos && text.find('\n', at + 1) != std::string::npos) {
-      name = text.substr(at + 10, text.find('\n', at + 1) - at - 10);
-    }
-    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << text;
-    std::this_thread::sleep_for(100ms);
-  }
+  const std::string name = announced_instance(child);
+  ASSERT_FALSE(name.empty()) << child.output();
   ASSERT_TRUE(domain_exists(first_uri(), "-" + name));
   child.kill();
   EXPECT_EQ(child.wait(), 128 + SIGKILL);

@@ -5,12 +5,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <string>
+#include <thread>
 
 #include <fmt/format.h>
+
+#include "child_process.h"
 
 #include "backends/libvirt/hosts.h"
 #include "backends/libvirt/libvirt_api.h"
@@ -90,6 +94,21 @@ inline std::size_t disk_and_seed(const std::map<std::string, std::string>& volum
 inline std::size_t lease_markers(const std::map<std::string, std::string>& volumes) {
   return std::ranges::count_if(
       volumes, [](const auto& volume) { return volume.first.find(".lease") != std::string::npos; });
+}
+
+// The instance a child says it made ("\ninstance NAME\n"), waiting for it up to 5 minutes; "" when
+// it said none.
+inline std::string announced_instance(const ChildProcess& child) {
+  for (auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+       std::chrono::steady_clock::now() < deadline;
+       std::this_thread::sleep_for(std::chrono::milliseconds(100))) {
+    const std::string text = child.output();
+    if (const auto at = text.find("\ninstance ");
+        at != std::string::npos && text.find('\n', at + 1) != std::string::npos) {
+      return text.substr(at + 10, text.find('\n', at + 1) - at - 10);
+    }
+  }
+  return "";
 }
 
 }  // namespace vmfest::testing::libvirt_support

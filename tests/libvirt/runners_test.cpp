@@ -58,16 +58,8 @@ TEST(Libvirt, AnyRunnerReapsADeadRunnersVolumesAndNoLiveOnes) {
        "--gtest_filter=LibvirtChild.CreateAndWaitToBeKilled"},
       output,
       {"VMFEST_LIBVIRT_CHILD_CREATE=1", "VMFEST_HOME=" + other.string(), "VMFEST_LIBVIRT_LEASE=3"});
-  std::string name;
-  for (auto deadline = std::chrono::steady_clock::now() + 300s; name.empty();) {
-    const std::string text = child.output();
-    if (const auto at = text.find("\ninstance ");
-        at != std::string::npos && text.find('\n', at + 1) != std::string::npos) {
-      name = text.substr(at + 10, text.find('\n', at + 1) - at - 10);
-    }
-    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << text;
-    std::this_thread::sleep_for(100ms);
-  }
+  const std::string name = announced_instance(child);
+  ASSERT_FALSE(name.empty()) << child.output();
   const std::string domain = fmt::format("vmfest-{}-{}", vmfest::Home(other).id(), name);
   ASSERT_EQ(disk_and_seed(volumes_with(first_uri(), domain)), 2U) << child.output();
 
