@@ -144,7 +144,7 @@ ssh::Session ReadinessWaiter::wait(bool cold) {
       return attempt;
     } catch (const SshAuthError& error) {
       // After the marker the keys are in place: a refusal will not go away by waiting.
-      if (has_marker) throw;
+      if (has_marker || guest_.refusal_is_final) throw;
       errors.note(kGuestSaid, error.what());
     } catch (const HostKeyMismatchError& error) {
       if (has_marker) throw;

@@ -22,6 +22,9 @@ struct WaitedGuest {
   Machine& machine;
   ssh::Endpoint endpoint;
   const ssh::Credentials& credentials;
+  // A refusal of these credentials fails the wait at once (a published password or key: the
+  // guest's answer will not change); otherwise it may be a guest still installing its keys.
+  bool refusal_is_final = false;
 };
 
 class ReadinessWaiter {

@@ -30,6 +30,7 @@ constexpr const char* kAwaitAgent =
 
 void Instance::Impl::use_warm_image(const fs::path& image) {
   record.warm_image = image.string();
+  record.first_login_done = true;  // the saved guest had it; the agent gives this clone its key
   detail::mark_warm_image_used(image);
   renew_machine();
   machine->create_disk();
@@ -271,7 +272,8 @@ void Instance::Impl::fall_back_to_cold_boot(const std::string& why) {
   session.reset();
   machine->kill();
   record.warm_image.clear();
-  record.layer_build.clear();  // a layer is built on a warm image, not on this boot
+  record.layer_build.clear();       // a layer is built on a warm image, not on this boot
+  record.first_login_done = false;  // a fresh disk from the model
   build.layer_lock.reset();
   build.steps_inherited = 0;
   machine = backend->machine(detail::machine_config(home, record, model), nlohmann::json());
