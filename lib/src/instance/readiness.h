@@ -22,8 +22,9 @@ struct WaitedGuest {
   Machine& machine;
   ssh::Endpoint endpoint;
   const ssh::Credentials& credentials;
-  // A refusal of these credentials fails the wait at once (a published password or key: the
-  // guest's answer will not change); otherwise it may be a guest still installing its keys.
+  // Refusals of these credentials fail the wait once they have gone on for a while (a published
+  // password or key: only a booting guest's "not yet" (nologin) passes); otherwise a refusal may
+  // be a guest still installing its keys, and the wait goes on to its end.
   bool refusal_is_final = false;
 };
 
