@@ -94,10 +94,12 @@ std::string Instance::Impl::fingerprint_still_of(const fs::path& model_warm_imag
 Instance::Impl::AgentCheck Instance::Impl::prepare_agent() {
   try {
     if (!session->run(detail::kAwaitAgent).ok()) {
-      return {
-          "no vmfest-agent process runs in the guest (the image has neither cloud-init to "
-          "start it from the seed nor an agent of its own)",
-          true};
+      return {model.published_login.empty()
+                  ? "no vmfest-agent process runs in the guest (the image has neither cloud-init "
+                    "to start it from the seed nor an agent of its own)"
+                  : "no vmfest-agent process runs in the guest (its first login could not install "
+                    "and start it)",
+              true};
     }
     const std::string reply = machine->agent_exchange("ping\n", seconds(5));
     if (reply != "pong") return {"the guest agent answered '" + reply + "' to a ping", true};
