@@ -141,8 +141,10 @@ double raw_boot(const vmfest::Model& model, const fs::path& work) {
                    vmfest::detail::find_program("qemu-system-x86_64", "qemu-system-x86").string(),
                    args, bp::process_stdio{nullptr, nullptr, nullptr},
                    bp::process_start_dir{work.string()}, vmfest::detail::CloseInheritedFds{});
-  const auto ready =
-      wait_for_ssh({"127.0.0.1", port, "root", ""}, {client.private_openssh, host.public_openssh});
+  vmfest::ssh::Credentials keys;
+  keys.client_private_key = client.private_openssh;
+  keys.pinned_host_key = host.public_openssh;
+  const auto ready = wait_for_ssh({"127.0.0.1", port, "root", ""}, keys);
   const double seconds = std::chrono::duration<double>(ready - begin).count();
   vmfest::detail::kill_and_reap(qemu);
   fs::remove_all(work);

@@ -4,18 +4,26 @@
 # sudo, the cloud kernel, GRUB on BIOS. Nothing of vmfest is inside: no agent, no key, no extra user.
 # Each instance gets its identity (user, keys, host keys, hostname) from a cloud-init seed.
 #
-# Usage: tools/build-debian-image.sh [--shape debian|ubuntu] [OUT_DIR]   (as root: mmdebstrap needs
+# Usage: tools/build-debian-image.sh [--shape debian|ubuntu|vagrant] [OUT_DIR]   (as root: mmdebstrap needs
 #   a real chroot)
 #   --shape ubuntu builds the same Debian packages shaped like Ubuntu's server cloud images (22.10
 #   and later), where they differ in what matters to vmfest: a GPT disk with a BIOS boot partition
 #   and the root on partition 2, OpenSSH started by ssh.socket (ssh.service disabled), cloud-init's
 #   default user "ubuntu". Networking is netplan + systemd-networkd + systemd-resolved in both.
+#   --shape vagrant builds a Vagrant base box of the libvirt provider instead, as Vagrant's base box
+#   guidelines make them: no cloud-init (networkd asks DHCP on any wired NIC), user "vagrant"
+#   (password "vagrant", passwordless sudo) whose authorized_keys holds the project's published test
+#   key (tools/vagrant-test-box/insecure_key.pub, standing in for Vagrant's own insecure key), the host
+#   keys openssh-server made at install time, the box's Vagrantfile naming the private key it carries.
+#   It shares the .debs of the other shapes (all its packages are theirs).
 #   OUT_DIR defaults to ${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmfest}/debian-image
-#   (ubuntu-shaped-image for --shape ubuntu).
+#   (ubuntu-shaped-image for --shape ubuntu, vagrant-box for --shape vagrant).
 #   VMFEST_KEEP_WORK=1 keeps the work directory of a failed build for inspection.
 # The LAST line of stdout is the bundle directory; everything else goes to stderr. It holds:
 #   debian-12-cloud.qcow2.gz   the disk (gunzip it; the qcow2 inside is not compressed itself);
-#                              ubuntu-shaped-cloud.qcow2.gz for --shape ubuntu
+#                              ubuntu-shaped-cloud.qcow2.gz for --shape ubuntu; for --shape
+#                              vagrant debian-12-vagrant.box (a gzipped tar: box.img, metadata.json,
+#                              Vagrantfile, insecure_key) instead
 #   SHA256SUMS                 sha256sum of the .gz
 #   build-inputs.txt           the cache key's inputs, then every package in the image with its version
 #
@@ -45,17 +53,21 @@ fi
 case $shape in
   debian) image_name=debian-12-cloud.qcow2 ;;
   ubuntu) image_name=ubuntu-shaped-cloud.qcow2 ;;
+  vagrant) image_name=debian-12-vagrant.qcow2 ;;
   *)
-    printf 'build-debian-image: error: --shape must be debian or ubuntu, not "%s"\n' "$shape" >&2
+    printf 'build-debian-image: error: --shape must be debian, ubuntu or vagrant, not "%s"\n' "$shape" >&2
     exit 2
     ;;
 esac
 cache_root=${VMFEST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmfest}
 if [[ $shape == debian ]]; then
   out_dir=${1:-$cache_root/debian-image}
-else
+elif [[ $shape == ubuntu ]]; then
   out_dir=${1:-$cache_root/$shape-shaped-image}
+else
+  out_dir=${1:-$cache_root/vagrant-box}
 fi
+vagrant_key=${script%/*}/vagrant-test-box/insecure_key
 suite=bookworm
 kernel_meta=linux-image-cloud-amd64
 disk_mib=2048 # as Debian's genericcloud; the qcow2 stores only what is used
@@ -71,6 +83,11 @@ image_packages=(
   netplan.io systemd-resolved libpam-systemd libnss-myhostname cloud-guest-utils
   iproute2 netbase zstd
 )
+# A Vagrant box has no cloud-init, nor what only renders or serves cloud-init's configuration.
+if [[ $shape == vagrant ]]; then
+  image_packages=("$kernel_meta" grub-pc systemd-sysv udev openssh-server sudo locales
+    systemd-resolved libpam-systemd libnss-myhostname iproute2 netbase zstd)
+fi
 # Not listed above but worth a rebuild when a (security) update changes them.
 key_extra_packages=(libc6 systemd libssl3 python3.11 openssh-client)
 # Host tools that write the image: their versions are in the key too.
@@ -141,6 +158,7 @@ compute_key() {
     sha256sum <"$script" # by content: the checkout location must not change the key
     sha256sum <"${script%/*}/lib/bundle-cache.sh"
     printf 'shape %s\n' "$shape"
+    [[ $shape != vagrant ]] || sha256sum <"$vagrant_key.pub"
     printf '%s\n' "$candidates"
     for p in "${host_tools[@]}"; do printf 'host %s %s\n' "$p" "${tool_version[$p]}"; done
   )
@@ -194,7 +212,7 @@ rm -rf "$bundle"
 deb_dir=$out_dir/debs
 mkdir -p "$deb_dir"
 # The shapes install the same packages: start from the other shape's .debs (links, never moved).
-for other in "$cache_root"/debian-image/debs "$cache_root"/ubuntu-shaped-image/debs; do
+for other in "$cache_root"/debian-image/debs "$cache_root"/ubuntu-shaped-image/debs "$cache_root"/vagrant-box/debs; do
   [[ $other -ef $deb_dir || ! -d $other ]] || cp -l -n "$other"/*.deb "$deb_dir"/ 2>/dev/null || true
 done
 
@@ -270,6 +288,8 @@ prepare_build() {
   export VMFEST_KERNEL_CMDLINE=$kernel_cmdline
   export VMFEST_SHAPE=$shape VMFEST_PARTITION_TABLE=$partition_table
   export VMFEST_GRUB_ROOT=hd0,$partition_table$root_partition
+  VMFEST_VAGRANT_PUBLIC_KEY=$(cat "$vagrant_key.pub")
+  export VMFEST_VAGRANT_PUBLIC_KEY
   write_customize_hook >"$work/customize.sh"
   chmod 755 "$work/customize.sh"
 }
@@ -399,6 +419,24 @@ if [[ $VMFEST_SHAPE == ubuntu ]]; then
   chroot "$root" systemctl enable ssh.socket
 fi
 
+if [[ $VMFEST_SHAPE == vagrant ]]; then
+  # As Vagrant's base box guidelines: user vagrant, password vagrant, passwordless sudo, the
+  # published key in authorized_keys; DHCP on the NIC without cloud-init; a hostname of its own.
+  cat >"$root/etc/systemd/network/80-dhcp.network" <<NET
+[Match]
+Name=en* eth*
+[Network]
+DHCP=yes
+NET
+  chroot "$root" useradd --create-home --shell /bin/bash vagrant
+  echo vagrant:vagrant | chroot "$root" chpasswd
+  printf 'vagrant ALL=(ALL) NOPASSWD:ALL\n' >"$root/etc/sudoers.d/vagrant"
+  chmod 440 "$root/etc/sudoers.d/vagrant"
+  install -d -m 700 "$root/home/vagrant/.ssh"
+  printf '%s\n' "$VMFEST_VAGRANT_PUBLIC_KEY" >"$root/home/vagrant/.ssh/authorized_keys"
+  chmod 600 "$root/home/vagrant/.ssh/authorized_keys"
+  chroot "$root" chown -R vagrant:vagrant /home/vagrant/.ssh
+else
 # cloud-init: Debian's cloud.cfg already has the default user "debian" (sudo, no password) and
 # disable_root: true; Ubuntu's calls it "ubuntu".
 if [[ $VMFEST_SHAPE == ubuntu ]]; then
@@ -410,6 +448,7 @@ cat >"$root/etc/cloud/cloud.cfg.d/01_datasources.cfg" <<CFG
 # Written by vmfest's build-debian-image.sh. Keep the list on one line (ds-identify reads it so).
 datasource_list: [ NoCloud, ConfigDrive, None ]
 CFG
+fi
 
 # Apt sources as in Debian's images (the build used the host's mirror).
 rm -f "$root"/etc/apt/sources.list.d/*
@@ -433,12 +472,13 @@ EOF
 finish_tree() {
   local root=$1
   ! mountpoint -q "$root/dev" || die "$root/dev is still mounted"
-  # Each instance gets its own host keys from cloud-init (generated, or given in the seed).
-  rm -f "$root"/etc/ssh/ssh_host_*
-  # Empty, as in Debian's images: cloud-init sets the hostname. (mmdebstrap had copied the build
-  # host's file, with its mode.)
+  # Each instance gets its own host keys from cloud-init (generated, or given in the seed). A
+  # Vagrant box keeps those openssh-server made, as boxes do (every clone of them shares them).
+  [[ $shape == vagrant ]] || rm -f "$root"/etc/ssh/ssh_host_*
+  # Empty, as in Debian's images: cloud-init sets the hostname; a box has its own. (mmdebstrap had
+  # copied the build host's file, with its mode.)
   rm -f "$root/etc/hostname" "$root/etc/machine-id"
-  : >"$root/etc/hostname"
+  if [[ $shape == vagrant ]]; then printf 'debian-12-vagrant\n' >"$root/etc/hostname"; else : >"$root/etc/hostname"; fi
   : >"$root/etc/machine-id"
   rm -f "$root/var/lib/dbus/machine-id" "$root/var/lib/systemd/random-seed" "$root/etc/resolv.conf"
   ln -s ../run/systemd/resolve/resolv.conf "$root/etc/resolv.conf"
@@ -458,6 +498,26 @@ sector_bytes() {
     # shellcheck disable=SC2059 # the format is the byte's escape
     printf "\\x$(printf '%02x' $((($1 >> (8 * i)) & 255)))"
   done
+}
+
+# A Vagrant box of the libvirt provider, as `vagrant package` makes one: a gzipped tar of the disk
+# (box.img), metadata.json and a Vagrantfile, here also the private key the Vagrantfile names.
+pack_box() {
+  local box=$work/box
+  mkdir -p "$box"
+  mv "$work/disk.qcow2" "$box/box.img"
+  printf '{"provider": "libvirt", "format": "qcow2", "virtual_size": %d}\n' $((disk_mib / 1024)) >"$box/metadata.json"
+  cat >"$box/Vagrantfile" <<'VAGRANTFILE'
+Vagrant.configure("2") do |config|
+  config.ssh.username = "vagrant"
+  config.ssh.private_key_path = File.expand_path("../insecure_key", __FILE__)
+end
+VAGRANTFILE
+  install -m 600 "$vagrant_key" "$box/insecure_key"
+  log "packing the box ($(du -m --apparent-size "$box/box.img" | cut -f1) MiB qcow2)"
+  tar -C "$box" --owner=0 --group=0 --numeric-owner --mtime=@0 --sort=name -cf - \
+    metadata.json Vagrantfile insecure_key box.img | gzip -n -1 >"$1"
+  mv "$box/box.img" "$work/disk.qcow2" # its sha256 goes into build-inputs.txt
 }
 
 make_disk() {
@@ -512,9 +572,15 @@ EOF
   rm -f "$work/root.ext4"
   qemu-img convert -f raw -O qcow2 "$work/disk.raw" "$work/disk.qcow2"
   rm -f "$work/disk.raw"
-  log "gzip ($(du -m --apparent-size "$work/disk.qcow2" | cut -f1) MiB qcow2)"
-  gzip -n -6 <"$work/disk.qcow2" >"$bundle_tmp/$image_name.gz"
-  (cd "$bundle_tmp" && sha256sum "$image_name.gz" >SHA256SUMS)
+  local artifact=$image_name.gz
+  if [[ $shape == vagrant ]]; then
+    artifact=${image_name%.qcow2}.box
+    pack_box "$bundle_tmp/$artifact"
+  else
+    log "gzip ($(du -m --apparent-size "$work/disk.qcow2" | cut -f1) MiB qcow2)"
+    gzip -n -6 <"$work/disk.qcow2" >"$bundle_tmp/$artifact"
+  fi
+  (cd "$bundle_tmp" && sha256sum "$artifact" >SHA256SUMS)
   {
     printf '%s\n' "$inputs"
     printf 'root-fs-uuid %s\n' "$VMFEST_ROOT_UUID"

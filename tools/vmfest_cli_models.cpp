@@ -27,7 +27,8 @@ void add_setup_command(CLI::App& app, Command& command) {
       "setup-model",
       "Install a model from a URL (http, https, file) or a local path: a qcow2, raw, vdi or vmdk "
       "disk image (optionally gzip-compressed) or a model bundle (folder or tar holding "
-      "vmfest-model.json). Interrupted downloads resume");
+      "vmfest-model.json) or a Vagrant box (libvirt provider or virtualbox provider). Interrupted "
+      "downloads resume");
   sub->add_option("source", args->source, "URL or path of the image or bundle")->required();
   sub->add_option("-n,--name", args->options.name,
                   "register it under this name (default: from the bundle or the file name)");
@@ -39,11 +40,24 @@ void add_setup_command(CLI::App& app, Command& command) {
   sub->add_option("--ssh-user", args->options.ssh_user,
                   "the login vmfest uses (default: what a bundle states, else 'vmfest', which each "
                   "instance's cloud-init seed creates with passwordless sudo)");
+  auto* key = sub->add_option("--ssh-key", args->options.ssh_key,
+                              "the image's published private key (an image without cloud-init, "
+                              "such as a Vagrant box): vmfest logs in with it once per instance, "
+                              "then with the instance's own key");
+  sub->add_option("--ssh-password-file", args->options.ssh_password_file,
+                  "a file whose first line is the image's published password, used like "
+                  "--ssh-key")
+      ->excludes(key);
   sub->callback([&command, args] {
     command.run = [args] {
       Model model = setup_model(args->source, args->options);
-      fmt::print("model '{}' is ready ({}, {}, SSH user {}): {}\n", model.name, model.format,
-                 mebibytes(model.size_bytes), model.ssh_user, model.directory.string());
+      fmt::print("model '{}' is ready ({}, {}, SSH user {}{}): {}\n", model.name, model.format,
+                 mebibytes(model.size_bytes), model.ssh_user,
+                 model.published_login.empty() ? ""
+                 : model.published_login.password_file.empty()
+                     ? ", first login by published key"
+                     : ", first login by published password",
+                 model.directory.string());
       return 0;
     };
   });

@@ -106,7 +106,9 @@ std::shared_ptr<Connection> Connection::open(const Endpoint& endpoint,
                                              milliseconds connect_timeout,
                                              milliseconds io_timeout) {
   SessionPtr session = log_in(endpoint, credentials, connect_timeout);
+  std::string host_key = offered_host_key(session.get());
   std::shared_ptr<Connection> connection(new Connection(endpoint, std::move(session)));
+  connection->host_key_ = std::move(host_key);
   connection->set_io_timeout(io_timeout);
   return connection;
 }

@@ -111,6 +111,8 @@ class Connection {
   [[nodiscard]] Lock lock();
   [[nodiscard]] const Endpoint& endpoint() const noexcept { return endpoint_; }
   [[nodiscard]] std::string describe() const;  // user@host:port, for messages
+  // The host key the guest offered ("type base64").
+  [[nodiscard]] const std::string& host_key() const noexcept { return host_key_; }
   [[nodiscard]] milliseconds io_timeout() const noexcept { return io_timeout_.load(); }
   void set_io_timeout(milliseconds timeout) noexcept { io_timeout_ = timeout; }
   [[nodiscard]] Clock::time_point io_deadline() const { return Clock::now() + io_timeout(); }
@@ -212,6 +214,7 @@ class Connection {
   void close_all() noexcept;
 
   Endpoint endpoint_;
+  std::string host_key_;  // what the guest offered at login
   SessionPtr session_;
   ssh_event event_ = nullptr;
   ssh_counter_struct received_{};        // libssh counts incoming bytes here

@@ -173,4 +173,13 @@ std::string KeyPair::private_dropbear() const {
   return dropbear;
 }
 
+bool is_usable_private_key(const std::string& text) {
+  ssh_key raw = nullptr;
+  if (ssh_pki_import_privkey_base64(text.c_str(), nullptr, nullptr, nullptr, &raw) != SSH_OK) {
+    return false;
+  }
+  ssh_key_free(raw);
+  return true;
+}
+
 }  // namespace vmfest::ssh

@@ -22,7 +22,8 @@ void set_libssh_timeout(ssh_session session, milliseconds timeout) {
 
 namespace {
 
-SessionPtr new_session(const Endpoint& endpoint, milliseconds timeout) {
+SessionPtr new_session(const Endpoint& endpoint, milliseconds timeout,
+                       const Credentials& credentials) {
   SessionPtr session(ssh_new());
   if (!session) throw SshError("libssh could not allocate a session");
   ssh_session s = session.get();
@@ -38,7 +39,15 @@ SessionPtr new_session(const Endpoint& endpoint, milliseconds timeout) {
   }
   ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, "/dev/null");
   ssh_options_set(s, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null");
-  ssh_options_set(s, SSH_OPTIONS_HOSTKEYS, "ssh-ed25519");
+  // Only the pinned key's type is asked for (instances' own keys are Ed25519; an image that kept
+  // its own has another); a first login takes any.
+  if (!credentials.accept_any_host_key) {
+    const std::string& pinned = credentials.pinned_host_key;
+    std::string type = pinned.substr(0, pinned.find(' '));
+    if (type.empty()) type = "ssh-ed25519";
+    if (type == "ssh-rsa") type = "rsa-sha2-512,rsa-sha2-256,ssh-rsa";  // the signatures it makes
+    ssh_options_set(s, SSH_OPTIONS_HOSTKEYS, type.c_str());
+  }
   // Commands are request/reply exchanges of small packets: without TCP_NODELAY, Nagle holds the
   // second of two back-to-back writes for the guest's delayed ACK (up to 40 ms a command).
   int yes = 1;
@@ -66,25 +75,36 @@ void verify_host_key(ssh_session session, const Endpoint& endpoint, const std::s
   }
 }
 
-void authenticate(ssh_session session, const Endpoint& endpoint, const std::string& private_key) {
-  ssh_key raw = nullptr;
-  if (ssh_pki_import_privkey_base64(private_key.c_str(), nullptr, nullptr, nullptr, &raw) !=
-      SSH_OK) {
-    throw SshError("the instance's client private key could not be parsed");
+void authenticate(ssh_session session, const Endpoint& endpoint, const Credentials& credentials) {
+  const bool by_password = credentials.client_private_key.empty() && !credentials.password.empty();
+  int rc = SSH_AUTH_DENIED;
+  if (by_password) {
+    rc = ssh_userauth_password(session, nullptr, credentials.password.c_str());
+  } else {
+    ssh_key raw = nullptr;
+    if (ssh_pki_import_privkey_base64(credentials.client_private_key.c_str(), nullptr, nullptr,
+                                      nullptr, &raw) != SSH_OK) {
+      throw SshError(fmt::format("the client private key for {} could not be parsed",
+                                 describe_endpoint(endpoint)));
+    }
+    KeyPtr key(raw);
+    rc = ssh_userauth_publickey(session, nullptr, key.get());
   }
-  KeyPtr key(raw);
-  int rc = ssh_userauth_publickey(session, nullptr, key.get());
+  const char* method = by_password ? "password" : "public-key";
   if (rc == SSH_AUTH_ERROR) {
     // The connection broke before the server answered: not a refusal, so worth another attempt
     // (a guest shutting down kills its sshd under connections it has just accepted).
-    throw SshError(fmt::format("the connection to {} broke during public-key authentication ({})",
-                               describe_endpoint(endpoint), ssh_get_error(session)));
+    throw SshError(fmt::format("the connection to {} broke during {} authentication ({})",
+                               describe_endpoint(endpoint), method, ssh_get_error(session)));
   }
   if (rc != SSH_AUTH_SUCCESS) {
-    throw SshAuthError(fmt::format(
-        "public-key authentication as {} was refused ({}); check that the guest installed the "
-        "instance's authorized key from its cloud-init seed",
-        describe_endpoint(endpoint), ssh_get_error(session)));
+    const std::string said = ssh_get_error(session);
+    throw SshAuthError(
+        fmt::format("{} authentication as {} was refused{}{}", method, describe_endpoint(endpoint),
+                    said.empty() ? "" : " (" + said + ")",
+                    credentials.accept_any_host_key
+                        ? ""
+                        : "; check that the guest installed the instance's authorized key"));
   }
 }
 
@@ -92,7 +112,7 @@ void authenticate(ssh_session session, const Endpoint& endpoint, const std::stri
 
 SessionPtr log_in(const Endpoint& endpoint, const Credentials& credentials,
                   milliseconds connect_timeout) {
-  SessionPtr session = new_session(endpoint, connect_timeout);
+  SessionPtr session = new_session(endpoint, connect_timeout, credentials);
   const auto begin = Clock::now();
   if (ssh_connect(session.get()) != SSH_OK) {
     std::string message = fmt::format("cannot connect to {}: {}", describe_endpoint(endpoint),
@@ -101,9 +121,21 @@ SessionPtr log_in(const Endpoint& endpoint, const Credentials& credentials,
     if (Clock::now() - begin >= connect_timeout) throw SshTimeoutError(std::move(message));
     throw SshError(std::move(message));
   }
-  verify_host_key(session.get(), endpoint, credentials.pinned_host_key);
-  authenticate(session.get(), endpoint, credentials.client_private_key);
+  if (!credentials.accept_any_host_key) {
+    verify_host_key(session.get(), endpoint, credentials.pinned_host_key);
+  }
+  authenticate(session.get(), endpoint, credentials);
   return session;
+}
+
+std::string offered_host_key(ssh_session session) {
+  ssh_key raw = nullptr;
+  if (ssh_get_server_publickey(session, &raw) != SSH_OK) return {};
+  KeyPtr key(raw);
+  char* blob = nullptr;
+  if (ssh_pki_export_pubkey_base64(key.get(), &blob) != SSH_OK) return {};
+  const CString owned(blob);
+  return fmt::format("{} {}", ssh_key_type_to_char(ssh_key_type(key.get())), owned.get());
 }
 
 }  // namespace vmfest::ssh::detail

@@ -164,6 +164,8 @@ Session::~Session() = default;
 
 const Endpoint& Session::endpoint() const noexcept { return impl_->endpoint; }
 
+std::string Session::host_key() const { return impl_->current()->host_key(); }
+
 Session Session::connect(const Endpoint& endpoint, const Credentials& credentials,
                          milliseconds timeout) {
   auto impl = std::make_unique<Impl>();

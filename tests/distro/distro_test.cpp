@@ -104,9 +104,11 @@ TEST_F(DistroImage, OnlyTheInstancesOwnHostKeyIsInTheGuest) {
 TEST_F(DistroImage, RootIsRefusedWithTheImagesOwnMessage) {
   vmfest::ssh::Endpoint root = ssh().endpoint();
   root.user = "root";
-  const vmfest::ssh::Credentials credentials{
-      vmfest::ssh::KeyPair::load(instance().directory() / "id_ed25519").private_openssh,
-      trimmed(vmfest::detail::read_text(instance().directory() / "host_ed25519.pub"))};
+  vmfest::ssh::Credentials credentials;
+  credentials.client_private_key =
+      vmfest::ssh::KeyPair::load(instance().directory() / "id_ed25519").private_openssh;
+  credentials.pinned_host_key =
+      trimmed(vmfest::detail::read_text(instance().directory() / "host_ed25519.pub"));
   vmfest::ssh::Session session = vmfest::ssh::Session::connect(root, credentials);
   const auto result = session.run("id");
   EXPECT_EQ(result.exit_status, 142);

@@ -127,8 +127,12 @@ class HostService {
 };
 
 vmfest::ssh::Credentials credentials_of(const vmfest::Instance& instance) {
-  return {vmfest::ssh::KeyPair::load(instance.directory() / "id_ed25519").private_openssh,
-          trimmed(vmfest::detail::read_text(instance.directory() / "host_ed25519.pub"))};
+  vmfest::ssh::Credentials credentials;
+  credentials.client_private_key =
+      vmfest::ssh::KeyPair::load(instance.directory() / "id_ed25519").private_openssh;
+  credentials.pinned_host_key =
+      trimmed(vmfest::detail::read_text(instance.directory() / "host_ed25519.pub"));
+  return credentials;
 }
 
 // One instance for a whole suite: booting is the expensive part. (Run as one process per suite,

@@ -27,6 +27,17 @@ struct BootSpec {
   std::string cmdline;           // Kernel only
 };
 
+// The login an image publishes for its first use, for images without cloud-init: a Vagrant box's
+// insecure key, an appliance's documented password. vmfest logs in with it once per instance,
+// installs the instance's own key (replacing it in the user's authorized_keys) and, where it can, a
+// fresh host key and the hostname, and from then on uses only the instance's key.
+struct PublishedLogin {
+  std::filesystem::path private_key;    // absolute, in the model's folder (owner-only); or empty
+  std::filesystem::path password_file;  // absolute, in the model's folder (owner-only); or empty
+
+  [[nodiscard]] bool empty() const noexcept { return private_key.empty() && password_file.empty(); }
+};
+
 struct Model {
   std::string name;
   std::filesystem::path directory;  // the model's folder in the registry
@@ -40,6 +51,8 @@ struct Model {
   // user (passwordless sudo) on any cloud-init image unless it is root.
   std::string ssh_user = std::string(kDefaultSshUser);
   int ssh_port = 22;
+  // Set for an image without cloud-init: what the first login uses (see PublishedLogin).
+  PublishedLogin published_login;
   std::string ready_marker;  // a console line the guest prints when SSH is up; empty: none
   // The image runs vmfest's guest agent by itself (vmfest's default model); otherwise the seed of
   // an instance that builds a warm image carries it.
@@ -88,21 +101,27 @@ struct SetupOptions {
   // The SSH login of the model; empty: what a bundle states, else "vmfest" (created by the seed).
   // Setting it for an installed model (same source) only changes the login.
   std::string ssh_user;
+  // The image's published login (PublishedLogin), instead of what a bundle or box states: a private
+  // key file (OpenSSH or PEM), or a file whose first line is the password. At most one of them.
+  // Like ssh_user, setting them for an installed model (same source) only changes the login.
+  std::filesystem::path ssh_key;
+  std::filesystem::path ssh_password_file;
   std::function<void(const Progress&)> on_progress;  // empty: a bar on a terminal, lines in CI
   // A download that delivers less than 1 KiB/s for this long is abandoned (its bytes are kept).
   std::chrono::seconds stall_timeout{60};
 };
 
 // Installs a model from a URL (http, https, file) or a local path: a disk image (qcow2, raw, vdi,
-// vmdk; optionally gzip-compressed, single- or multi-member) or a bundle (a folder, or a tar,
-// optionally gzip-compressed, holding vmfest-model.json and the files it names). Compression and
-// tar are recognised by their content, not by the file name. qcow2, raw, vdi and vmdk disks are
-// kept as they are (an instance's copy-on-write overlay can stand on any of them); other formats
-// qemu-img reads (vpc, vhdx, qed, ...) are converted to qcow2. An interrupted http(s) download is
-// kept under Home::cache() and the next call resumes it where the server supports ranges. Safe
-// against concurrent callers for the same name: one installs, the others wait and use the result; a
-// failed setup registers nothing. The same source again is a no-op unless `replace`. Returns the
-// registered model.
+// vmdk; optionally gzip-compressed, single- or multi-member), a bundle (a folder, or a tar,
+// optionally gzip-compressed, holding vmfest-model.json and the files it names) or a Vagrant box (a
+// tar, optionally gzipped, of the libvirt provider or the virtualbox provider, with Vagrant's login
+// unless its Vagrantfile states another). Compression and tar are recognised by their content, not
+// by the file name. qcow2, raw, vdi and vmdk disks are kept as they are (an instance's
+// copy-on-write overlay can stand on any of them); other formats qemu-img reads (vpc, vhdx, qed,
+// ...) are converted to qcow2. An interrupted http(s) download is kept under Home::cache() and the
+// next call resumes it where the server supports ranges. Safe against concurrent callers for the
+// same name: one installs, the others wait and use the result; a failed setup registers nothing.
+// The same source again is a no-op unless `replace`. Returns the registered model.
 Model setup_model(const std::string& source, const SetupOptions& options = {},
                   const Home& home = Home::from_environment());
 

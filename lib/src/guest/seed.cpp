@@ -23,17 +23,10 @@ constexpr const char* kAgentFile = "vmfest-agent.gz";  // beside user-data on th
 // megabyte costs seconds of an emulated CPU each time. Without systemd it runs in the background.
 void write_agent(std::ostringstream& text) {
   text << "write_files:\n";
-  text << "  - path: /etc/systemd/system/vmfest-agent.service\n";
+  text << "  - path: " << kAgentUnitPath << "\n";
   text << "    content: |\n";
-  text << "      [Unit]\n";
-  text << "      Description=vmfest guest agent (identity of warm clones)\n";
-  text << "      [Service]\n";
-  text << "      ExecStart=" << kSeededAgentPath << "\n";
-  text << "      Restart=on-failure\n";
-  // Enabled, so the agent runs again after a reboot (a provisioning step may reboot the guest,
-  // and cloud-init's runcmd runs once per instance).
-  text << "      [Install]\n";
-  text << "      WantedBy=multi-user.target\n";
+  std::istringstream unit(agent_systemd_unit());
+  for (std::string line; std::getline(unit, line);) text << "      " << line << "\n";
   const std::string agent(kSeededAgentPath);
   text << "runcmd:\n";
   text << "  - [sh, -c, 'set -e; seed=$(blkid -L cidata || blkid -L CIDATA); m=$(mktemp -d); "

@@ -15,6 +15,7 @@
 #include "../base/files.h"
 #include "../base/json_file.h"
 #include "../base/sha256.h"
+#include "../guest/first_login.h"
 #include "../guest/guest_agent.h"
 #include "../guest/seed.h"
 #include "vmfest/error.h"
@@ -104,9 +105,12 @@ fs::path warm_image_directory(const Model& model, const Profile& profile,
   // The login and a seeded agent live in the saved guest: a change of either is another image.
   static const std::string seeded_agent =
       sha256_text(std::string(guest_agent_gzip()) + agent_cloud_config());
+  // A published login's first login installs the identity and the agent by scripts of their own.
+  const std::string first_login =
+      model.published_login.empty() ? "" : "first login " + first_login_scripts_digest() + "\n";
   const std::string key = sha256_text(fmt::format(
-      "{}profile {} MiB {} CPUs\nssh user {}\nagent {}\n", fingerprint, profile.memory_mib,
-      profile.cpus, model.ssh_user, model.guest_agent ? "built in" : seeded_agent));
+      "{}profile {} MiB {} CPUs\nssh user {}\nagent {}\n{}", fingerprint, profile.memory_mib,
+      profile.cpus, model.ssh_user, model.guest_agent ? "built in" : seeded_agent, first_login));
   return model.directory / "warm" / key.substr(0, 16);
 }
 

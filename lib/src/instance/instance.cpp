@@ -217,7 +217,13 @@ detail::ReadinessWaiter Instance::Impl::readiness() {
   return {{home, model, record.name, *machine, endpoint(), credentials}, ready_timeout, clock};
 }
 
-void Instance::Impl::wait_until_ready(bool cold) { session.emplace(readiness().wait(cold)); }
+void Instance::Impl::wait_until_ready(bool cold) {
+  if (cold && !model.published_login.empty() && !record.first_login_done) {
+    first_login();
+    cold = false;  // booted and answering: what is left is to log in with the instance's key
+  }
+  session.emplace(readiness().wait(cold));
+}
 
 void Instance::Impl::report_progress(const char* phase) {
   clock.report_progress(phase, machine->console_log());
@@ -326,13 +332,16 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
                                   host.public_openssh};
     identity.ssh_user = impl->model.ssh_user;
     // The first start builds the warm image from this boot: a stock image needs the agent.
-    identity.include_agent = !impl->record.warm_build.empty() && !impl->model.guest_agent;
+    // (An image with a published login has no cloud-init: its first login delivers the agent.)
+    identity.include_agent = !impl->record.warm_build.empty() && !impl->model.guest_agent &&
+                             impl->model.published_login.empty();
     detail::write_seed_image(directory, identity);
     // A warm clone hands its host key to the guest agent after resuming, in the server's format.
     detail::write_text_atomically(directory / detail::kHostKeyDropbear, host.private_dropbear(),
                                   0600);
     detail::write_text_atomically(directory / detail::kHostKeyOpenssh, host.private_openssh, 0600);
-    impl->credentials = {client.private_openssh, host.public_openssh};
+    impl->credentials.client_private_key = client.private_openssh;
+    impl->credentials.pinned_host_key = host.public_openssh;
     detail::MachineConfig config = machine_config(home, impl->record, impl->model);
     config.private_nic = request.private_nic;
     impl->machine = impl->backend->machine(config, nlohmann::json());
@@ -366,7 +375,8 @@ Instance Instance::open(const std::string& name, const Home& home) {
   ssh::KeyPair client = ssh::KeyPair::load(directory / detail::kClientKey);
   std::string host = detail::read_text(directory / detail::kHostPublicKey);
   while (!host.empty() && host.back() == '\n') host.pop_back();
-  impl->credentials = {client.private_openssh, host};
+  impl->credentials.client_private_key = client.private_openssh;
+  impl->credentials.pinned_host_key = host;
   return Instance(std::move(impl));
 }
 

@@ -86,7 +86,8 @@ struct Instance::Impl {
   void destroy();
   // A waiter on this instance's guest as it is now.
   detail::ReadinessWaiter readiness();
-  // Waits until the guest answers (see ReadinessWaiter::wait) and keeps the session.
+  // Waits until the guest answers (see ReadinessWaiter::wait) and keeps the session; a cold boot of
+  // a disk that has not had its model's first login has it first (first_login.cpp).
   void wait_until_ready(bool cold);
   void report_progress(const char* phase);
 
@@ -104,6 +105,12 @@ struct Instance::Impl {
   // After a launch that resumed a warm image: identity, then ready; a cold boot if that fails.
   void complete_warm_resume();
 
+  // ---- first_login.cpp ----
+  // Logs in with the model's published login once the booted guest answers, installs the
+  // instance's identity (and the agent, when this boot builds the warm image) and pins the host
+  // key to use from then on. SshAuthError when the guest refuses the published login.
+  void first_login();
+
   // ---- save_as_model.cpp ----
   Model save_as_model(const std::string& model_name);
 
@@ -120,6 +127,8 @@ struct Instance::Impl {
 
  private:
   void use_warm_image(const std::filesystem::path& image);
+  // Installs and starts the guest agent over a first login (first_login.cpp).
+  void deliver_agent(ssh::Session& first);
   // A new machine object for the record as it is now (before a launch: what it boots changed).
   void renew_machine();
   void deliver_identity();

@@ -1,6 +1,7 @@
 #include "readiness.h"
 
 #include <algorithm>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -21,6 +22,9 @@ constexpr seconds kFirstBootTimeout{300};  // no boot of the model recorded yet
 constexpr seconds kMinimumTimeout{120};
 constexpr seconds kMaximumTimeout{900};
 constexpr int kUsualBootMultiple = 5;
+// How long refusals of final credentials may go on: a guest whose SSH server has started refuses
+// every login with PAM's nologin until its boot has finished.
+constexpr seconds kRefusalGrace{30};
 
 // A booted cloud-init guest is ready once cloud-init is done: tests must not race its last
 // modules (users, packages, runcmd). A guest without cloud-init answers at once.
@@ -126,6 +130,7 @@ ssh::Session ReadinessWaiter::wait(bool cold) {
     clock_.phase_done("console");
   }
   AttemptErrors errors;
+  std::optional<Clock::time_point> first_refusal;
   while (Clock::now() < deadline) {
     auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
     try {
@@ -145,6 +150,10 @@ ssh::Session ReadinessWaiter::wait(bool cold) {
     } catch (const SshAuthError& error) {
       // After the marker the keys are in place: a refusal will not go away by waiting.
       if (has_marker) throw;
+      if (guest_.refusal_is_final) {
+        if (!first_refusal) first_refusal = Clock::now();
+        if (Clock::now() - *first_refusal >= kRefusalGrace) throw;
+      }
       errors.note(kGuestSaid, error.what());
     } catch (const HostKeyMismatchError& error) {
       if (has_marker) throw;

@@ -22,6 +22,10 @@ struct WaitedGuest {
   Machine& machine;
   ssh::Endpoint endpoint;
   const ssh::Credentials& credentials;
+  // Refusals of these credentials fail the wait once they have gone on for a while (a published
+  // password or key: only a booting guest's "not yet" (nologin) passes); otherwise a refusal may
+  // be a guest still installing its keys, and the wait goes on to its end.
+  bool refusal_is_final = false;
 };
 
 class ReadinessWaiter {

@@ -30,6 +30,7 @@ constexpr const char* kAwaitAgent =
 
 void Instance::Impl::use_warm_image(const fs::path& image) {
   record.warm_image = image.string();
+  record.first_login_done = true;  // the saved guest had it; the agent gives this clone its key
   detail::mark_warm_image_used(image);
   renew_machine();
   machine->create_disk();
@@ -93,10 +94,12 @@ std::string Instance::Impl::fingerprint_still_of(const fs::path& model_warm_imag
 Instance::Impl::AgentCheck Instance::Impl::prepare_agent() {
   try {
     if (!session->run(detail::kAwaitAgent).ok()) {
-      return {
-          "no vmfest-agent process runs in the guest (the image has neither cloud-init to "
-          "start it from the seed nor an agent of its own)",
-          true};
+      return {model.published_login.empty()
+                  ? "no vmfest-agent process runs in the guest (the image has neither cloud-init "
+                    "to start it from the seed nor an agent of its own)"
+                  : "no vmfest-agent process runs in the guest (its first login could not install "
+                    "and start it)",
+              true};
     }
     const std::string reply = machine->agent_exchange("ping\n", seconds(5));
     if (reply != "pong") return {"the guest agent answered '" + reply + "' to a ping", true};
@@ -271,7 +274,8 @@ void Instance::Impl::fall_back_to_cold_boot(const std::string& why) {
   session.reset();
   machine->kill();
   record.warm_image.clear();
-  record.layer_build.clear();  // a layer is built on a warm image, not on this boot
+  record.layer_build.clear();       // a layer is built on a warm image, not on this boot
+  record.first_login_done = false;  // a fresh disk from the model
   build.layer_lock.reset();
   build.steps_inherited = 0;
   machine = backend->machine(detail::machine_config(home, record, model), nlohmann::json());

@@ -17,6 +17,7 @@
 #include "../base/subprocess.h"
 #include "../registry/registry_store.h"
 #include "archive.h"
+#include "bundle.h"
 #include "byte_sink.h"
 #include "content_writer.h"
 #include "download.h"
@@ -24,6 +25,7 @@
 #include "output_file.h"
 #include "progress.h"
 #include "url.h"
+#include "vagrant_box.h"
 #include "vmfest/error.h"
 #include "vmfest/model.h"
 
@@ -68,8 +70,8 @@ Source parse_source(const std::string& text) {
 
 // "debian-12-genericcloud-amd64.qcow2.gz" -> "debian-12-genericcloud-amd64"
 std::string name_from_file_name(std::string name) {
-  for (const char* suffix :
-       {".gz", ".tgz", ".tar", ".qcow2", ".raw", ".img", ".vdi", ".vmdk", ".vhd", ".vhdx"}) {
+  for (const char* suffix : {".gz", ".tgz", ".tar", ".box", ".qcow2", ".raw", ".img", ".vdi",
+                             ".vmdk", ".vhd", ".vhdx"}) {
     const std::string_view ending(suffix);
     if (name.size() > ending.size() && name.ends_with(ending))
       name.resize(name.size() - ending.size());
@@ -113,37 +115,6 @@ std::string checked_sha256(std::string hex) {
 
 // ---- bundles ---------------------------------------------------------------------------------
 
-// A file a bundle's manifest names, checked to lie inside the bundle.
-fs::path bundle_file(const fs::path& root, const std::string& name, const std::string& what) {
-  const fs::path relative(name);
-  const bool escapes =
-      relative.is_absolute() || std::any_of(relative.begin(), relative.end(),
-                                            [](const fs::path& part) { return part == ".."; });
-  if (name.empty() || escapes || relative.lexically_normal() == detail::kModelFile) {
-    throw SetupError(
-        fmt::format("{} names the file '{}': bundle files must have relative names "
-                    "inside the bundle (and not {})",
-                    what, name, detail::kModelFile));
-  }
-  const fs::path path = root / relative.lexically_normal();
-  // A link may point anywhere on the host: the file it leads to must lie in the bundle too, or a
-  // bundle could hand the guest any file the caller can read.
-  std::error_code error;
-  const fs::path resolved = fs::canonical(path, error);
-  const fs::path bundle = fs::canonical(root);
-  const auto inside = std::mismatch(bundle.begin(), bundle.end(), resolved.begin(), resolved.end());
-  if (!error && inside.first != bundle.end()) {
-    throw SetupError(fmt::format(
-        "{} names '{}', a symbolic link to {}, outside the bundle: a bundle must hold its files "
-        "itself (copy the file into the bundle)",
-        what, name, resolved.string()));
-  }
-  if (error || !fs::is_regular_file(resolved)) {
-    throw SetupError(fmt::format("{} names '{}', which is not a file in the bundle", what, name));
-  }
-  return resolved;
-}
-
 // Stages the files a bundle's manifest names (copied, or moved when the bundle is our own unpacked
 // tar) and returns the model they make.
 Model stage_bundle(const fs::path& root, const fs::path& staging, bool move,
@@ -166,7 +137,7 @@ Model stage_bundle(const fs::path& root, const fs::path& staging, bool move,
       if (!boot.value("initrd", "").empty()) names.push_back(boot.value("initrd", ""));
     }
     for (const std::string& name : names) {
-      const fs::path from = bundle_file(root, name, manifest_what);
+      const fs::path from = detail::bundle_file(root, name, manifest_what);
       const fs::path to = staging / fs::path(name).lexically_normal();
       fs::create_directories(to.parent_path());
       if (move) {
@@ -176,6 +147,8 @@ Model stage_bundle(const fs::path& root, const fs::path& staging, bool move,
       }
     }
     model = detail::model_from_json(manifest, staging);
+    detail::stage_manifest_login(model, manifest.value("ssh", nlohmann::json::object()), root,
+                                 staging, manifest_what);
   } catch (const nlohmann::json::exception& error) {
     throw SetupError(
         fmt::format("{} is not valid model metadata: {}", manifest_what, error.what()));
@@ -205,7 +178,9 @@ Model stage_content(const detail::Content& content, const fs::path& staging,
     fs::create_directories(unpacked);
     detail::extract_tar(content.path, unpacked, what);
     fs::remove(content.path);
-    Model model = stage_bundle(bundle_root(unpacked, what), staging, true, what);
+    Model model = detail::is_vagrant_box(unpacked)
+                      ? detail::stage_vagrant_box(unpacked, staging, true, what)
+                      : stage_bundle(bundle_root(unpacked, what), staging, true, what);
     fs::remove_all(unpacked);
     return model;
   }
@@ -225,6 +200,9 @@ Model stage_source(const Source& source, const SetupOptions& options, const Home
       throw InvalidArgument(fmt::format("SetupOptions::sha256 is for files; {} is a folder", what));
     }
     if (!fs::exists(source.local / detail::kBundleManifest)) {
+      if (detail::is_vagrant_box(source.local)) {
+        return detail::stage_vagrant_box(source.local, staging, false, what);
+      }
       throw SetupError(fmt::format("{} is a folder without {}: not a model bundle", what,
                                    detail::kBundleManifest));
     }
@@ -328,11 +306,31 @@ void validate_ssh_user(const std::string& user) {
   }
 }
 
-// A new login for an installed model: only its model.json changes.
-Model change_ssh_user(ModelRegistry& registry, Model model, const std::string& user) {
-  spdlog::info("vmfest: model '{}' now logs in as '{}' (was '{}')", model.name, user,
-               model.ssh_user);
-  model.ssh_user = user;
+// The published login SetupOptions state, stored in the model's folder `directory`.
+void apply_login_options(Model& model, const SetupOptions& options, const fs::path& directory) {
+  if (!options.ssh_user.empty()) model.ssh_user = options.ssh_user;
+  if (!options.ssh_key.empty()) {
+    detail::store_published_key(model.published_login, directory, options.ssh_key, "--ssh-key");
+  } else if (!options.ssh_password_file.empty()) {
+    detail::store_published_password(model.published_login, directory,
+                                     detail::read_password_file(options.ssh_password_file),
+                                     "--ssh-password-file");
+  }
+}
+
+bool changes_login(const Model& model, const SetupOptions& options) {
+  return (!options.ssh_user.empty() && options.ssh_user != model.ssh_user) ||
+         !options.ssh_key.empty() || !options.ssh_password_file.empty();
+}
+
+// A new login for an installed model: only its model.json (and published login) change.
+Model change_login(ModelRegistry& registry, Model model, const SetupOptions& options) {
+  apply_login_options(model, options, model.directory);
+  spdlog::info("vmfest: model '{}' now logs in as '{}'{}", model.name, model.ssh_user,
+               model.published_login.empty() ? ""
+               : model.published_login.password_file.empty()
+                   ? " (first by its published key)"
+                   : " (first by its published password)");
   const fs::path file = model.directory / detail::kModelFile;
   detail::write_text_atomically(file, detail::model_to_json(model).dump(2));
   fs::permissions(file, fs::perms::owner_write | fs::perms::group_write | fs::perms::others_write,
@@ -345,6 +343,13 @@ Model change_ssh_user(ModelRegistry& registry, Model model, const std::string& u
 Model setup_model(const std::string& source_text, const SetupOptions& options, const Home& home) {
   const Source source = parse_source(source_text);
   if (!options.ssh_user.empty()) validate_ssh_user(options.ssh_user);
+  if (!options.ssh_key.empty() && !options.ssh_password_file.empty()) {
+    throw InvalidArgument(
+        "an SSH key and an SSH password file were both given for the model's published login: "
+        "give one (a key, or a password)");
+  }
+  if (!options.ssh_password_file.empty())
+    (void)detail::read_password_file(options.ssh_password_file);
   if (!options.sha256.empty()) (void)checked_sha256(options.sha256);
   const std::string name = model_name(source, options);
   validate_name(name, "model");
@@ -370,8 +375,8 @@ Model setup_model(const std::string& source_text, const SetupOptions& options, c
   ModelRegistry registry(home);
   std::optional<Model> existing = registry.find(name);
   if (existing && existing->source == source.recorded && !options.replace) {
-    if (options.ssh_user.empty() || options.ssh_user == existing->ssh_user) return *existing;
-    return change_ssh_user(registry, *existing, options.ssh_user);
+    if (!changes_login(*existing, options)) return *existing;
+    return change_login(registry, *existing, options);
   }
   if (existing) {
     auto users = detail::instances_of_model(home, name);
@@ -393,7 +398,7 @@ Model setup_model(const std::string& source_text, const SetupOptions& options, c
     Model model = stage_source(source, options, home, staging, name);
     model.name = name;
     model.source = source.recorded;
-    if (!options.ssh_user.empty()) model.ssh_user = options.ssh_user;
+    apply_login_options(model, options, staging);
     const fs::path final_directory = home.models() / name;
     detail::write_text_atomically(staging / detail::kModelFile,
                                   detail::model_to_json(model).dump(2));

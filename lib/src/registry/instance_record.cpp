@@ -37,6 +37,7 @@ std::optional<InstanceRecord> read_instance_record(const fs::path& directory) {
         record.warm_image = json.value("warm_image", "");
         record.warm_build = json.value("warm_build", "");
         record.layer_build = json.value("layer_build", "");
+        record.first_login_done = json.value("first_login_done", false);
         record.machine = json.value("machine", nlohmann::json::object());
         return record;
       },
@@ -58,6 +59,7 @@ void write_instance_record(const fs::path& directory, const InstanceRecord& reco
                          {"warm_image", record.warm_image},
                          {"warm_build", record.warm_build},
                          {"layer_build", record.layer_build},
+                         {"first_login_done", record.first_login_done},
                          {"machine", record.machine}};
   write_text_atomically(directory / kRecordFile, json.dump(2));
 }

@@ -42,6 +42,9 @@ struct InstanceRecord {
   // The provisioned layer (see layers.h) this instance's first start builds by running its
   // request's steps; empty: none to build.
   std::string layer_build;
+  // Its disk has had the model's first login (PublishedLogin): the instance's own key replaced the
+  // published credential there, which opens it no more. Only for models with a published login.
+  bool first_login_done = false;
   nlohmann::json machine = nlohmann::json::object();  // the backend's saved state
 };
 

@@ -37,6 +37,8 @@ Model model_from_json(const nlohmann::json& json, const fs::path& directory) {
   const auto ssh = json.value("ssh", nlohmann::json::object());
   model.ssh_user = ssh.value("user", std::string(kDefaultSshUser));
   model.ssh_port = ssh.value("port", 22);
+  model.published_login.private_key = file(ssh.value("private_key", ""));
+  model.published_login.password_file = file(ssh.value("password_file", ""));
   model.ready_marker = json.value("ready_marker", "");
   model.guest_agent = json.value("guest_agent", false);
   return model;
@@ -52,6 +54,13 @@ nlohmann::json model_to_json(const Model& model) {
     boot["initrd"] = relative(model.boot.initrd);
     boot["cmdline"] = model.boot.cmdline;
   }
+  nlohmann::json ssh = {{"user", model.ssh_user}, {"port", model.ssh_port}};
+  if (!model.published_login.private_key.empty()) {
+    ssh["private_key"] = relative(model.published_login.private_key);
+  }
+  if (!model.published_login.password_file.empty()) {
+    ssh["password_file"] = relative(model.published_login.password_file);
+  }
   return {{"name", model.name},
           {"disk", relative(model.disk)},
           {"format", model.format},
@@ -59,7 +68,7 @@ nlohmann::json model_to_json(const Model& model) {
           {"sha256", model.sha256},
           {"source", model.source},
           {"boot", boot},
-          {"ssh", {{"user", model.ssh_user}, {"port", model.ssh_port}}},
+          {"ssh", ssh},
           {"ready_marker", model.ready_marker},
           {"guest_agent", model.guest_agent}};
 }

@@ -22,4 +22,8 @@ struct KeyPair {
   static KeyPair load(const std::filesystem::path& private_path);
 };
 
+// True when `text` is an unencrypted private key of any type libssh can log in with (OpenSSH or
+// PEM format), such as an image's published key.
+bool is_usable_private_key(const std::string& text);
+
 }  // namespace vmfest::ssh

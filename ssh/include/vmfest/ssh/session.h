@@ -31,8 +31,15 @@ struct Endpoint {
 };
 
 struct Credentials {
-  std::string client_private_key;  // OpenSSH format; never logged
+  std::string client_private_key;  // OpenSSH or PEM format; never logged
   std::string pinned_host_key;     // "ssh-ed25519 AAAA...": the only host key accepted
+  // Password authentication, when there is no client key (an appliance's published password);
+  // never logged.
+  std::string password;
+  // Any host key of any type is accepted instead of the pinned one. Only for the first login to
+  // an image with published credentials, whose host key cannot be known in advance: the caller
+  // reads it with Session::host_key() and pins a fresh one from then on.
+  bool accept_any_host_key = false;
 };
 
 struct CommandResult {
@@ -179,6 +186,8 @@ class Session {
   [[nodiscard]] std::chrono::milliseconds io_timeout() const;
 
   [[nodiscard]] const Endpoint& endpoint() const noexcept;
+  // The host key the guest offered on the current connection ("ssh-ed25519 AAAA...").
+  [[nodiscard]] std::string host_key() const;
 
  private:
   struct Impl;
