@@ -36,10 +36,10 @@ if [ "$broken_kvm" = true ]; then
     echo "vmfest: made /dev/kvm for the broken-KVM run (removed at the end)"
   fi
   echo "vmfest: broken-KVM run: qemu-system-x86_64 is $(command -v qemu-system-x86_64)"
-  # The Debian cloud image's tests (label distro) are about the image, and the libvirt backend's
-  # (label libvirt) about libvirt, not the QEMU backend's accelerator probe: the first run has
-  # them, and they would add minutes of TCG boots here.
-  set -- -LE 'distro|libvirt' "$@"
+  # The distro images' tests (label distro) are about the images, and the libvirt and VirtualBox
+  # backends' (labels libvirt, virtualbox) about those backends, not the QEMU backend's accelerator
+  # probe: the first run has them, and they would add minutes of TCG boots here.
+  set -- -LE 'distro|libvirt|virtualbox' "$@"
 fi
 
 # The fixtures record each instance's phases under the artifacts folder (VMFEST_ARTIFACTS, set by
