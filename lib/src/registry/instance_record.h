@@ -42,6 +42,8 @@ struct InstanceRecord {
   // The provisioned layer (see layers.h) this instance's first start builds by running its
   // request's steps; empty: none to build.
   std::string layer_build;
+  // The card on a private segment the request asked for (every launch has it; see PrivateNic).
+  std::optional<PrivateNic> private_nic;
   nlohmann::json machine = nlohmann::json::object();  // the backend's saved state
 };
 
