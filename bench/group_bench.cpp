@@ -1,5 +1,6 @@
-// A group of three VMs on a private network, ready (every member started, on its segment with its
-// address and the group's /etc/hosts), booted cold vs resumed warm, side by side in one run on the
+// A group of three VMs on a private network, ready (every member created and started, on its
+// segment with its address and the group's /etc/hosts; the wait for the host's VM slots left
+// out), booted cold vs resumed warm, side by side in one run on the
 // default model; then the same for a Debian cloud image when one is given (its figure, no target).
 // Rounds interleave cold and warm so that load on the host hits both alike; each group is checked
 // (every member reaches every other by name) outside the timing. Runs in a private VMFEST_HOME and
@@ -9,6 +10,7 @@
 //   tools/build-debian-image.sh prints, /debian-12-cloud.qcow2.gz)]
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -54,8 +56,20 @@ double group_ready(const std::string& model, bool warm, int round) {
   }
   std::vector<vmfest::Instance*> starting;
   for (vmfest::Instance& member : members) starting.push_back(&member);
+  const double created = seconds_since(begin);
   vmfest::start_all(starting);
-  const double seconds = seconds_since(begin);
+  const double with_wait = seconds_since(begin);
+  // start_all takes the group's VM slots before any start: the wait for them depends on what else
+  // runs on the host, not on the group, and is left out (each start() is timed from its slots).
+  double slowest_start = 0;
+  for (const vmfest::Instance& member : members) {
+    slowest_start = std::max(slowest_start, member.boot_seconds());
+  }
+  const double seconds = created + slowest_start;
+  if (with_wait - seconds > 0.5) {
+    std::cout << fmt::format("  ({} group waited {:.1f} s for VM slots, left out)\n",
+                             warm ? "warm" : "cold", with_wait - seconds);
+  }
   for (std::size_t i = 0; i < kMembers; ++i) {
     if (members[i].resumed_warm() != warm) {
       throw vmfest::Error(fmt::format("member {} of a {} group {}", members[i].name(),
