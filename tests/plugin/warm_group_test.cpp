@@ -1,6 +1,7 @@
 // Groups of warm clones on private networks: every member resumes the model's (or its role's
 // layer's) warm image, the one single instances resume, and joins its segment after the resume
 // with its own MAC, address and hostname; /etc/hosts names the whole group.
+#include <filesystem>
 #include <optional>
 #include <set>
 #include <string>
@@ -218,6 +219,33 @@ TEST_F(ServerAndClients, ClientsReachTheServersServiceByName) {
     EXPECT_TRUE(reply.stdout_text.ends_with("served-by-the-server-role\n")) << reply.stdout_text;
   }
   EXPECT_TRUE(ssh(2).check("fetch node0").stdout_text.ends_with("served-by-the-server-role\n"));
+}
+
+// A member saved as a model: its disk is, its memory is not (it holds the segment's card, which no
+// warm image may hold), so the new model's first clone boots it, with the member's files.
+TEST(WarmGroups, AMemberSavedAsAModelLeavesItsMemoryOut) {
+  ensure_warm_image();
+  PrivateNetwork network;
+  const std::string name = "saved-" + network.id();
+  Instance member = Instance::create(request(name, network.attach({name})));
+  member.start();
+  member.ssh().check("echo from-the-member > /root/kept && sync");
+  const std::string model = "group-member-" + network.id();
+  const vmfest::Model saved = member.save_as_model(model);
+  EXPECT_EQ(member.ssh().check("cat /root/kept").stdout_text, "from-the-member\n");
+  member.destroy();
+  // No warm image beside the new model's disk (the folder warm images of a model live in).
+  const std::filesystem::path warm = saved.directory / "warm";
+  EXPECT_TRUE(!std::filesystem::exists(warm) || std::filesystem::is_empty(warm));
+  {
+    InstanceRequest wanted;
+    wanted.model = model;
+    Instance clone = Instance::create(wanted);
+    clone.start();
+    EXPECT_FALSE(resumed_without_boot(clone)) << phase_names(clone);
+    EXPECT_EQ(clone.ssh().check("cat /root/kept").stdout_text, "from-the-member\n");
+  }
+  vmfest::ModelRegistry().remove(model);
 }
 
 TEST(WarmGroups, ACardWithABadAddressOrNameIsRefusedAtCreate) {
