@@ -11,7 +11,8 @@
 # ctest resources of type `vms`, and vmfest_add_tests hands ctest a resource spec with the host's
 # capacity, so `ctest -j16` on 2 cores queues VM tests in ctest instead of in vmfest's host-wide
 # cap (VMFEST_MAX_VMS, which still guards runs outside ctest). The capacity is VMFEST_MAX_VMS
-# (environment or cache variable) at configure time, else min(cores, memory / 512 MiB).
+# (environment or cache variable) at configure time, else min(cores, memory / 512 MiB); a test of
+# more VMs takes the whole host, and vmfest runs the rest beyond its cap.
 # MODELS are set up once per test binary before its first test (VMFEST_MODELS); the default model
 # always is. Failed tests leave their logs in ${CMAKE_BINARY_DIR}/vmfest-artifacts
 # (VMFEST_ARTIFACTS), every test process the timeline of its instances in its records/ folder
@@ -74,6 +75,12 @@ function(vmfest_add_tests)
   endif()
   if(NOT ARG_VMS_PER_TEST)
     set(ARG_VMS_PER_TEST 1)
+  endif()
+  # A test of more VMs than the host's capacity takes the whole host in ctest, and vmfest runs its
+  # other VMs beyond the cap (a 3-VM group on a 2-core runner).
+  _vmfest_vm_capacity(capacity)
+  if(ARG_VMS_PER_TEST GREATER capacity)
+    set(ARG_VMS_PER_TEST ${capacity})
   endif()
 
   set(environment "VMFEST_ARTIFACTS=${CMAKE_BINARY_DIR}/vmfest-artifacts")

@@ -149,6 +149,36 @@ TEST_F(DistroImage, ClonesResumeWarmWithTheirOwnIdentity) {
   EXPECT_LT(fs::file_size(other.directory() / "disk.qcow2"), 64u << 20);
 }
 
+// Two members of a group on a private network, warm clones of the image single instances resume
+// (the segment's card plugged in after the resume): each has its address and reaches the other's
+// OpenSSH by name and by address. No ping in the image: bash's /dev/tcp reads the SSH banner.
+class DistroGroup : public vmfest::testing::InstanceTest {
+ protected:
+  static void SetUpTestSuite() { distro_model(); }
+
+  [[nodiscard]] vmfest::testing::VmRequirements requirements() const override {
+    return {.model = kModel, .instances = 2, .private_network = true};
+  }
+};
+
+TEST_F(DistroGroup, WarmMembersReachEachOtherByNameAndAddress) {
+  for (std::size_t i = 0; i < 2; ++i) {
+    const std::size_t peer = 1 - i;
+    Instance& member = instance(i);
+    EXPECT_TRUE(member.resumed_warm()) << member.name() << ": console:\n" << member.console_tail();
+    EXPECT_NE(ssh(i)
+                  .check("ip -4 -o addr")
+                  .stdout_text.find("inet " + instances().private_address(i) + "/24"),
+              std::string::npos);
+    for (const std::string& target : {instances().private_address(peer), instance(peer).name(),
+                                      "node" + std::to_string(peer)}) {
+      const auto banner =
+          ssh(i).check("timeout 10 bash -c 'exec 3<>/dev/tcp/" + target + "/22 && head -c 4 <&3'");
+      EXPECT_EQ(banner.stdout_text, "SSH-") << "from " << member.name() << " to " << target;
+    }
+  }
+}
+
 // The ways cloud images run their SSH server, each set up by the steps of a provisioned layer: the
 // layer is saved from one guest and resumed by every later instance, each with its own host key,
 // served by a server started after its resume (no key or RNG state of the saved guest's server).

@@ -239,6 +239,49 @@ TEST_F(RegistryTest, WrongShapedInstanceRecordIsAnErrorNamingTheFileAndForceTake
 
 // Warm images hold what their guests held in memory, layers what their steps uploaded: a home
 // vmfest makes is its owner's alone, and one that other users can read is named with the fix.
+// A member of a private segment keeps its card, address and the segment's names in its record:
+// every relaunch (a warm clone's fallback to a boot, a process that opens it) has them.
+TEST_F(RegistryTest, APrivateCardIsKeptInTheRecordAndABadOneIsRefusedAtCreate) {
+  vmfest::setup_model(make_qcow2("base.qcow2").string(), {}, home());
+  vmfest::InstanceRequest request;
+  request.model = "base";
+  request.name = "member";
+  request.detached = true;
+  request.warm = false;
+  request.private_nic =
+      vmfest::PrivateNic{"/tmp/hub.sock",
+                         "/tmp/port0.sock",
+                         "52:54:00:77:00:01",
+                         "10.0.0.1",
+                         16,
+                         {{"10.0.0.1", {"member", "node0"}}, {"10.0.0.2", {"peer", "node1"}}}};
+  const fs::path directory = vmfest::Instance::create(request, home()).info().directory;
+  const auto record = vmfest::detail::read_instance_record(directory);
+  ASSERT_TRUE(record && record->private_nic);
+  const vmfest::PrivateNic& kept = *record->private_nic;
+  EXPECT_EQ(kept.port_socket, "/tmp/port0.sock");
+  EXPECT_EQ(kept.mac, "52:54:00:77:00:01");
+  EXPECT_EQ(kept.address, "10.0.0.1");
+  EXPECT_EQ(kept.prefix_length, 16);
+  ASSERT_EQ(kept.hosts.size(), 2u);
+  EXPECT_EQ(kept.hosts[1].address, "10.0.0.2");
+  EXPECT_EQ(kept.hosts[1].names, (std::vector<std::string>{"peer", "node1"}));
+
+  request.name = "bad-prefix";
+  request.private_nic->prefix_length = 33;
+  EXPECT_TRUE(contains(
+      error_of<vmfest::InvalidArgument>([&] { vmfest::Instance::create(request, home()); }),
+      "the private card of instance 'bad-prefix': prefix length 33 is not 1-32"));
+  request.name = "hosts-without-address";
+  request.private_nic->prefix_length = 24;
+  request.private_nic->address.clear();
+  EXPECT_TRUE(contains(
+      error_of<vmfest::InvalidArgument>([&] { vmfest::Instance::create(request, home()); }),
+      "it lists /etc/hosts names but has no address of its own"));
+  EXPECT_EQ(vmfest::list_instances(home()), (std::vector<std::string>{"member"}));
+  vmfest::force_destroy_instance("member", home());
+}
+
 TEST_F(RegistryTest, ANewHomeIsItsOwnersAloneAndAReadableOneIsNamedOnce) {
   const auto others = fs::perms::group_all | fs::perms::others_all;
   vmfest::setup_model(make_qcow2("base.qcow2").string(), {}, home());

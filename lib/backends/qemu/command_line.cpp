@@ -18,6 +18,8 @@ namespace {
 constexpr const char* kStorageBusOption = "storage_bus";
 
 constexpr const char* kMemoryBackend = "ram0";
+constexpr const char* kPrivateNetdev = "net1";
+constexpr const char* kPrivateDevice = "vnet1";
 
 // The disk and the NoCloud seed (a CD-ROM where the bus has one) on the configured controller.
 void add_storage(const MachineConfig& config, std::vector<std::string>& args) {
@@ -57,6 +59,20 @@ void set_storage_bus(MachineConfig& config, StorageBus bus) {
 
 StorageBus storage_bus(const MachineConfig& config) {
   return config.backend_options.value(kStorageBusOption, StorageBus::Virtio);
+}
+
+nlohmann::json private_nic_netdev(const PrivateNic& nic) {
+  return {{"type", "dgram"},
+          {"id", kPrivateNetdev},
+          {"local", {{"type", "unix"}, {"path", nic.port_socket.string()}}},
+          {"remote", {{"type", "unix"}, {"path", nic.hub_socket.string()}}}};
+}
+
+nlohmann::json private_nic_device(const PrivateNic& nic) {
+  return {{"driver", "virtio-net-pci"},
+          {"netdev", kPrivateNetdev},
+          {"id", kPrivateDevice},
+          {"mac", nic.mac}};
 }
 
 std::vector<std::string> qemu_arguments(const MachineConfig& config, const LaunchSettings& launch) {
@@ -102,14 +118,17 @@ std::vector<std::string> qemu_arguments(const MachineConfig& config, const Launc
                "virtserialport,bus=vser0.0,chardev=agent0,name=org.vmfest.agent", "-serial",
                fmt::format("file:{}", kSerialLog), "-qmp",
                fmt::format("unix:{},server=on,wait=off", kQmpSocket), "-pidfile", kPidFile});
-  if (config.private_nic) {
+  if (launch.private_nic && config.private_nic) {
     const PrivateNic& nic = *config.private_nic;
-    args.insert(args.end(),
-                {"-netdev",
-                 fmt::format("dgram,id=net1,local.type=unix,local.path={},remote.type=unix,"
-                             "remote.path={}",
-                             option_value(nic.port_socket), option_value(nic.hub_socket)),
-                 "-device", fmt::format("virtio-net-pci,netdev=net1,id=vnet1,mac={}", nic.mac)});
+    args.insert(
+        args.end(),
+        {"-netdev",
+         fmt::format("dgram,id={},local.type=unix,local.path={},remote.type=unix,"
+                     "remote.path={}",
+                     kPrivateNetdev, option_value(nic.port_socket), option_value(nic.hub_socket)),
+         "-device",
+         fmt::format("virtio-net-pci,netdev={},id={},mac={}", kPrivateNetdev, kPrivateDevice,
+                     nic.mac)});
   }
   if (launch.resuming) args.insert(args.end(), {"-incoming", "defer"});
   return args;

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "vmfest/internal/driver.h"
 
 namespace vmfest::detail::qemu {
@@ -34,7 +36,15 @@ struct LaunchSettings {
   // (a boot that becomes a warm image, a layer build); otherwise config.warm_image's, mapped
   // privately (a clone: its writes stay its own, the pages it leaves alone are shared).
   bool memory_own_file = false;
+  // The private segment's card (config.private_nic) on the command line: a cold boot's. A resumed
+  // clone gets it hot-plugged (private_nic_netdev/private_nic_device), a boot that saves a warm
+  // image never has it.
+  bool private_nic = false;
 };
+
+// QMP arguments of netdev_add and device_add that plug `nic` in, as the command line has it.
+nlohmann::json private_nic_netdev(const PrivateNic& nic);
+nlohmann::json private_nic_device(const PrivateNic& nic);
 
 std::vector<std::string> qemu_arguments(const MachineConfig& config, const LaunchSettings& launch);
 

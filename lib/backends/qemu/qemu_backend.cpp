@@ -19,6 +19,7 @@ class QemuBackend final : public Backend {
     return {.warm_images = true,
             .export_disk = true,
             .private_segments = true,
+            .private_nic_after_resume = true,
             .port_forwards = true,
             .how_port_forwards =
                 "QEMU's user-mode network takes it at run time (QMP "

@@ -256,7 +256,8 @@ std::string QemuMachine::hardware_signature() {
   accelerator_ = accelerator_choice(config_.home, model_kernel()).name;
   std::string signature = fmt::format("machine {}\naccelerator {}\nmemory {}\n", machine_type(),
                                       accelerator_, to_string(warm_memory()));
-  const std::vector<std::string> args = arguments();
+  // Without the segment's card: no warm image has it (see MachineConfig::private_nic).
+  const std::vector<std::string> args = arguments(false);
   for (std::size_t i = 0; i + 1 < args.size(); ++i) {
     const std::string& flag = args[i];
     if (flag == "-m" || flag == "-smp" || flag == "-device" || flag == "-append") {
@@ -297,9 +298,10 @@ void QemuMachine::log_choice_once(const AcceleratorChoice& choice) {
   });
 }
 
-std::vector<std::string> QemuMachine::arguments() const {
+std::vector<std::string> QemuMachine::arguments(bool with_private_nic) const {
   return qemu_arguments(config_,
-                        {port_, accelerator_, resuming_, memory_in_file(), memory_in_own_file()});
+                        {port_, accelerator_, resuming_, memory_in_file(), memory_in_own_file(),
+                         with_private_nic && !resuming_ && !config_.saves_warm_image});
 }
 
 bool QemuMachine::spawn() {
@@ -323,10 +325,10 @@ bool QemuMachine::spawn() {
   bp::process_start_dir start_dir{config_.directory.string()};
   if (slot_descriptor_ >= 0) {
     // QEMU shares the slot's lock: the slot is taken exactly as long as this VM runs.
-    process_.emplace(process_context_, qemu_binary().string(), arguments(), stdio, start_dir,
+    process_.emplace(process_context_, qemu_binary().string(), arguments(true), stdio, start_dir,
                      UnblockedSignals{}, InheritFd{slot_descriptor_}, CloseInheritedFds{});
   } else {
-    process_.emplace(process_context_, qemu_binary().string(), arguments(), stdio, start_dir,
+    process_.emplace(process_context_, qemu_binary().string(), arguments(true), stdio, start_dir,
                      UnblockedSignals{}, CloseInheritedFds{});
   }
   std::fclose(log);

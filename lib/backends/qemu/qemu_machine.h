@@ -75,7 +75,8 @@ class QemuMachine final : public Machine {
   void start_process();
   // Starts qemu; true once its QMP socket answers, false when the SSH port was taken meanwhile.
   bool spawn();
-  std::vector<std::string> arguments() const;
+  // `with_private_nic`: the segment's card as a launch has it (hardware_signature leaves it out).
+  std::vector<std::string> arguments(bool with_private_nic) const;
   QmpClient qmp() const {
     return QmpClient::connect(path(kQmpSocket), std::chrono::milliseconds(5000));
   }

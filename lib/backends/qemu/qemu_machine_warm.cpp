@@ -133,6 +133,11 @@ void QemuMachine::load_warm_state() {
     throw BackendError("QEMU exited while loading it, or the load outran its timeout");
   }
   spdlog::debug("instance {}: warm state loaded", config_.instance_name);
+  // The segment's card joins while the guest is still paused: it sees it the moment it runs.
+  if (config_.private_nic && !config_.saves_warm_image) {
+    client.execute("netdev_add", private_nic_netdev(*config_.private_nic));
+    client.execute("device_add", private_nic_device(*config_.private_nic));
+  }
   // The image was saved from a stopped VM, so it arrives paused.
   client.execute("cont");
   warm_restored_ = true;

@@ -37,14 +37,28 @@ struct Profile {
 enum class InstanceState { Created, Running, Paused, Stopped, Unknown };
 std::string_view to_string(InstanceState state);
 
+// One name of the segment's /etc/hosts block: `names` (hostnames) resolve to `address`.
+struct SegmentHost {
+  std::string address;  // IPv4, dotted
+  std::vector<std::string> names;
+};
+
 // A second network card on an Ethernet segment private to some instances of this host, so that
 // e.g. a client VM reaches a server VM at a fixed address. The card's frames travel as datagrams
 // from its port socket to the segment's hub socket; the hub (vmfest::testing::PrivateNetwork in the
-// GoogleTest plugin) relays them to the other members.
+// GoogleTest plugin) relays them to the other members. A warm clone resumes without the card and
+// has it plugged in after the resume, so one warm image serves single and grouped instances.
 struct PrivateNic {
   std::filesystem::path hub_socket;   // unix datagram socket the segment's hub listens on
   std::filesystem::path port_socket;  // this card's end; the backend creates it
   std::string mac;                    // fixed, so the guest can find the card by it
+  // When set, start() gives the card this IPv4 address (`address`/`prefix_length`, found by its
+  // MAC) and adds `hosts` to the guest's /etc/hosts before it returns, warm or cold. Empty: the
+  // card is left unconfigured for the test to set up. InvalidArgument at create for an address or
+  // name that is none.
+  std::string address;
+  int prefix_length = 24;
+  std::vector<SegmentHost> hosts;  // typically every member of the segment, this one included
 };
 
 // What start() is waiting for, told about once a second (e.g. for a progress line on a terminal).

@@ -33,7 +33,10 @@ struct MachineConfig {
   // registered models for a backend that probes the hypervisor with one.
   std::filesystem::path home;
   int ssh_host_port = 0;  // host port forwarded to the guest's SSH port; 0: the backend picks one
-  std::optional<PrivateNic> private_nic = std::nullopt;  // a second card on a private segment
+  // A second card on a private segment. A VM that resumes a warm image gets it after the resume
+  // (Capabilities::private_nic_after_resume); a VM that saves one (saves_warm_image) never has
+  // it, so no image depends on a segment.
+  std::optional<PrivateNic> private_nic = std::nullopt;
   // A warm image (see warm.h) to clone: the disk is an overlay on its base and the first launch
   // resumes its saved memory state instead of booting. Empty: a cold clone of the model.
   std::filesystem::path warm_image;
@@ -159,6 +162,9 @@ struct Capabilities {
   bool export_disk = false;
   // Gives a VM a second card on a private segment (MachineConfig::private_nic).
   bool private_segments = false;
+  // Plugs that card into a VM resumed from a warm image after the resume (the image was saved
+  // without it), so members of a segment are warm clones too; without it they boot cold.
+  bool private_nic_after_resume = false;
   // Forwards more host ports to a running guest (Machine::add_port_forward).
   bool port_forwards = false;
   // How, for the help of `vmfest port` ("the hypervisor's ... command").

@@ -49,7 +49,8 @@ VmSlot acquire_vm_slot(const std::string& instance_name, std::chrono::millisecon
 
 // One slot per name, all or none: instances that must run together (a group on a private network)
 // never hold part of the cap while waiting for the rest, so two groups cannot deadlock each other.
-// InvalidArgument when more are asked than the cap allows at all.
+// A group larger than the cap waits for every slot and runs its other members beyond the cap, with
+// a warning: a 3-VM test still runs on a host capped at 2.
 // Processes that start their VMs one at a time can still hold and wait: two tests each holding one
 // idle VM of a cap of 2 and each waiting for a second. When every slot is held by a process that
 // is itself waiting with all its VMs up, for a few seconds, nothing will ever free one: one waiter

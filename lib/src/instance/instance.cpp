@@ -64,6 +64,7 @@ MachineConfig machine_config(const Home& home, const InstanceRecord& record, con
   config.warm_image = record.warm_image;
   config.saves_warm_image = !record.warm_build.empty() || !record.layer_build.empty();
   config.outlives_owner = record.detached || record.permanent;
+  config.private_nic = record.private_nic;
   return config;
 }
 
@@ -288,12 +289,15 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
   if (request.private_nic) {
     detail::require_capability(*impl->backend, detail::kPrivateSegments,
                                fmt::format("instance '{}'", name));
+    detail::validate_private_nic(*request.private_nic, name);
+    impl->record.private_nic = request.private_nic;
   }
   impl->owned = true;
   // What it starts from, as the image store plans it (the first start builds what is missing).
   const detail::BasePlan plan = detail::plan_base(
       home, impl->model, request.profile, *impl->backend, request.provision,
-      request.warm && !request.permanent && !request.private_nic && detail::warm_enabled());
+      request.warm && !request.permanent && detail::warm_enabled() &&
+          (!request.private_nic || detail::warm_clones_join_segments(*impl->backend)));
   impl->record.warm_image = plan.resume.string();
   impl->record.warm_build = plan.build_warm.string();
   impl->record.layer_build = plan.build_layer.string();
@@ -342,9 +346,8 @@ Instance Instance::create(const InstanceRequest& request, const Home& home) {
     detail::write_text_atomically(directory / detail::kHostKeyOpenssh, host.private_openssh, 0600);
     impl->credentials.client_private_key = client.private_openssh;
     impl->credentials.pinned_host_key = host.public_openssh;
-    detail::MachineConfig config = machine_config(home, impl->record, impl->model);
-    config.private_nic = request.private_nic;
-    impl->machine = impl->backend->machine(config, nlohmann::json());
+    impl->machine =
+        impl->backend->machine(machine_config(home, impl->record, impl->model), nlohmann::json());
     impl->machine->create_disk();
     impl->save_record();
   } catch (...) {
@@ -405,6 +408,7 @@ void Instance::start() {
       }
     }
     impl_->build.steps_pending_after_boot = false;
+    impl_->join_segment();
     if (impl_->slot) impl_->slot->settle();
   } catch (...) {
     // A start that failed stops what it started: the VM of a detached instance (`vmfest start`)

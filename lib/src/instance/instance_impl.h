@@ -4,8 +4,9 @@
 // (readiness.h) the wait until a guest answers, WarmBuild (warm_build.h) the images a start builds
 // and the steps it runs. Impl's methods live in instance.cpp (creation and lifecycle),
 // warm_clone.cpp (warm images: building, resuming, identity), provisioning.cpp (running steps,
-// saving layers) and save_as_model.cpp; all_instances.cpp holds the operations on all instances of
-// a home (listing, reaping). What an instance starts from is the image store's plan (base_plan.h).
+// saving layers), segment.cpp (joining a private segment) and save_as_model.cpp; all_instances.cpp
+// holds the operations on all instances of a home (listing, reaping). What an instance starts from
+// is the image store's plan (base_plan.h).
 #pragma once
 
 #include <chrono>
@@ -52,6 +53,13 @@ RecordedMachine recorded_machine(const Home& home, const InstanceRecord& record,
                                  const std::filesystem::path& directory);
 
 StateError no_such_instance(const Home& home, const std::string& name);
+
+// InvalidArgument, naming instance `instance`, for a card whose address, prefix length or names
+// are none (segment.cpp).
+void validate_private_nic(const PrivateNic& nic, const std::string& instance);
+// Whether `backend` resumes warm clones onto a private segment; says once per backend that its
+// members boot cold when it cannot (segment.cpp).
+bool warm_clones_join_segments(const Backend& backend);
 
 }  // namespace detail
 
@@ -110,6 +118,11 @@ struct Instance::Impl {
   // instance's identity (and the agent, when this boot builds the warm image) and pins the host
   // key to use from then on. SshAuthError when the guest refuses the published login.
   void first_login();
+
+  // ---- segment.cpp ----
+  // Once ready: gives the private segment's card its address and the guest the segment's
+  // /etc/hosts names (PrivateNic::address, hosts), waiting for a hot-plugged card to appear.
+  void join_segment();
 
   // ---- save_as_model.cpp ----
   Model save_as_model(const std::string& model_name);

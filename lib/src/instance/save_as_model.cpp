@@ -100,11 +100,14 @@ Model Instance::Impl::save_as_model(const std::string& model_name) {
   RemoveFolder remove_bundle{bundle};
 
   const bool running = current_state() == InstanceState::Running;
-  std::string memory_left_out = running ? "" : "the guest is not running";
+  std::string memory_left_out = !running ? "the guest is not running"
+                                : record.private_nic
+                                    ? "it is on a private segment, whose card no warm image holds"
+                                    : "";
   if (running) {
     if (!session) session.emplace(ssh::Session::connect(endpoint(), credentials));
     session->check("sync");  // what the guest has written reaches the disk before the copy
-    memory_left_out = quiesce_for_memory_save();
+    if (memory_left_out.empty()) memory_left_out = quiesce_for_memory_save();
     session.reset();
     machine->pause();
   }

@@ -9,6 +9,37 @@
 namespace vmfest::detail {
 namespace fs = std::filesystem;
 
+namespace {
+
+nlohmann::json nic_json(const PrivateNic& nic) {
+  nlohmann::json hosts = nlohmann::json::array();
+  for (const SegmentHost& host : nic.hosts) {
+    hosts.push_back({{"address", host.address}, {"names", host.names}});
+  }
+  return {{"hub_socket", nic.hub_socket.string()},
+          {"port_socket", nic.port_socket.string()},
+          {"mac", nic.mac},
+          {"address", nic.address},
+          {"prefix_length", nic.prefix_length},
+          {"hosts", hosts}};
+}
+
+PrivateNic nic_from_json(const nlohmann::json& json) {
+  PrivateNic nic;
+  nic.hub_socket = json.at("hub_socket").get<std::string>();
+  nic.port_socket = json.at("port_socket").get<std::string>();
+  nic.mac = json.at("mac").get<std::string>();
+  nic.address = json.value("address", "");
+  nic.prefix_length = json.value("prefix_length", 24);
+  for (const auto& host : json.value("hosts", nlohmann::json::array())) {
+    nic.hosts.push_back(
+        {host.at("address").get<std::string>(), host.at("names").get<std::vector<std::string>>()});
+  }
+  return nic;
+}
+
+}  // namespace
+
 InstanceRecordError invalid_record(const fs::path& directory, std::string_view why) {
   const std::string name = directory.filename().string();
   return InstanceRecordError(
@@ -38,6 +69,7 @@ std::optional<InstanceRecord> read_instance_record(const fs::path& directory) {
         record.warm_build = json.value("warm_build", "");
         record.layer_build = json.value("layer_build", "");
         record.first_login_done = json.value("first_login_done", false);
+        if (json.contains("private_nic")) record.private_nic = nic_from_json(json["private_nic"]);
         record.machine = json.value("machine", nlohmann::json::object());
         return record;
       },
@@ -61,6 +93,7 @@ void write_instance_record(const fs::path& directory, const InstanceRecord& reco
                          {"layer_build", record.layer_build},
                          {"first_login_done", record.first_login_done},
                          {"machine", record.machine}};
+  if (record.private_nic) json["private_nic"] = nic_json(*record.private_nic);
   write_text_atomically(directory / kRecordFile, json.dump(2));
 }
 

@@ -45,6 +45,8 @@ struct InstanceRecord {
   // Its disk has had the model's first login (PublishedLogin): the instance's own key replaced the
   // published credential there, which opens it no more. Only for models with a published login.
   bool first_login_done = false;
+  // The card on a private segment the request asked for (every launch has it; see PrivateNic).
+  std::optional<PrivateNic> private_nic;
   nlohmann::json machine = nlohmann::json::object();  // the backend's saved state
 };
 
