@@ -29,6 +29,12 @@ struct DomainSpec {
 
 std::string domain_xml(const DomainSpec& spec);
 
+// The XML of a domain saved by libvirt (`saved_xml`, of domain `saved_name`) made the XML of the
+// clone `spec` that restores its image: the clone's name (and so its volumes, which carry it), SSH
+// forward port and metadata, and a UUID of its own. BackendError when it is not a vmfest domain.
+std::string clone_domain_xml(const std::string& saved_xml, const std::string& saved_name,
+                             const DomainSpec& spec);
+
 // The <uri> of vmfest's metadata in the XML of a domain's metadata element ("" if none).
 std::string uri_in_metadata(const std::string& metadata_xml);
 

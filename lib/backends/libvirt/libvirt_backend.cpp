@@ -3,8 +3,10 @@
 // system: models, disks and seeds are volumes of a storage pool there, the console is a libvirt
 // stream, and SSH reaches the guest through a forward on the host's 127.0.0.1 (through the host's
 // own SSH account when it is remote). A domain of an owned instance dies with its connection
-// (VIR_DOMAIN_START_AUTODESTROY): a test process killed at any moment leaks no VM, only volumes,
-// which `vmfest reap` deletes through the instance's record.
+// (VIR_DOMAIN_START_AUTODESTROY); a warm clone, restored from a save image, cannot be started so
+// and dies with the guest agent's channel that its owner holds instead (agent_channel.h): a test
+// process killed at any moment leaks no VM, only volumes, which `vmfest reap` deletes through the
+// instance's record.
 
 #include <unistd.h>
 
@@ -17,6 +19,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "agent_channel.h"
 #include "console_log.h"
 #include "domain_xml.h"
 #include "hosts.h"
@@ -27,6 +30,7 @@
 #include "vmfest/home.h"
 #include "vmfest/internal/base.h"
 #include "vmfest/internal/driver.h"
+#include "warm.h"
 
 namespace vmfest::detail::libvirt {
 namespace fs = std::filesystem;
@@ -40,6 +44,8 @@ constexpr milliseconds kStatePoll{100};
 
 constexpr const char* kDiskSuffix = ".qcow2";
 constexpr const char* kSeedSuffix = "-seed.iso";
+constexpr const char* kStateSuffix = ".state";  // a warm clone's copy of its image's saved state
+constexpr std::chrono::seconds kAgentTimeout{10};
 
 // What names of a home's domains and volumes start with: its id, so that homes sharing a host never
 // touch each other's, also homes of one path on several CI runners.
@@ -92,11 +98,21 @@ class LibvirtMachine final : public Machine {
   }
 
   void create_disk() override {
-    host_ = choose_host();
     domain_type_ = domain_type();
     outlives_owner_ = config_.outlives_owner;
-    const StoragePool& pool = storage();
     const Model& model = config_.model;
+    if (!config_.warm_image.empty()) {
+      // A warm clone runs where its image is.
+      const WarmVolumes image = read_warm_volumes(config_.warm_image);
+      host_ = parse_host_uri(image.uri);
+      const StoragePool& pool = storage();
+      pool.create_overlay(disk_volume(), image.base, "qcow2");
+      pool.remove(seed_volume());
+      pool.upload(seed_volume(), config_.seed_image);  // what a fall-back to a cold boot reads
+      return;
+    }
+    host_ = choose_host();
+    const StoragePool& pool = storage();
     const std::string base = model_disk_volume_name(model);
     pool.upload_cached(base, model.disk);
     if (model.boot.kind == BootSpec::Kind::Kernel) {
@@ -116,6 +132,36 @@ class LibvirtMachine final : public Machine {
 
   // The VM runs on the libvirt host, not as our child: it cannot hold a slot of this machine.
   void launch(const VmSlot* /*slot*/) override {
+    DomainSpec spec = domain_spec();
+    if (!config_.warm_image.empty()) {
+      resume_warm_image(spec);
+      return;
+    }
+    // Owned instances die with this process's connection; detached and permanent ones live on.
+    const unsigned flags =
+        VIR_DOMAIN_START_PAUSED | (outlives_owner_ ? 0U : unsigned{VIR_DOMAIN_START_AUTODESTROY});
+    Domain domain = start_with_a_free_port(
+        spec, [&] { return virDomainCreateXML(connection(), domain_xml(spec).c_str(), flags); });
+    // The readiness check reads this log: a previous boot's lines must not satisfy it.
+    console_.reset();
+    console_ = std::make_unique<ConsoleLog>(connection(), domain.get(), console_log(), host_.uri);
+    if (virDomainResume(domain.get()) < 0) {
+      std::string why = last_error();
+      close_console();
+      try {
+        destroy_domain(domain.get(), host_.uri);
+      } catch (const BackendError& error) {
+        why += fmt::format(" (and it still runs: {})", error.what());
+      }
+      throw BackendError(
+          fmt::format("libvirt: could not run domain '{}' on {}: {}", domain_, host_.uri, why));
+    }
+    started_here_ = true;
+    spdlog::info("vmfest: instance '{}' runs as libvirt domain '{}' on {} ({})",
+                 config_.instance_name, domain_, host_.uri, accelerator());
+  }
+
+  DomainSpec domain_spec() {
     const StoragePool& pool = storage();
     DomainSpec spec;
     spec.name = domain_;
@@ -137,17 +183,19 @@ class LibvirtMachine final : public Machine {
     spec.instance_name = config_.instance_name;
     spec.owner = fmt::format("{}:{}", host_name(), ::getpid());
     spec.uri = host_.uri;
-    // Owned instances die with this process's connection; detached and permanent ones live on.
-    const unsigned flags =
-        VIR_DOMAIN_START_PAUSED | (outlives_owner_ ? 0U : unsigned{VIR_DOMAIN_START_AUTODESTROY});
-    Domain domain;
-    for (int attempt = 1; !domain; ++attempt) {
+    return spec;
+  }
+
+  // Starts the domain through `start` (a create or a restore of `spec`), with another forward
+  // port should QEMU find one taken. Throws, with libvirt's reason, when it does not start.
+  Domain start_with_a_free_port(DomainSpec& spec, const std::function<virDomainPtr()>& start) {
+    for (int attempt = 1;; ++attempt) {
       port_ = config_.ssh_host_port != 0 ? config_.ssh_host_port
               : host_.local()            ? free_loopback_port()
                                          : random_remote_port();
       spec.ssh_forward_port = port_;
-      domain.reset(virDomainCreateXML(connection(), domain_xml(spec).c_str(), flags));
-      if (domain) break;
+      Domain domain(start());
+      if (domain) return domain;
       const std::string why = last_error();
       const bool port_taken = why.find("host forwarding") != std::string::npos;
       if (!port_taken || attempt == kLaunchAttempts || config_.ssh_host_port != 0) {
@@ -158,23 +206,45 @@ class LibvirtMachine final : public Machine {
       spdlog::debug("vmfest: instance '{}': port {} is taken on {}; trying another",
                     config_.instance_name, port_, host_.uri);
     }
-    // The readiness check reads this log: a previous boot's lines must not satisfy it.
+  }
+
+  // Restores the warm image as this instance's domain, running at once: its agent is guarded from
+  // the save on, so it waits for this process to take the channel (a few seconds of grace), and a
+  // process killed at any moment from here leaves a guest that powers itself off.
+  void resume_warm_image(DomainSpec& spec) {
+    Domain domain;
+    try {
+      const WarmVolumes image = read_warm_volumes(config_.warm_image);
+      domain = start_with_a_free_port(spec, [&] {
+        return restore_clone(connection(), storage(), image, domain_ + kStateSuffix, spec)
+            .release();
+      });
+      agent_ = std::make_unique<AgentChannel>(connection(), domain.get(), host_.uri,
+                                              config_.instance_name);
+      // A detached clone must outlive this process and so its channel.
+      if (outlives_owner_) expect_ok(agent_exchange("guard off\n", kAgentTimeout), "guard off");
+    } catch (const std::exception& error) {
+      kill();
+      throw WarmResumeError(
+          fmt::format("instance '{}': libvirt could not restore warm image {} on {}: {}",
+                      config_.instance_name, config_.warm_image.string(), host_.uri, error.what()),
+          true);
+    }
     console_.reset();
     console_ = std::make_unique<ConsoleLog>(connection(), domain.get(), console_log(), host_.uri);
-    if (virDomainResume(domain.get()) < 0) {
-      std::string why = last_error();
-      close_console();
-      try {
-        destroy_domain(domain.get(), host_.uri);
-      } catch (const BackendError& error) {
-        why += fmt::format(" (and it still runs: {})", error.what());
-      }
-      throw BackendError(
-          fmt::format("libvirt: could not run domain '{}' on {}: {}", domain_, host_.uri, why));
-    }
     started_here_ = true;
-    spdlog::info("vmfest: instance '{}' runs as libvirt domain '{}' on {} ({})",
-                 config_.instance_name, domain_, host_.uri, accelerator());
+    resumed_warm_ = true;
+    spdlog::info(
+        "vmfest: instance '{}' resumed warm as libvirt domain '{}' on {} ({}, memory streamed "
+        "from the saved state)",
+        config_.instance_name, domain_, host_.uri, accelerator());
+  }
+
+  void expect_ok(const std::string& reply, const char* request) const {
+    if (reply != "ok") {
+      throw BackendError(fmt::format("instance '{}': the guest agent answered '{}' to '{}'",
+                                     config_.instance_name, reply, request));
+    }
   }
 
   void pause() override { act("pause", virDomainSuspend); }
@@ -184,6 +254,7 @@ class LibvirtMachine final : public Machine {
     auto domain = find();
     if (!domain || state_of(domain->get()) == InstanceState::Stopped) return;
     close_console();  // the guest ends the domain itself now
+    agent_.reset();
     // A paused guest cannot see the power button.
     if (state_of(domain->get()) == InstanceState::Paused) virDomainResume(domain->get());
     if (virDomainShutdown(domain->get()) == 0) {
@@ -195,6 +266,7 @@ class LibvirtMachine final : public Machine {
 
   void kill() noexcept override {
     close_console();
+    agent_.reset();
     try {
       if (auto domain = find()) destroy_domain(domain->get(), host_.uri);
     } catch (const std::exception& error) {
@@ -214,7 +286,54 @@ class LibvirtMachine final : public Machine {
     const StoragePool& pool = storage();
     pool.remove(disk_volume());
     pool.remove(seed_volume());
+    pool.remove(domain_ + kStateSuffix);
   }
+
+  std::string agent_exchange(const std::string& request, milliseconds timeout) override {
+    if (!agent_) {
+      auto domain = find();
+      if (!domain) {
+        throw StateError(fmt::format("instance '{}': libvirt domain '{}' on {} is not running",
+                                     config_.instance_name, domain_, host_.uri));
+      }
+      agent_ = std::make_unique<AgentChannel>(connection(), domain->get(), host_.uri,
+                                              config_.instance_name);
+    }
+    return agent_->exchange(request, timeout);
+  }
+
+  nlohmann::json save_warm_image(const fs::path& image_directory) override {
+    auto domain = find();
+    if (!domain) {
+      throw StateError(fmt::format("instance '{}': libvirt domain '{}' on {} is not running",
+                                   config_.instance_name, domain_, host_.uri));
+    }
+    // Every clone's agent is guarded from its first instant on: each dies with its owner.
+    expect_ok(agent_exchange("guard on\n", kAgentTimeout), "guard on");
+    const WarmVolumes volumes =
+        plan_warm_volumes(image_directory, Home(config_.home).id(), host_.uri, domain_);
+    close_console();
+    try {
+      save_domain(domain->get(), storage(), volumes, disk_volume());
+    } catch (const std::exception&) {
+      if (outlives_owner_ && find_or_null()) agent_exchange("guard off\n", kAgentTimeout);
+      throw;
+    }
+    agent_.reset();
+    unsigned long version = 0;
+    virConnectGetVersion(connection(), &version);
+    spdlog::info(
+        "vmfest: instance '{}': warm image saved on {} as volumes '{}' and '{}'; the guest's "
+        "memory is streamed from the saved state (libvirt's save images hold it)",
+        config_.instance_name, host_.uri, volumes.state, volumes.base);
+    return {{"qemu_version", version},
+            {"machine_type", "pc"},
+            {"accelerator", accelerator()},
+            {"memory", "streamed"},
+            {"uri", host_.uri}};
+  }
+
+  [[nodiscard]] bool resumed_warm() const override { return resumed_warm_; }
 
   [[nodiscard]] ssh::Endpoint ssh_endpoint() const override {
     if (host_.local()) return ssh::Endpoint{"127.0.0.1", port_, config_.model.ssh_user, ""};
@@ -234,6 +353,7 @@ class LibvirtMachine final : public Machine {
 
   void detach() noexcept override {
     close_console();
+    if (outlives_owner_) agent_.reset();  // its guard is off
     if (started_here_ && !outlives_owner_ && find_or_null()) {
       // The domain dies with the connection that started it: keep that open for as long as this
       // process lives, so the VM outlives its handle as detach promises, though not the process.
@@ -242,6 +362,7 @@ class LibvirtMachine final : public Machine {
           "stops a test's VMs when it exits; create it detached to keep it",
           config_.instance_name);
       static_cast<void>(connection_.release());
+      static_cast<void>(agent_.release());  // a warm clone lives as long as its channel
     }
   }
 
@@ -315,10 +436,12 @@ class LibvirtMachine final : public Machine {
   std::string domain_type_ = "qemu";
   bool outlives_owner_ = false;
   bool started_here_ = false;  // this connection started the domain (and, owned, it dies with it)
+  bool resumed_warm_ = false;
   int port_ = 0;
   Connection connection_;
   std::optional<StoragePool> pool_;  // after connection_: it uses it
   std::unique_ptr<ConsoleLog> console_;
+  std::unique_ptr<AgentChannel> agent_;  // after connection_: its stream is of it
 };
 
 class LibvirtBackend final : public Backend {
@@ -354,14 +477,42 @@ class LibvirtBackend final : public Backend {
                                    const nlohmann::json& saved) override {
     return std::make_unique<LibvirtMachine>(config, saved);
   }
-  // No warm images: a warm image is a save file restored per clone (virDomainSaveFlags,
-  // virDomainRestoreFlags with an XML pointing at the clone's own overlay), and libvirt's QEMU
-  // driver neither saves a domain started with AUTODESTROY nor restores one with it (restore takes
-  // no such flag). Warm clones would outlive a killed test; vmfest keeps that guarantee and boots
-  // cold. No private segments: vmfest's segment hub is a unix datagram socket on this machine.
+  // Warm images are save images in the host's pool (warm.h). No private segments: vmfest's segment
+  // hub is a unix datagram socket on this machine.
   [[nodiscard]] Capabilities capabilities() const override {
-    return {.why_no_warm_images =
-                "libvirt cannot restore a saved domain that dies with its test process"};
+    Capabilities capabilities;
+    capabilities.warm_images = true;
+    return capabilities;
+  }
+
+  // The host the image would be made on (a warm clone goes where its image is: with several URIs,
+  // the first), what runs guests there, the pool that holds the image (a pool defined afresh holds
+  // none), the domain's hardware and the model's files.
+  std::string warm_fingerprint(const MachineConfig& config) override {
+    const HostUri host = configured_hosts().front();
+    Connection connection = connect(host.uri);
+    unsigned long hypervisor = 0;
+    unsigned long library = 0;
+    if (virConnectGetVersion(connection.get(), &hypervisor) < 0 ||
+        virConnectGetLibVersion(connection.get(), &library) < 0) {
+      fail("libvirt: could not read the host's versions", host.uri);
+    }
+    const StoragePool pool(connection.get(), host.uri);
+    std::array<char, VIR_UUID_STRING_BUFLEN> pool_uuid{};
+    if (virStoragePoolGetUUIDString(pool.handle(), pool_uuid.data()) < 0) {
+      fail(fmt::format("libvirt: could not read the UUID of pool '{}'", pool.name()), host.uri);
+    }
+    const Model& model = config.model;
+    std::string fingerprint = fmt::format(
+        "libvirt host {}\nqemu {}\nlibvirt {}\npool {}\nmachine pc\naccelerator {}\nmodel {}\n",
+        host.uri, hypervisor, library, pool_uuid.data(), domain_type(), model.sha256);
+    if (model.boot.kind == BootSpec::Kind::Kernel) {
+      fingerprint += fmt::format(
+          "kernel {}\ninitrd {}\ncmdline {}\n", boot_file_volume_name(model.boot.kernel, "kernel"),
+          model.boot.initrd.empty() ? "" : boot_file_volume_name(model.boot.initrd, "initrd"),
+          model.boot.cmdline);
+    }
+    return fingerprint;
   }
 
   // Only where the libvirt backend is in use: a reap must not knock on a libvirtd nobody asked for.
@@ -397,7 +548,13 @@ class LibvirtBackend final : public Backend {
       for (const std::string& name : pool.volume_names()) {
         std::optional<std::string> owner = orphaned_domain(name, kDiskSuffix);
         if (!owner) owner = orphaned_domain(name, kSeedSuffix);
+        if (!owner) owner = orphaned_domain(name, kStateSuffix);
         if (!owner || still_running.contains(*owner)) continue;
+        pool.remove(name);
+        removed.push_back(fmt::format("libvirt volume '{}' on {}", name, host.uri));
+      }
+      for (const std::string& name :
+           unused_warm_volumes(home.models(), home.id(), pool.volume_names())) {
         pool.remove(name);
         removed.push_back(fmt::format("libvirt volume '{}' on {}", name, host.uri));
       }

@@ -185,7 +185,8 @@ void StoragePool::create_overlay(const std::string& name, const std::string& bac
       name);
 }
 
-void StoragePool::create_copy(const std::string& name, const std::string& source) const {
+void StoragePool::create_copy(const std::string& name, const std::string& source,
+                              const std::string& format) const {
   auto from = find_volume(pool_.get(), source, uri_);
   if (!from) fail(fmt::format("libvirt: no volume '{}' to copy", source), uri_);
   virStorageVolInfo info{};
@@ -193,9 +194,9 @@ void StoragePool::create_copy(const std::string& name, const std::string& source
     fail(fmt::format("libvirt: could not read the size of volume '{}'", source), uri_);
   }
   const std::string xml = fmt::format(
-      "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><target><format type='qcow2'/>"
+      "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><target><format type='{}'/>"
       "</target></volume>",
-      xml_escape(name), info.capacity);
+      xml_escape(name), info.capacity, format);
   Volume copy(virStorageVolCreateXMLFrom(pool_.get(), xml.c_str(), from->get(), 0));
   if (!copy) fail(fmt::format("libvirt: could not copy volume '{}' to '{}'", source, name), uri_);
 }

@@ -33,14 +33,18 @@ class StoragePool {
   // A qcow2 volume `name` backed by volume `backing` (in `backing_format`): kilobytes.
   void create_overlay(const std::string& name, const std::string& backing,
                       const std::string& backing_format) const;
-  // A standalone qcow2 copy of volume `source`, for a permanent VM.
-  void create_copy(const std::string& name, const std::string& source) const;
+  // A standalone copy of volume `source` in `format`: a permanent VM's disk (qcow2), a warm clone's
+  // saved state (raw).
+  void create_copy(const std::string& name, const std::string& source,
+                   const std::string& format = "qcow2") const;
   // The names of the pool's volumes.
   [[nodiscard]] std::vector<std::string> volume_names() const;
   // Deletes volume `name` if it exists.
   void remove(const std::string& name) const;
 
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
+  [[nodiscard]] virStoragePoolPtr handle() const noexcept { return pool_.get(); }
+  [[nodiscard]] const std::string& uri() const noexcept { return uri_; }
 
  private:
   void create_volume(const std::string& xml, const std::string& name) const;

@@ -30,6 +30,13 @@
  *   guest: "ok\n" once the clock is set, the RNG reseeded, the keys and hostname applied and
  *          port 22 answers with the new host key; "error TEXT\n" otherwise.
  *
+ *   host:  "guard on\n" or "guard off\n"                                            guest: "ok\n"
+ *          Ties the guest's life to the host's connection: once on, a host side that goes away
+ *          and does not come back within GUARD_GRACE_MS powers the guest off. A hypervisor that
+ *          cannot end a VM with the process that owns it (a restored libvirt domain) holds the
+ *          connection for that process instead; the grace covers a resume, where the port reads
+ *          as closed until the new owner connects.
+ *
  * The SSH server is whichever the guest runs (ssh_server.h): OpenSSH's sshd as a daemon or started
  * by a systemd socket (a stock cloud image: the key goes to /etc/ssh) or dropbear (vmfest's
  * default model: the key goes to /etc/dropbear). The agent is
@@ -54,6 +61,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -65,6 +73,7 @@
 #define MAX_KEYS (64 * 1024)
 #define MAX_HOST_KEY 1024
 #define MAX_ENTROPY 64
+#define GUARD_GRACE_MS 5000
 
 static int open_port(void) {
   DIR* ports = opendir("/sys/class/virtio-ports");
@@ -99,6 +108,21 @@ static sigset_t mask_without_sigio;
 static int host_signals_connection;
 
 static void on_sigio(int signal_number) { (void)signal_number; /* only ends a ppoll */ }
+
+/* "guard on": the host's connection holds the guest's life. */
+static int guarded;
+
+/* The host side of a guarded port closed: unless a host connects again within the grace, the guest
+ * powers off at once (nothing of a disposable clone needs saving). */
+static void power_off_unless_host_returns(int fd) {
+  for (int waited = 0; waited < GUARD_GRACE_MS; waited += 100) {
+    struct pollfd port = {fd, POLLIN, 0};
+    if (poll(&port, 1, 0) >= 0 && !(port.revents & POLLHUP)) return;
+    const struct timespec tick = {0, 100000000};
+    nanosleep(&tick, NULL);
+  }
+  reboot(RB_POWER_OFF);
+}
 
 static void ask_for_sigio(int fd) {
   struct sigaction action;
@@ -137,6 +161,10 @@ static int fill_pending(int fd) {
       return 0;
     }
     if (got < 0 && errno != EINTR && errno != EAGAIN) return -1;
+    if (got == 0 && guarded) {
+      power_off_unless_host_returns(fd);
+      continue;
+    }
     if (got == 0) { /* sleep until a host connects, or SSH knocks */
       ppoll(pollers + 1, count - 1, host_signals_connection ? NULL : &nap, &mask_without_sigio);
     }
@@ -518,6 +546,9 @@ int main(void) {
       reply(fd, "pong\n");
     } else if (strcmp(line, "quiesce") == 0 || strcmp(line, "quiesce keep-cache") == 0) {
       reply(fd, quiesce(strcmp(line, "quiesce") != 0));
+    } else if (strcmp(line, "guard on") == 0 || strcmp(line, "guard off") == 0) {
+      guarded = strcmp(line, "guard on") == 0;
+      reply(fd, "ok\n");
     } else if (strcmp(line, "ssh-server") == 0) {
       reply(fd, describe_ssh_server());
     } else if (strncmp(line, "identity ", 9) == 0) {
