@@ -114,10 +114,11 @@ static int guarded;
 
 /* The host side of a guarded port closed: unless a host connects again within the grace, the guest
  * powers off at once (nothing of a disposable clone needs saving). */
+static int host_connected(int fd);
+
 static void power_off_unless_host_returns(int fd) {
   for (int waited = 0; waited < GUARD_GRACE_MS; waited += 100) {
-    struct pollfd port = {fd, POLLIN, 0};
-    if (poll(&port, 1, 0) >= 0 && !(port.revents & POLLHUP)) return;
+    if (host_connected(fd)) return;
     const struct timespec tick = {0, 100000000};
     nanosleep(&tick, NULL);
   }
@@ -198,11 +199,39 @@ static int read_line(int fd, char* line, size_t size) {
   return -1;
 }
 
+static ssize_t send_without_blocking(int fd, const char* text, size_t length) {
+  const int flags = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  const ssize_t put = write(fd, text, length);
+  const int error = errno;
+  fcntl(fd, F_SETFL, flags);
+  errno = error;
+  return put;
+}
+
+/* Whether the host's side of the port is connected. */
+static int host_connected(int fd) {
+  struct pollfd port = {fd, POLLIN, 0};
+  return poll(&port, 1, 0) >= 0 && !(port.revents & POLLHUP);
+}
+
+/* A write to the port waits while no host is connected (also for a moment after one connected,
+ * until the guest's kernel has heard of it): a guarded guest must not wait there for a host that is
+ * gone, so it writes without blocking and gives a host that went away its grace. */
 static void reply(int fd, const char* text) {
   size_t length = strlen(text);
   while (length > 0) {
-    ssize_t put = write(fd, text, length);
+    if (guarded && !host_connected(fd)) {
+      power_off_unless_host_returns(fd);
+      continue;
+    }
+    ssize_t put = guarded ? send_without_blocking(fd, text, length) : write(fd, text, length);
     if (put < 0 && errno == EINTR) continue;
+    if (put < 0 && errno == EAGAIN) {
+      const struct timespec nap = {0, 5000000}; /* the host has not read the last reply yet */
+      nanosleep(&nap, NULL);
+      continue;
+    }
     if (put <= 0) return;
     text += put;
     length -= (size_t)put;
