@@ -66,7 +66,7 @@ std::string domain_xml(const DomainSpec& spec) {
       "<name>{name}</name>"
       "{metadata}"
       "<memory unit='MiB'>{memory}</memory><vcpu>{cpus}</vcpu>{os}"
-      "<features><acpi/></features><clock offset='utc'/>"
+      "<features><acpi/>{tcg}</features><clock offset='utc'/>"
       "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>"
       "<on_crash>destroy</on_crash>"
       "<devices>{disk}{seed}"
@@ -79,6 +79,10 @@ std::string domain_xml(const DomainSpec& spec) {
       "<qemu:arg value='-device'/><qemu:arg value='virtio-net-pci,netdev=vmfestnet,addr=0x10'/>"
       "</qemu:commandline></domain>",
       fmt::arg("type", spec.domain_type), fmt::arg("name", xml_escape(spec.name)),
+      fmt::arg("tcg",
+               spec.domain_type == "qemu" && spec.tb_size_mib > 0
+                   ? fmt::format("<tcg><tb-cache unit='MiB'>{}</tb-cache></tcg>", spec.tb_size_mib)
+                   : ""),
       fmt::arg("metadata", metadata_xml(spec)), fmt::arg("agent", kAgentChannel),
       fmt::arg("memory", spec.memory_mib), fmt::arg("cpus", spec.cpus),
       fmt::arg("os", os_xml(spec)),

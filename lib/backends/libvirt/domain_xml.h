@@ -11,6 +11,7 @@ struct DomainSpec {
   std::string domain_type = "qemu";  // "qemu" (TCG) or "kvm"
   int memory_mib = 256;
   int cpus = 1;
+  int tb_size_mib = 0;  // TCG's translation cache; 0: QEMU's default
   std::string pool;
   std::string disk_volume;  // qcow2
   std::string seed_volume;  // raw NoCloud ISO, read-only

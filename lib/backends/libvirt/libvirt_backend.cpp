@@ -57,6 +57,13 @@ int random_remote_port() {
   return std::uniform_int_distribution<int>(20000, 60999)(random);
 }
 
+// TCG's translation cache per VM: VMFEST_TCG_TB_SIZE, else the QEMU backend's 256 MiB (QEMU's
+// own default is 1 GiB per VM).
+int tb_size_mib() {
+  return static_cast<int>(
+      whole_number_setting("VMFEST_TCG_TB_SIZE", 1, 65536, "of MiB").value_or(256));
+}
+
 // TCG unless asked for KVM: libvirt offers KVM wherever /dev/kvm exists, also on hosts whose KVM
 // hangs Linux guests, and a remote host cannot be probed with a test boot cheaply.
 std::string domain_type() {
@@ -94,6 +101,7 @@ class LibvirtMachine final : public Machine {
       port_ = saved.value("port", 0);
       domain_type_ = saved.value("domain_type", domain_type_);
       outlives_owner_ = saved.value("outlives_owner", false);
+      warm_restored_ = saved.value("warm_restored", false);
     }
   }
 
@@ -106,9 +114,12 @@ class LibvirtMachine final : public Machine {
       const WarmVolumes image = read_warm_volumes(config_.warm_image);
       host_ = parse_host_uri(image.uri);
       const StoragePool& pool = storage();
+      // A pool emptied since (a host's libvirtd set up afresh): launch says the image is gone.
+      image_gone_ = !pool.contains(image.base) || !pool.contains(image.state);
+      if (image_gone_) return;
       pool.create_overlay(disk_volume(), image.base, "qcow2");
       pool.remove(seed_volume());
-      pool.upload(seed_volume(), config_.seed_image);  // what a fall-back to a cold boot reads
+      pool.upload(seed_volume(), config_.seed_image);
       return;
     }
     host_ = choose_host();
@@ -121,6 +132,7 @@ class LibvirtMachine final : public Machine {
         pool.upload_cached(boot_file_volume_name(model.boot.initrd, "initrd"), model.boot.initrd);
       }
     }
+    pool.remove(disk_volume());  // a warm clone's, booted afresh after its resume failed
     if (config_.full_copy) {
       pool.create_copy(disk_volume(), base);
     } else {
@@ -133,10 +145,19 @@ class LibvirtMachine final : public Machine {
   // The VM runs on the libvirt host, not as our child: it cannot hold a slot of this machine.
   void launch(const VmSlot* /*slot*/) override {
     DomainSpec spec = domain_spec();
-    if (!config_.warm_image.empty()) {
+    // The image is resumed once: a later start boots the clone's disk.
+    if (!config_.warm_image.empty() && !warm_restored_) {
+      if (image_gone_) {
+        throw WarmResumeError(
+            fmt::format("instance '{}': the volumes of warm image {} are gone "
+                        "from {}",
+                        config_.instance_name, config_.warm_image.string(), host_.uri),
+            true);
+      }
       resume_warm_image(spec);
       return;
     }
+    resumed_warm_ = false;
     // Owned instances die with this process's connection; detached and permanent ones live on.
     const unsigned flags =
         VIR_DOMAIN_START_PAUSED | (outlives_owner_ ? 0U : unsigned{VIR_DOMAIN_START_AUTODESTROY});
@@ -168,6 +189,7 @@ class LibvirtMachine final : public Machine {
     spec.domain_type = domain_type_;
     spec.memory_mib = config_.profile.memory_mib;
     spec.cpus = config_.profile.cpus;
+    spec.tb_size_mib = tb_size_mib();
     spec.pool = pool.name();
     spec.disk_volume = disk_volume();
     spec.seed_volume = seed_volume();
@@ -234,6 +256,7 @@ class LibvirtMachine final : public Machine {
     console_ = std::make_unique<ConsoleLog>(connection(), domain.get(), console_log(), host_.uri);
     started_here_ = true;
     resumed_warm_ = true;
+    warm_restored_ = true;
     spdlog::info(
         "vmfest: instance '{}' resumed warm as libvirt domain '{}' on {} ({}, memory streamed "
         "from the saved state)",
@@ -348,7 +371,8 @@ class LibvirtMachine final : public Machine {
             {"domain", domain_},
             {"port", port_},
             {"domain_type", domain_type_},
-            {"outlives_owner", outlives_owner_}};
+            {"outlives_owner", outlives_owner_},
+            {"warm_restored", warm_restored_}};
   }
 
   void detach() noexcept override {
@@ -436,7 +460,10 @@ class LibvirtMachine final : public Machine {
   std::string domain_type_ = "qemu";
   bool outlives_owner_ = false;
   bool started_here_ = false;  // this connection started the domain (and, owned, it dies with it)
-  bool resumed_warm_ = false;
+  bool resumed_warm_ = false;  // the last launch resumed the warm image
+  bool warm_restored_ = false;
+  bool image_gone_ = false;  // the warm image's volumes are not on its host any more  // a launch
+                             // resumed it already: later ones boot the disk
   int port_ = 0;
   Connection connection_;
   std::optional<StoragePool> pool_;  // after connection_: it uses it
@@ -504,8 +531,11 @@ class LibvirtBackend final : public Backend {
     }
     const Model& model = config.model;
     std::string fingerprint = fmt::format(
-        "libvirt host {}\nqemu {}\nlibvirt {}\npool {}\nmachine pc\naccelerator {}\nmodel {}\n",
-        host.uri, hypervisor, library, pool_uuid.data(), domain_type(), model.sha256);
+        "libvirt host {}\nqemu {}\nlibvirt {}\npool {}\nmachine pc\naccelerator {}\ntb-size "
+        "{}\nmodel "
+        "{}\n",
+        host.uri, hypervisor, library, pool_uuid.data(), domain_type(), tb_size_mib(),
+        model.sha256);
     if (model.boot.kind == BootSpec::Kind::Kernel) {
       fingerprint += fmt::format(
           "kernel {}\ninitrd {}\ncmdline {}\n", boot_file_volume_name(model.boot.kernel, "kernel"),
