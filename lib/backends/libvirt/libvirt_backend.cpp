@@ -15,6 +15,7 @@
 #include <random>
 #include <set>
 #include <string_view>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -72,6 +73,25 @@ std::string domain_type() {
   if (accel.empty() || accel == "tcg") return "qemu";
   if (accel == "kvm") return "kvm";
   throw InvalidArgument(fmt::format("VMFEST_ACCEL={} is not valid: use kvm or tcg", accel));
+}
+
+// Deletes volume `name`, waiting (up to a minute) while libvirt still fills it: a copy or upload
+// that a killed owner started goes on in libvirtd, and refuses its deletion until it is done.
+void remove_once_allocated(const StoragePool& pool, const std::string& name) {
+  constexpr milliseconds kAllocationPoll{200};
+  constexpr std::chrono::minutes kAllocationWait{1};
+  const auto deadline = std::chrono::steady_clock::now() + kAllocationWait;
+  for (;;) {
+    try {
+      pool.remove(name);
+      return;
+    } catch (const BackendError& error) {
+      const bool allocating =
+          std::string_view(error.what()).find("still being allocated") != std::string_view::npos;
+      if (!allocating || std::chrono::steady_clock::now() > deadline) throw;
+    }
+    std::this_thread::sleep_for(kAllocationPoll);
+  }
 }
 
 InstanceState to_instance_state(int state) {
@@ -307,9 +327,9 @@ class LibvirtMachine final : public Machine {
     if (host_.uri.empty()) return;  // never created
     kill();
     const StoragePool& pool = storage();
-    pool.remove(disk_volume());
-    pool.remove(seed_volume());
-    pool.remove(domain_ + kStateSuffix);
+    for (const std::string& volume : {disk_volume(), seed_volume(), domain_ + kStateSuffix}) {
+      remove_once_allocated(pool, volume);
+    }
   }
 
   std::string agent_exchange(const std::string& request, milliseconds timeout) override {
