@@ -1,13 +1,16 @@
 // create -> ready on the libvirt backend beside the QEMU backend's, in one run, interleaved round
-// by round so both see the same machine: cold boots on each, and warm starts where the backend
-// has warm images (the QEMU backend; libvirt's instances boot cold, which its line says). Uses
-// VMFEST_HOME and VMFEST_LIBVIRT_URI as they are (a libvirtd must run: tools/libvirt-services.sh).
+// by round so all see the same machine: cold boots and warm starts on each backend, and on each
+// host of VMFEST_LIBVIRT_URI (comma-separated) in turn. Uses VMFEST_HOME as it is (a libvirtd must
+// run: tools/libvirt-services.sh). Both backends give TCG the same translation cache
+// (VMFEST_TCG_TB_SIZE, default 256 MiB); each arm prints the accelerator its instances ran under.
 //   vmfest_backend_bench [ROUNDS]
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <set>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,8 +28,14 @@ using vmfest::testing::Clock;
 using vmfest::testing::median;
 using vmfest::testing::seconds_since;
 
-// Seconds from Instance::create to start() returning (SSH answered), destroy not counted.
-double create_to_ready(const std::string& backend, bool warm) {
+struct Arm {
+  std::vector<double> seconds;
+  std::set<std::string> accelerators;  // what its instances really ran under
+};
+
+// Seconds from Instance::create to start() returning (SSH answered), destroy not counted. False
+// when a warm request booted cold.
+bool timed_start(const std::string& backend, bool warm, Arm& arm) {
   ::setenv("VMFEST_BACKEND", backend.c_str(), 1);
   vmfest::InstanceRequest request;
   request.model = vmfest::testing::kDefaultModel;
@@ -34,45 +43,92 @@ double create_to_ready(const std::string& backend, bool warm) {
   const auto begin = Clock::now();
   vmfest::Instance instance = vmfest::Instance::create(request);
   instance.start();
-  const double seconds = seconds_since(begin);
-  if (warm && !instance.resumed_warm() && backend == "qemu") {
-    throw vmfest::Error("the QEMU backend booted a warm request cold: no warm image?");
+  arm.seconds.push_back(seconds_since(begin));
+  arm.accelerators.insert(instance.accelerator());
+  return !warm || instance.resumed_warm();
+}
+
+void create_to_ready(const std::string& backend, bool warm, Arm& arm) {
+  if (!timed_start(backend, warm, arm)) {
+    throw vmfest::Error(
+        fmt::format("the {} backend booted a warm request cold: no warm image?", backend));
   }
-  return seconds;
+}
+
+// Untimed: makes the backend's warm image (a stale one is discarded by the first start and built
+// by the second).
+void make_warm_image(const std::string& backend) {
+  Arm untimed;
+  if (!timed_start(backend, true, untimed) && !timed_start(backend, true, untimed)) {
+    create_to_ready(backend, true, untimed);
+  }
+}
+
+std::vector<std::string> libvirt_uris() {
+  const char* setting = std::getenv("VMFEST_LIBVIRT_URI");
+  std::vector<std::string> uris;
+  std::stringstream list(setting != nullptr ? setting : "qemu:///system");
+  for (std::string uri; std::getline(list, uri, ',');) uris.push_back(uri);
+  return uris;
+}
+
+std::string joined(const std::set<std::string>& words) {
+  std::string text;
+  for (const std::string& word : words) text += (text.empty() ? "" : ",") + word;
+  return text;
 }
 
 }  // namespace
 
 constexpr std::string_view kUsage = R"(usage: vmfest_backend_bench [ROUNDS (default 5)]
-Times create -> ready on the libvirt backend beside the QEMU backend's (cold, and warm where the
-backend has warm images), interleaved round by round. Needs VMFEST_LIBVIRT_URI and a running
-libvirtd (tools/libvirt-services.sh). Prints a table and the ratios.
+Times create -> ready, cold and warm, on the QEMU backend and on the libvirt backend on each host
+of VMFEST_LIBVIRT_URI (comma-separated) in turn, interleaved round by round. Needs a running
+libvirtd (tools/libvirt-services.sh). Prints a table, the accelerator each arm ran under, and the
+ratios.
 )";
 
 int main(int argc, char** argv) {
   vmfest::bench::answer_help(argc, argv, kUsage);
   try {
     const int rounds = argc > 1 ? std::max(1, std::atoi(argv[1])) : 5;
+    const std::vector<std::string> uris = libvirt_uris();
     vmfest::testing::ensure_default_model();
-    // Untimed: the QEMU warm image's build, and libvirt's one-time upload of the model.
-    create_to_ready("qemu", true);
-    create_to_ready("libvirt", false);
-    std::map<std::string, std::vector<double>> figures;
+    std::map<std::string, Arm> arms;
+    // Untimed: the warm images' builds, and libvirt's one-time upload of the model.
+    make_warm_image("qemu");
+    for (const std::string& uri : uris) {
+      ::setenv("VMFEST_LIBVIRT_URI", uri.c_str(), 1);
+      make_warm_image("libvirt");
+    }
     for (int round = 0; round < rounds; ++round) {
-      figures["qemu cold"].push_back(create_to_ready("qemu", false));
-      figures["libvirt cold"].push_back(create_to_ready("libvirt", false));
-      figures["qemu warm"].push_back(create_to_ready("qemu", true));
+      create_to_ready("qemu", false, arms["qemu cold"]);
+      create_to_ready("qemu", true, arms["qemu warm"]);
+      for (std::size_t host = 0; host < uris.size(); ++host) {
+        ::setenv("VMFEST_LIBVIRT_URI", uris[host].c_str(), 1);
+        create_to_ready("libvirt", false, arms[fmt::format("libvirt{} cold", host + 1)]);
+        create_to_ready("libvirt", true, arms[fmt::format("libvirt{} warm", host + 1)]);
+      }
     }
-    std::cout << fmt::format("create -> ready, medians of {} interleaved rounds (TCG):\n", rounds);
-    for (const auto& [label, values] : figures) {
-      std::cout << fmt::format("  {:<14} {:6.2f} s\n", label, median(values));
+    std::cout << fmt::format("create -> ready, medians of {} interleaved rounds:\n", rounds);
+    for (const auto& [label, arm] : arms) {
+      std::cout << fmt::format("  {:<14} {:6.2f} s  ({})\n", label, median(arm.seconds),
+                               joined(arm.accelerators));
     }
-    std::cout << "  libvirt warm   n/a (the libvirt backend makes no warm images yet; it boots "
-                 "cold)\n";
-    std::cout << fmt::format("libvirt_cold_vs_qemu_cold {:.2f}\n",
-                             median(figures["libvirt cold"]) / median(figures["qemu cold"]));
-    std::cout << fmt::format("libvirt_cold_vs_qemu_warm {:.2f}\n",
-                             median(figures["libvirt cold"]) / median(figures["qemu warm"]));
+    for (std::size_t host = 0; host < uris.size(); ++host) {
+      std::cout << fmt::format("  libvirt{}: {}\n", host + 1, uris[host]);
+    }
+    auto of = [&](const std::string& label) { return median(arms[label].seconds); };
+    for (std::size_t host = 1; host <= uris.size(); ++host) {
+      const std::string cold = fmt::format("libvirt{} cold", host);
+      const std::string warm = fmt::format("libvirt{} warm", host);
+      const std::string suffix = uris.size() > 1 ? fmt::format(" (libvirt{})", host) : "";
+      std::cout << fmt::format("libvirt_warm_vs_libvirt_cold {:.2f}{}\n", of(warm) / of(cold),
+                               suffix);
+      std::cout << fmt::format("libvirt_warm_vs_qemu_warm {:.2f}{}\n", of(warm) / of("qemu warm"),
+                               suffix);
+      std::cout << fmt::format("libvirt_cold_vs_qemu_cold {:.2f}{}\n", of(cold) / of("qemu cold"),
+                               suffix);
+    }
     return 0;
   } catch (const std::exception& error) {
     std::cerr << "vmfest_backend_bench: " << error.what() << "\n";

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <random>
 #include <thread>
 
 #include <fmt/format.h>
@@ -266,6 +267,59 @@ TEST(Libvirt, AKilledTestProcessLeavesNoDomainAndReapLeavesNoVolume) {
   EXPECT_NE(std::find(reaped.begin(), reaped.end(), name), reaped.end());
   EXPECT_TRUE(volumes_with(first_uri(), "-" + name).empty());
   EXPECT_FALSE(fs::exists(vmfest::Home::from_environment().instances() / name));
+}
+
+// A warm clone is restored, and libvirt cannot tie a restored domain to its owner's connection:
+// its guest agent powers it off once the owner's channel closes. An owner of three warm clones
+// (vmfest_own_three) is SIGKILLed at a random moment of its life (copying the state, restoring,
+// handing over identities, running); within 30 s no domain of it runs, and a reap leaves no volume.
+TEST(Libvirt, AKilledOwnerOfWarmClonesLeavesNoDomainWithin30Seconds) {
+  const PrivateHome home;
+  {
+    Instance first = start_instance();  // builds the warm image the owners' instances resume
+    ASSERT_TRUE(first.resumed_warm()) << first.console_tail();
+  }
+  const int rounds = std::getenv("VMFEST_KILL_ROUNDS") != nullptr
+                         ? std::atoi(std::getenv("VMFEST_KILL_ROUNDS"))
+                         : 10;
+  std::mt19937 random(static_cast<unsigned>(::getpid()));
+  std::chrono::milliseconds slowest{0};
+  for (int round = 0; round < rounds; ++round) {
+    const std::string prefix = fmt::format("warmkill-{}-{}", ::getpid(), round);
+    // Up to 6 s: three warm starts take about 2 s, then the clones run.
+    const auto kill_after = std::chrono::milliseconds(random() % 6000);
+    SCOPED_TRACE(fmt::format("round {}: SIGKILL after {} ms", round, kill_after.count()));
+    const fs::path output = fs::temp_directory_path() / (prefix + ".log");
+    {
+      vmfest::testing::ChildProcess owner({VMFEST_OWN_THREE, prefix}, output);
+      std::this_thread::sleep_for(kill_after);
+      owner.kill();
+      EXPECT_EQ(owner.wait(), 128 + SIGKILL) << owner.output();
+    }
+    const auto killed = std::chrono::steady_clock::now();
+    while (domain_exists(first_uri(), "-" + prefix + "-") &&
+           std::chrono::steady_clock::now() - killed < 30s) {
+      std::this_thread::sleep_for(200ms);
+    }
+    EXPECT_FALSE(domain_exists(first_uri(), "-" + prefix + "-"))
+        << "a domain of the killed owner still runs 30 s later";
+    slowest = std::max(slowest, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::steady_clock::now() - killed));
+    vmfest::reap_leaked_instances();
+    EXPECT_EQ(volumes_with(first_uri(), "-" + prefix + "-"),
+              (std::map<std::string, std::string>{}));
+    fs::remove(output);
+  }
+  std::printf("the slowest killed owner's domains were gone %.1f s after the kill\n",
+              static_cast<double>(slowest.count()) / 1000);
+
+  // The image's volumes stay while its folder names them, and go with it.
+  const vmfest::Home this_home = vmfest::Home::from_environment();
+  const std::string warm_volumes = "vmfest-warm-" + this_home.id() + "-";
+  EXPECT_EQ(volumes_with(first_uri(), warm_volumes).size(), 2U);
+  fs::remove_all(this_home.models() / vmfest::testing::kDefaultModel / "warm");
+  vmfest::reap_leaked_instances();
+  EXPECT_EQ(volumes_with(first_uri(), warm_volumes), (std::map<std::string, std::string>{}));
 }
 
 // A VM and volumes whose instance folder is gone (a home emptied by hand; a process killed between

@@ -12,6 +12,7 @@ struct DomainSpec {
   std::string emulator;              // the QEMU binary on the host; empty: libvirt's choice
   int memory_mib = 256;
   int cpus = 1;
+  int tb_size_mib = 0;  // TCG's translation cache; 0: QEMU's default
   std::string pool;
   std::string disk_volume;  // qcow2
   std::string seed_volume;  // raw NoCloud ISO, read-only
@@ -34,6 +35,12 @@ std::string domain_xml(const DomainSpec& spec);
 // there), or "" when unset: libvirt's default for the domain type.
 std::string emulator_setting();
 std::string emulator_xml(const std::string& emulator);
+
+// The XML of a domain saved by libvirt (`saved_xml`, of domain `saved_name`) made the XML of the
+// clone `spec` that restores its image: the clone's name (and so its volumes, which carry it), SSH
+// forward port and metadata, and a UUID of its own. BackendError when it is not a vmfest domain.
+std::string clone_domain_xml(const std::string& saved_xml, const std::string& saved_name,
+                             const DomainSpec& spec);
 
 // The <uri> of vmfest's metadata in the XML of a domain's metadata element ("" if none).
 std::string uri_in_metadata(const std::string& metadata_xml);

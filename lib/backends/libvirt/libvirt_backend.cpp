@@ -3,20 +3,24 @@
 // system: models, disks and seeds are volumes of a storage pool there, the console is a libvirt
 // stream, and SSH reaches the guest through a forward on the host's 127.0.0.1 (through the host's
 // own SSH account when it is remote). A domain of an owned instance dies with its connection
-// (VIR_DOMAIN_START_AUTODESTROY): a test process killed at any moment leaks no VM, only volumes,
-// which a reap deletes: that home's through the instance's record, any other runner's when the
-// owner's lease runs out (leases.h, reap.h).
+// (VIR_DOMAIN_START_AUTODESTROY); a warm clone, restored from a save image, cannot be started so
+// and dies with the guest agent's channel that its owner holds instead (agent_channel.h): a test
+// process killed at any moment leaks no VM, only volumes, which a reap deletes: that home's
+// through the instance's record, any other runner's when the owner's lease runs out (leases.h,
+// reap.h).
 
 #include <unistd.h>
 
 #include <mutex>
 #include <optional>
 #include <random>
+#include <string_view>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "accelerator.h"
+#include "agent_channel.h"
 #include "console_log.h"
 #include "domain_xml.h"
 #include "hosts.h"
@@ -30,6 +34,7 @@
 #include "vmfest/home.h"
 #include "vmfest/internal/base.h"
 #include "vmfest/internal/driver.h"
+#include "warm.h"
 
 namespace vmfest::detail::libvirt {
 namespace fs = std::filesystem;
@@ -41,10 +46,24 @@ constexpr const char* kConsoleLog = "serial.log";
 constexpr int kLaunchAttempts = 5;  // each with another forward port, should one be taken
 constexpr milliseconds kStatePoll{100};
 
+constexpr std::chrono::seconds kAgentTimeout{10};
+
 // A remote host's ports cannot be probed from here: a random one, retried if QEMU finds it taken.
 int random_remote_port() {
   static std::mt19937 random{std::random_device{}()};
   return std::uniform_int_distribution<int>(20000, 60999)(random);
+}
+
+// TCG's translation cache per VM: VMFEST_TCG_TB_SIZE, else the QEMU backend's 256 MiB (QEMU's
+// own default is 1 GiB per VM).
+int tb_size_mib() {
+  return static_cast<int>(
+      whole_number_setting("VMFEST_TCG_TB_SIZE", 1, 65536, "of MiB").value_or(256));
+}
+
+// The model's own kernel, else the default model's: what a host's KVM is tested with.
+fs::path probe_kernel(const Model& model) {
+  return model.boot.kind == BootSpec::Kind::Kernel ? model.boot.kernel : default_probe_kernel();
 }
 
 InstanceState to_instance_state(int state) {
@@ -74,18 +93,33 @@ class LibvirtMachine final : public Machine {
       port_ = saved.value("port", 0);
       domain_type_ = saved.value("domain_type", domain_type_);
       outlives_owner_ = saved.value("outlives_owner", false);
+      warm_restored_ = saved.value("warm_restored", false);
     }
   }
 
   void create_disk() override {
-    host_ = choose_host();
     outlives_owner_ = config_.outlives_owner;
-    const StoragePool& pool = storage();
-    domain_type_ = host_accelerator(connection(), pool, host_, probe_kernel()).domain_type;
-    // First, so that no volume of it is ever without a live lease or this home's record.
-    if (!outlives_owner_) lease_.emplace(pool, host_.uri, domain_);
     const Model& model = config_.model;
+    // A warm clone runs where its image is; another instance where there is room.
+    const std::optional<WarmVolumes> image =
+        config_.warm_image.empty() ? std::nullopt
+                                   : std::optional(read_warm_volumes(config_.warm_image));
+    host_ = image ? parse_host_uri(image->uri) : choose_host();
+    const StoragePool& pool = storage();
+    domain_type_ = host_accelerator(connection(), pool, host_, probe_kernel(model)).domain_type;
+    // First, so that no volume of it is ever without a live lease or this home's record.
+    if (!outlives_owner_ && !lease_) lease_.emplace(pool, host_.uri, domain_);
+    if (image) {
+      // A pool emptied since (a host's libvirtd set up afresh): launch says the image is gone.
+      image_gone_ = !pool.contains(image->base) || !pool.contains(image->state);
+      if (image_gone_) return;
+      pool.create_overlay(disk_volume(), image->base, "qcow2");
+      pool.remove(seed_volume());
+      pool.upload(seed_volume(), config_.seed_image);
+      return;
+    }
     const std::string base = pool.upload_cached(model_disk_volume_name(model), model.disk);
+    pool.remove(disk_volume());  // a warm clone's, booted afresh after its resume failed
     if (config_.full_copy) {
       pool.create_copy(disk_volume(), base);
     } else {
@@ -97,53 +131,27 @@ class LibvirtMachine final : public Machine {
 
   // The VM runs on the libvirt host, not as our child: it takes room under that host's cap.
   void launch(const VmSlot* /*slot*/) override {
-    const StoragePool& pool = storage();
-    DomainSpec spec;
-    spec.name = domain_;
-    spec.domain_type = domain_type_;
-    spec.emulator = emulator_setting();
-    spec.memory_mib = config_.profile.memory_mib;
-    spec.cpus = config_.profile.cpus;
-    spec.pool = pool.name();
-    spec.disk_volume = disk_volume();
-    spec.seed_volume = seed_volume();
-    const Model& model = config_.model;
-    // Uploaded (or found) now: only a running domain keeps them from collection.
-    auto boot_file = [&](const fs::path& file, const std::string& part) {
-      return pool.path_of(pool.upload_cached(boot_file_volume_name(file, part), file));
-    };
-    if (model.boot.kind == BootSpec::Kind::Kernel) {
-      spec.kernel = boot_file(model.boot.kernel, "kernel");
-      if (!model.boot.initrd.empty()) spec.initrd = boot_file(model.boot.initrd, "initrd");
-      spec.cmdline = model.boot.cmdline;
+    DomainSpec spec = domain_spec();
+    // The image is resumed once: a later start boots the clone's disk.
+    if (!config_.warm_image.empty() && !warm_restored_) {
+      if (image_gone_) {
+        throw WarmResumeError(
+            fmt::format("instance '{}': the volumes of warm image {} are gone "
+                        "from {}",
+                        config_.instance_name, config_.warm_image.string(), host_.uri),
+            true);
+      }
+      resume_warm_image(spec);
+      return;
     }
-    spec.guest_ssh_port = model.ssh_port;
-    spec.vmfest_home = config_.directory.parent_path().parent_path().string();
-    spec.instance_name = config_.instance_name;
-    spec.owner = fmt::format("{}:{}", host_name(), ::getpid());
-    spec.uri = host_.uri;
+    resumed_warm_ = false;
     // Owned instances die with this process's connection; detached and permanent ones live on.
     const unsigned flags =
         VIR_DOMAIN_START_PAUSED | (outlives_owner_ ? 0U : unsigned{VIR_DOMAIN_START_AUTODESTROY});
     Domain domain;
-    start_within_cap(connection(), pool, host_, [&] {
-      for (int attempt = 1; !domain; ++attempt) {
-        port_ = config_.ssh_host_port != 0 ? config_.ssh_host_port
-                : host_.local()            ? free_loopback_port()
-                                           : random_remote_port();
-        spec.ssh_forward_port = port_;
-        domain.reset(virDomainCreateXML(connection(), domain_xml(spec).c_str(), flags));
-        if (domain) break;
-        const std::string why = last_error();
-        const bool port_taken = why.find("host forwarding") != std::string::npos;
-        if (!port_taken || attempt == kLaunchAttempts || config_.ssh_host_port != 0) {
-          fail(fmt::format("libvirt: could not start domain '{}' of instance '{}'", domain_,
-                           config_.instance_name),
-               host_.uri);
-        }
-        spdlog::debug("vmfest: instance '{}': port {} is taken on {}; trying another",
-                      config_.instance_name, port_, host_.uri);
-      }
+    start_within_cap(connection(), storage(), host_, [&] {
+      domain = start_with_a_free_port(
+          spec, [&] { return virDomainCreateXML(connection(), domain_xml(spec).c_str(), flags); });
     });
     // The readiness check reads this log: a previous boot's lines must not satisfy it.
     console_.reset();
@@ -164,6 +172,100 @@ class LibvirtMachine final : public Machine {
                  config_.instance_name, domain_, host_.uri, accelerator());
   }
 
+  DomainSpec domain_spec() {
+    const StoragePool& pool = storage();
+    DomainSpec spec;
+    spec.name = domain_;
+    spec.domain_type = domain_type_;
+    spec.emulator = emulator_setting();
+    spec.memory_mib = config_.profile.memory_mib;
+    spec.cpus = config_.profile.cpus;
+    spec.tb_size_mib = tb_size_mib();
+    spec.pool = pool.name();
+    spec.disk_volume = disk_volume();
+    spec.seed_volume = seed_volume();
+    const Model& model = config_.model;
+    // Uploaded (or found) now: only a running domain keeps them from collection.
+    auto boot_file = [&](const fs::path& file, const std::string& part) {
+      return pool.path_of(pool.upload_cached(boot_file_volume_name(file, part), file));
+    };
+    if (model.boot.kind == BootSpec::Kind::Kernel) {
+      spec.kernel = boot_file(model.boot.kernel, "kernel");
+      if (!model.boot.initrd.empty()) spec.initrd = boot_file(model.boot.initrd, "initrd");
+      spec.cmdline = model.boot.cmdline;
+    }
+    spec.guest_ssh_port = model.ssh_port;
+    spec.vmfest_home = config_.directory.parent_path().parent_path().string();
+    spec.instance_name = config_.instance_name;
+    spec.owner = fmt::format("{}:{}", host_name(), ::getpid());
+    spec.uri = host_.uri;
+    return spec;
+  }
+
+  // Starts the domain through `start` (a create or a restore of `spec`), with another forward
+  // port should QEMU find one taken. Throws, with libvirt's reason, when it does not start.
+  Domain start_with_a_free_port(DomainSpec& spec, const std::function<virDomainPtr()>& start) {
+    for (int attempt = 1;; ++attempt) {
+      port_ = config_.ssh_host_port != 0 ? config_.ssh_host_port
+              : host_.local()            ? free_loopback_port()
+                                         : random_remote_port();
+      spec.ssh_forward_port = port_;
+      Domain domain(start());
+      if (domain) return domain;
+      const std::string why = last_error();
+      const bool port_taken = why.find("host forwarding") != std::string::npos;
+      if (!port_taken || attempt == kLaunchAttempts || config_.ssh_host_port != 0) {
+        fail(fmt::format("libvirt: could not start domain '{}' of instance '{}'", domain_,
+                         config_.instance_name),
+             host_.uri);
+      }
+      spdlog::debug("vmfest: instance '{}': port {} is taken on {}; trying another",
+                    config_.instance_name, port_, host_.uri);
+    }
+  }
+
+  // Restores the warm image as this instance's domain, running at once: its agent is guarded from
+  // the save on, so it waits for this process to take the channel (a few seconds of grace), and a
+  // process killed at any moment from here leaves a guest that powers itself off.
+  void resume_warm_image(DomainSpec& spec) {
+    Domain domain;
+    try {
+      const WarmVolumes image = read_warm_volumes(config_.warm_image);
+      start_within_cap(connection(), storage(), host_, [&] {
+        domain = start_with_a_free_port(spec, [&] {
+          return restore_clone(connection(), storage(), image, domain_ + kStateSuffix, spec)
+              .release();
+        });
+      });
+      agent_ = std::make_unique<AgentChannel>(connection(), domain.get(), host_.uri,
+                                              config_.instance_name);
+      // A detached clone must outlive this process and so its channel.
+      if (outlives_owner_) expect_ok(agent_exchange("guard off\n", kAgentTimeout), "guard off");
+    } catch (const std::exception& error) {
+      kill();
+      throw WarmResumeError(
+          fmt::format("instance '{}': libvirt could not restore warm image {} on {}: {}",
+                      config_.instance_name, config_.warm_image.string(), host_.uri, error.what()),
+          true);
+    }
+    console_.reset();
+    console_ = std::make_unique<ConsoleLog>(connection(), domain.get(), console_log(), host_.uri);
+    started_here_ = true;
+    resumed_warm_ = true;
+    warm_restored_ = true;
+    spdlog::info(
+        "vmfest: instance '{}' resumed warm as libvirt domain '{}' on {} ({}, memory streamed "
+        "from the saved state)",
+        config_.instance_name, domain_, host_.uri, accelerator());
+  }
+
+  void expect_ok(const std::string& reply, const char* request) const {
+    if (reply != "ok") {
+      throw BackendError(fmt::format("instance '{}': the guest agent answered '{}' to '{}'",
+                                     config_.instance_name, reply, request));
+    }
+  }
+
   void pause() override { act("pause", virDomainSuspend); }
   void resume() override { act("resume", virDomainResume); }
 
@@ -171,6 +273,7 @@ class LibvirtMachine final : public Machine {
     auto domain = find();
     if (!domain || state_of(domain->get()) == InstanceState::Stopped) return;
     close_console();  // the guest ends the domain itself now
+    agent_.reset();
     // A paused guest cannot see the power button.
     if (state_of(domain->get()) == InstanceState::Paused) virDomainResume(domain->get());
     if (virDomainShutdown(domain->get()) == 0) {
@@ -182,6 +285,7 @@ class LibvirtMachine final : public Machine {
 
   void kill() noexcept override {
     close_console();
+    agent_.reset();
     try {
       if (auto domain = find()) destroy_domain(domain->get(), host_.uri);
     } catch (const std::exception& error) {
@@ -199,14 +303,61 @@ class LibvirtMachine final : public Machine {
     if (host_.uri.empty()) return;  // never created
     kill();
     const StoragePool& pool = storage();
-    pool.remove(disk_volume());
-    pool.remove(seed_volume());
+    for (const std::string& volume : {disk_volume(), seed_volume(), domain_ + kStateSuffix}) {
+      remove_once_allocated(pool, volume);
+    }
     if (lease_) {
       lease_.reset();
     } else {
       remove_lease_markers(pool, pool.volume_names(), domain_);  // its owner's, who died
     }
   }
+
+  std::string agent_exchange(const std::string& request, milliseconds timeout) override {
+    if (!agent_) {
+      auto domain = find();
+      if (!domain) {
+        throw StateError(fmt::format("instance '{}': libvirt domain '{}' on {} is not running",
+                                     config_.instance_name, domain_, host_.uri));
+      }
+      agent_ = std::make_unique<AgentChannel>(connection(), domain->get(), host_.uri,
+                                              config_.instance_name);
+    }
+    return agent_->exchange(request, timeout);
+  }
+
+  nlohmann::json save_warm_image(const fs::path& image_directory) override {
+    auto domain = find();
+    if (!domain) {
+      throw StateError(fmt::format("instance '{}': libvirt domain '{}' on {} is not running",
+                                   config_.instance_name, domain_, host_.uri));
+    }
+    // Every clone's agent is guarded from its first instant on: each dies with its owner.
+    expect_ok(agent_exchange("guard on\n", kAgentTimeout), "guard on");
+    const WarmVolumes volumes =
+        plan_warm_volumes(image_directory, Home(config_.home).id(), host_.uri, domain_);
+    close_console();
+    try {
+      save_domain(domain->get(), storage(), volumes, disk_volume());
+    } catch (const std::exception&) {
+      if (outlives_owner_ && find_or_null()) agent_exchange("guard off\n", kAgentTimeout);
+      throw;
+    }
+    agent_.reset();
+    unsigned long version = 0;
+    virConnectGetVersion(connection(), &version);
+    spdlog::info(
+        "vmfest: instance '{}': warm image saved on {} as volumes '{}' and '{}'; the guest's "
+        "memory is streamed from the saved state (libvirt's save images hold it)",
+        config_.instance_name, host_.uri, volumes.state, volumes.base);
+    return {{"qemu_version", version},
+            {"machine_type", "pc"},
+            {"accelerator", accelerator()},
+            {"memory", "streamed"},
+            {"uri", host_.uri}};
+  }
+
+  [[nodiscard]] bool resumed_warm() const override { return resumed_warm_; }
 
   [[nodiscard]] ssh::Endpoint ssh_endpoint() const override {
     if (host_.local()) return ssh::Endpoint{"127.0.0.1", port_, config_.model.ssh_user, ""};
@@ -221,11 +372,13 @@ class LibvirtMachine final : public Machine {
             {"domain", domain_},
             {"port", port_},
             {"domain_type", domain_type_},
-            {"outlives_owner", outlives_owner_}};
+            {"outlives_owner", outlives_owner_},
+            {"warm_restored", warm_restored_}};
   }
 
   void detach() noexcept override {
     close_console();
+    if (outlives_owner_) agent_.reset();  // its guard is off
     if (started_here_ && !outlives_owner_ && find_or_null()) {
       // The domain dies with the connection that started it: keep that open for as long as this
       // process lives, so the VM outlives its handle as detach promises, though not the process.
@@ -235,16 +388,12 @@ class LibvirtMachine final : public Machine {
           config_.instance_name);
       static_cast<void>(connection_.release());
       if (lease_) lease_->keep_until_exit();
+      static_cast<void>(agent_.release());  // a warm clone lives as long as its channel
     }
   }
 
  private:
   [[nodiscard]] std::string disk_volume() const { return domain_ + kDiskSuffix; }
-  // The model's own kernel, else the default model's: what a host's KVM is tested with.
-  [[nodiscard]] fs::path probe_kernel() const {
-    if (config_.model.boot.kind == BootSpec::Kind::Kernel) return config_.model.boot.kernel;
-    return default_probe_kernel();
-  }
   [[nodiscard]] std::string seed_volume() const { return domain_ + kSeedSuffix; }
 
   static std::string host_name() {
@@ -313,11 +462,16 @@ class LibvirtMachine final : public Machine {
   std::string domain_type_ = "qemu";
   bool outlives_owner_ = false;
   bool started_here_ = false;  // this connection started the domain (and, owned, it dies with it)
+  bool resumed_warm_ = false;  // the last launch resumed the warm image
+  bool warm_restored_ = false;
+  bool image_gone_ = false;  // the warm image's volumes are not on its host any more  // a launch
+                             // resumed it already: later ones boot the disk
   int port_ = 0;
   Connection connection_;
   std::optional<StoragePool> pool_;  // after connection_: it uses it
   std::optional<Lease> lease_;       // after pool_: it uses it; held while this process owns it
   std::unique_ptr<ConsoleLog> console_;
+  std::unique_ptr<AgentChannel> agent_;  // after connection_: its stream is of it
 };
 
 class LibvirtBackend final : public Backend {
@@ -362,15 +516,47 @@ class LibvirtBackend final : public Backend {
                                    const nlohmann::json& saved) override {
     return std::make_unique<LibvirtMachine>(config, saved);
   }
-  // No warm images: a warm image is a save file restored per clone (virDomainSaveFlags,
-  // virDomainRestoreFlags with an XML pointing at the clone's own overlay), and libvirt's QEMU
-  // driver neither saves a domain started with AUTODESTROY nor restores one with it (restore takes
-  // no such flag). Warm clones would outlive a killed test; vmfest keeps that guarantee and boots
-  // cold. No private segments: vmfest's segment hub is a unix datagram socket on this machine.
+  // Warm images are save images in the host's pool (warm.h). No private segments: vmfest's segment
+  // hub is a unix datagram socket on this machine.
   [[nodiscard]] Capabilities capabilities() const override {
-    return {.why_no_warm_images =
-                "libvirt cannot restore a saved domain that dies with its test process",
-            .runs_vms_here = false};
+    Capabilities capabilities;
+    capabilities.warm_images = true;
+    capabilities.runs_vms_here = false;
+    return capabilities;
+  }
+
+  // The host the image would be made on (a warm clone goes where its image is: with several URIs,
+  // the first), what runs guests there, the pool that holds the image (a pool defined afresh holds
+  // none), the domain's hardware and the model's files.
+  std::string warm_fingerprint(const MachineConfig& config) override {
+    const HostUri host = configured_hosts().front();
+    Connection connection = connect(host.uri);
+    unsigned long hypervisor = 0;
+    unsigned long library = 0;
+    if (virConnectGetVersion(connection.get(), &hypervisor) < 0 ||
+        virConnectGetLibVersion(connection.get(), &library) < 0) {
+      fail("libvirt: could not read the host's versions", host.uri);
+    }
+    const StoragePool pool(connection.get(), host.uri);
+    std::array<char, VIR_UUID_STRING_BUFLEN> pool_uuid{};
+    if (virStoragePoolGetUUIDString(pool.handle(), pool_uuid.data()) < 0) {
+      fail(fmt::format("libvirt: could not read the UUID of pool '{}'", pool.name()), host.uri);
+    }
+    const Model& model = config.model;
+    const std::string accelerator =
+        host_accelerator(connection.get(), pool, host, probe_kernel(model)).domain_type;
+    std::string fingerprint = fmt::format(
+        "libvirt host {}\nqemu {}\nlibvirt {}\npool {}\nmachine pc\naccelerator {}\ntb-size "
+        "{}\nmodel "
+        "{}\n",
+        host.uri, hypervisor, library, pool_uuid.data(), accelerator, tb_size_mib(), model.sha256);
+    if (model.boot.kind == BootSpec::Kind::Kernel) {
+      fingerprint += fmt::format(
+          "kernel {}\ninitrd {}\ncmdline {}\n", boot_file_volume_name(model.boot.kernel, "kernel"),
+          model.boot.initrd.empty() ? "" : boot_file_volume_name(model.boot.initrd, "initrd"),
+          model.boot.cmdline);
+    }
+    return fingerprint;
   }
 
   // Only where the libvirt backend is in use: a reap must not knock on a libvirtd nobody asked for.

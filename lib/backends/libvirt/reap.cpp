@@ -13,6 +13,7 @@
 #include "storage.h"
 #include "vmfest/error.h"
 #include "vmfest/internal/base.h"
+#include "warm.h"
 
 namespace vmfest::detail::libvirt {
 namespace fs = std::filesystem;
@@ -89,12 +90,17 @@ std::vector<std::string> reap_host(const HostUri& host, const Home& home) {
       lease_markers.push_back(name);
       continue;
     }
-    pool.remove(name);
+    remove_once_allocated(pool, name);
     removed.push_back(fmt::format("libvirt volume '{}' on {}", name, host.uri));
   }
   for (const std::string& name : lease_markers) pool.remove(name);
-  for (std::string& model : pool.collect_unused_models(connection.get(), model_ttl())) {
-    removed.push_back(std::move(model));
+  // This home's warm volumes that none of its images names (a build that died, an image removed).
+  for (const std::string& name : unused_warm_volumes(home.models(), home.id(), names)) {
+    remove_once_allocated(pool, name);
+    removed.push_back(fmt::format("libvirt volume '{}' on {}", name, host.uri));
+  }
+  for (std::string& unused : pool.collect_unused(connection.get(), model_ttl())) {
+    removed.push_back(std::move(unused));
   }
   return removed;
 }

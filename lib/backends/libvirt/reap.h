@@ -1,6 +1,7 @@
 // What a reap removes from a libvirt host: only what is provably dead. This home's instances whose
-// folders are gone; another home's (another runner's) whose owner's lease ran out; models that
-// nothing used for VMFEST_LIBVIRT_MODEL_TTL. Never what is merely not on this machine's disk.
+// folders are gone; another home's (another runner's) whose owner's lease ran out; models
+// and warm images nothing used for VMFEST_LIBVIRT_MODEL_TTL. Never what is merely not on this
+// machine's disk.
 #pragma once
 
 #include <string>

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <random>
 #include <set>
@@ -14,6 +15,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "naming.h"
 #include "vmfest/error.h"
 #include "vmfest/internal/base.h"
 
@@ -254,8 +256,8 @@ bool StoragePool::waited_for_upload(const std::string& volume) const {
   return true;
 }
 
-std::vector<std::string> StoragePool::collect_unused_models(virConnectPtr connection,
-                                                            std::chrono::seconds keep) const {
+std::vector<std::string> StoragePool::collect_unused(virConnectPtr connection,
+                                                     std::chrono::seconds keep) const {
   const std::vector<std::string> names = volume_names();
   const std::set<std::string> present(names.begin(), names.end());
   // What refers to a pool file: overlays (their backing store) and domains (disks, kernels).
@@ -273,15 +275,22 @@ std::vector<std::string> StoragePool::collect_unused_models(virConnectPtr connec
   }
   const auto now = host_now();
   std::vector<std::string> deleted;
+  // `volume`, and what goes with it: an upload's markers, a warm image's saved state.
   auto remove_all = [&](const std::string& volume) {
-    for (const char* suffix : {"", kDoneSuffix, kUnusedSuffix}) {
-      if (present.contains(volume + suffix)) remove(volume + suffix);
+    std::vector<std::string> parts{volume, volume + kDoneSuffix, volume + kUnusedSuffix};
+    if (volume.ends_with(kWarmBaseSuffix)) {
+      parts.push_back(volume.substr(0, volume.size() - std::strlen(kWarmBaseSuffix)) +
+                      kWarmStateSuffix);
+    }
+    for (const std::string& part : parts) {
+      if (present.contains(part)) remove(part);
     }
     deleted.push_back(fmt::format("libvirt volume '{}' on {}", volume, uri_));
   };
   for (const std::string& volume : names) {
-    if (!is_upload(volume)) continue;
-    if (!present.contains(volume + kDoneSuffix)) {
+    const bool warm_image = volume.starts_with(kWarmPrefix) && volume.ends_with(kWarmBaseSuffix);
+    if (!is_upload(volume) && !warm_image) continue;
+    if (!warm_image && !present.contains(volume + kDoneSuffix)) {
       const auto written = modified(volume);
       if (written && now - *written > kDeadUpload) remove_all(volume);
       continue;
@@ -312,7 +321,8 @@ void StoragePool::create_overlay(const std::string& name, const std::string& bac
       name);
 }
 
-void StoragePool::create_copy(const std::string& name, const std::string& source) const {
+void StoragePool::create_copy(const std::string& name, const std::string& source,
+                              const std::string& format) const {
   auto from = find_volume(pool_.get(), source, uri_);
   if (!from) fail(fmt::format("libvirt: no volume '{}' to copy", source), uri_);
   virStorageVolInfo info{};
@@ -320,9 +330,9 @@ void StoragePool::create_copy(const std::string& name, const std::string& source
     fail(fmt::format("libvirt: could not read the size of volume '{}'", source), uri_);
   }
   const std::string xml = fmt::format(
-      "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><target><format type='qcow2'/>"
+      "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><target><format type='{}'/>"
       "</target></volume>",
-      xml_escape(name), info.capacity);
+      xml_escape(name), info.capacity, format);
   Volume copy(virStorageVolCreateXMLFrom(pool_.get(), xml.c_str(), from->get(), 0));
   if (!copy) fail(fmt::format("libvirt: could not copy volume '{}' to '{}'", source, name), uri_);
 }
@@ -344,6 +354,23 @@ void StoragePool::remove(const std::string& name) const {
   if (volume && virStorageVolDelete(volume->get(), 0) < 0 &&
       last_error_code() != VIR_ERR_NO_STORAGE_VOL) {
     fail(fmt::format("libvirt: could not delete volume '{}' of pool '{}'", name, name_), uri_);
+  }
+}
+
+void remove_once_allocated(const StoragePool& pool, const std::string& name) {
+  constexpr std::chrono::milliseconds kAllocationPoll{200};
+  constexpr std::chrono::minutes kAllocationWait{1};
+  const auto deadline = std::chrono::steady_clock::now() + kAllocationWait;
+  for (;;) {
+    try {
+      pool.remove(name);
+      return;
+    } catch (const BackendError& error) {
+      const bool allocating =
+          std::string_view(error.what()).find("still being allocated") != std::string_view::npos;
+      if (!allocating || std::chrono::steady_clock::now() > deadline) throw;
+    }
+    std::this_thread::sleep_for(kAllocationPoll);
   }
 }
 

@@ -34,16 +34,18 @@ class StoragePool {
   // volume is uploaded, and the stalled one is never deleted under its uploader: any complete one
   // serves. Each use clears the mark a collection of unused models leaves (collect_unused_models).
   std::string upload_cached(const std::string& name, const std::filesystem::path& file) const;
-  // Deletes the uploads of upload_cached that no volume is backed by and no domain of the host
-  // uses for `keep` (marked unused at one collection, deleted at a later one), and uploads that
-  // stopped growing an hour ago. Returns what it deleted.
-  std::vector<std::string> collect_unused_models(virConnectPtr connection,
-                                                 std::chrono::seconds keep) const;
+  // Deletes the uploads of upload_cached and the warm images (of any home) that no volume is
+  // backed by and no domain of the host uses for `keep` (marked unused at one collection, deleted
+  // at a later one), and uploads that stopped growing an hour ago. Returns what it deleted.
+  std::vector<std::string> collect_unused(virConnectPtr connection,
+                                          std::chrono::seconds keep) const;
   // A qcow2 volume `name` backed by volume `backing` (in `backing_format`): kilobytes.
   void create_overlay(const std::string& name, const std::string& backing,
                       const std::string& backing_format) const;
-  // A standalone qcow2 copy of volume `source`, for a permanent VM.
-  void create_copy(const std::string& name, const std::string& source) const;
+  // A standalone copy of volume `source` in `format`: a permanent VM's disk (qcow2), a warm clone's
+  // saved state (raw).
+  void create_copy(const std::string& name, const std::string& source,
+                   const std::string& format = "qcow2") const;
   // The names of the pool's volumes.
   [[nodiscard]] std::vector<std::string> volume_names() const;
   // Deletes volume `name` if it exists.
@@ -58,6 +60,8 @@ class StoragePool {
   [[nodiscard]] std::chrono::system_clock::time_point host_now() const;
 
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
+  [[nodiscard]] virStoragePoolPtr handle() const noexcept { return pool_.get(); }
+  [[nodiscard]] const std::string& uri() const noexcept { return uri_; }
 
  private:
   void create_volume(const std::string& xml, const std::string& name) const;
@@ -84,6 +88,10 @@ class StoragePool {
 // kernel).
 std::string model_disk_volume_name(const Model& model);
 std::string boot_file_volume_name(const std::filesystem::path& file, const std::string& part);
+
+// Deletes volume `name`, waiting (up to a minute) while libvirt still fills it: a copy or upload
+// that a killed owner started goes on in libvirtd, and refuses its deletion until it is done.
+void remove_once_allocated(const StoragePool& pool, const std::string& name);
 
 // 16 random hex digits: names no other process picks.
 std::string random_token();

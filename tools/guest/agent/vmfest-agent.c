@@ -30,6 +30,13 @@
  *   guest: "ok\n" once the clock is set, the RNG reseeded, the keys and hostname applied and
  *          port 22 answers with the new host key; "error TEXT\n" otherwise.
  *
+ *   host:  "guard on\n" or "guard off\n"                                            guest: "ok\n"
+ *          Ties the guest's life to the host's connection: once on, a host side that goes away
+ *          and does not come back within GUARD_GRACE_MS powers the guest off. A hypervisor that
+ *          cannot end a VM with the process that owns it (a restored libvirt domain) holds the
+ *          connection for that process instead; the grace covers a resume, where the port reads
+ *          as closed until the new owner connects.
+ *
  * The SSH server is whichever the guest runs (ssh_server.h): OpenSSH's sshd as a daemon or started
  * by a systemd socket (a stock cloud image: the key goes to /etc/ssh) or dropbear (vmfest's
  * default model: the key goes to /etc/dropbear). The agent is
@@ -54,6 +61,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -65,6 +73,7 @@
 #define MAX_KEYS (64 * 1024)
 #define MAX_HOST_KEY 1024
 #define MAX_ENTROPY 64
+#define GUARD_GRACE_MS 5000
 
 static int open_port(void) {
   DIR* ports = opendir("/sys/class/virtio-ports");
@@ -99,6 +108,22 @@ static sigset_t mask_without_sigio;
 static int host_signals_connection;
 
 static void on_sigio(int signal_number) { (void)signal_number; /* only ends a ppoll */ }
+
+/* "guard on": the host's connection holds the guest's life. */
+static int guarded;
+
+/* The host side of a guarded port closed: unless a host connects again within the grace, the guest
+ * powers off at once (nothing of a disposable clone needs saving). */
+static int host_connected(int fd);
+
+static void power_off_unless_host_returns(int fd) {
+  for (int waited = 0; waited < GUARD_GRACE_MS; waited += 100) {
+    if (host_connected(fd)) return;
+    const struct timespec tick = {0, 100000000};
+    nanosleep(&tick, NULL);
+  }
+  reboot(RB_POWER_OFF);
+}
 
 static void ask_for_sigio(int fd) {
   struct sigaction action;
@@ -137,6 +162,10 @@ static int fill_pending(int fd) {
       return 0;
     }
     if (got < 0 && errno != EINTR && errno != EAGAIN) return -1;
+    if (got == 0 && guarded) {
+      power_off_unless_host_returns(fd);
+      continue;
+    }
     if (got == 0) { /* sleep until a host connects, or SSH knocks */
       ppoll(pollers + 1, count - 1, host_signals_connection ? NULL : &nap, &mask_without_sigio);
     }
@@ -170,11 +199,39 @@ static int read_line(int fd, char* line, size_t size) {
   return -1;
 }
 
+static ssize_t send_without_blocking(int fd, const char* text, size_t length) {
+  const int flags = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  const ssize_t put = write(fd, text, length);
+  const int error = errno;
+  fcntl(fd, F_SETFL, flags);
+  errno = error;
+  return put;
+}
+
+/* Whether the host's side of the port is connected. */
+static int host_connected(int fd) {
+  struct pollfd port = {fd, POLLIN, 0};
+  return poll(&port, 1, 0) >= 0 && !(port.revents & POLLHUP);
+}
+
+/* A write to the port waits while no host is connected (also for a moment after one connected,
+ * until the guest's kernel has heard of it): a guarded guest must not wait there for a host that is
+ * gone, so it writes without blocking and gives a host that went away its grace. */
 static void reply(int fd, const char* text) {
   size_t length = strlen(text);
   while (length > 0) {
-    ssize_t put = write(fd, text, length);
+    if (guarded && !host_connected(fd)) {
+      power_off_unless_host_returns(fd);
+      continue;
+    }
+    ssize_t put = guarded ? send_without_blocking(fd, text, length) : write(fd, text, length);
     if (put < 0 && errno == EINTR) continue;
+    if (put < 0 && errno == EAGAIN) {
+      const struct timespec nap = {0, 5000000}; /* the host has not read the last reply yet */
+      nanosleep(&nap, NULL);
+      continue;
+    }
     if (put <= 0) return;
     text += put;
     length -= (size_t)put;
@@ -518,6 +575,9 @@ int main(void) {
       reply(fd, "pong\n");
     } else if (strcmp(line, "quiesce") == 0 || strcmp(line, "quiesce keep-cache") == 0) {
       reply(fd, quiesce(strcmp(line, "quiesce") != 0));
+    } else if (strcmp(line, "guard on") == 0 || strcmp(line, "guard off") == 0) {
+      guarded = strcmp(line, "guard on") == 0;
+      reply(fd, "ok\n");
     } else if (strcmp(line, "ssh-server") == 0) {
       reply(fd, describe_ssh_server());
     } else if (strncmp(line, "identity ", 9) == 0) {

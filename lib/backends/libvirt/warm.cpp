@@ -1,0 +1,238 @@
+#include "warm.h"
+
+#include <signal.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+#include <set>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
+
+#include "naming.h"
+#include "vmfest/error.h"
+#include "vmfest/internal/base.h"
+
+namespace vmfest::detail::libvirt {
+namespace fs = std::filesystem;
+
+namespace {
+
+// libvirt's save image (src/qemu/qemu_saveimage.h, version 2): a 92-byte header, then data_len
+// bytes holding the domain XML (NUL-terminated), the migration cookie at cookie_offset within
+// them (NUL-terminated) and zeros, then QEMU's migration stream.
+constexpr std::string_view kSaveMagic = "LibvirtQemudSave";
+constexpr std::size_t kHeaderSize = 92;
+constexpr std::size_t kVersionAt = 16;
+constexpr std::size_t kDataLengthAt = 20;
+constexpr std::size_t kCookieOffsetAt = 32;
+
+std::uint32_t read_u32(const std::string& bytes, std::size_t at) {
+  std::uint32_t value = 0;
+  std::memcpy(&value, bytes.data() + at, sizeof(value));  // little-endian, as libvirt writes it
+  return value;
+}
+
+void write_u32(std::string& bytes, std::size_t at, std::uint32_t value) {
+  std::memcpy(bytes.data() + at, &value, sizeof(value));
+}
+
+std::string random_hex() {
+  static std::mt19937_64 random{std::random_device{}()};
+  return fmt::format("{:016x}", random());
+}
+
+Volume volume_of(const StoragePool& pool, const std::string& name) {
+  auto volume = find_volume(pool.handle(), name, pool.uri());
+  if (!volume) throw BackendError(fmt::format("libvirt: no volume '{}' on {}", name, pool.uri()));
+  return std::move(*volume);
+}
+
+std::string download(virConnectPtr connection, const StoragePool& pool, const std::string& name,
+                     std::uint64_t offset, std::uint64_t length) {
+  const Volume volume = volume_of(pool, name);
+  Stream stream(virStreamNew(connection, 0));
+  if (!stream || virStorageVolDownload(volume.get(), stream.get(), offset, length, 0) < 0) {
+    fail(fmt::format("libvirt: could not read volume '{}'", name), pool.uri());
+  }
+  std::string data;
+  char buffer[65536];
+  for (;;) {
+    const int got = virStreamRecv(stream.get(), buffer, sizeof(buffer));
+    if (got < 0) {
+      virStreamAbort(stream.get());
+      fail(fmt::format("libvirt: could not read volume '{}'", name), pool.uri());
+    }
+    if (got == 0) break;
+    data.append(buffer, static_cast<std::size_t>(got));
+  }
+  if (virStreamFinish(stream.get()) < 0) {
+    fail(fmt::format("libvirt: could not read volume '{}'", name), pool.uri());
+  }
+  return data;
+}
+
+// Writes `data` over the start of volume `name` (the rest stays).
+void overwrite_start(virConnectPtr connection, const StoragePool& pool, const std::string& name,
+                     const std::string& data) {
+  const Volume volume = volume_of(pool, name);
+  Stream stream(virStreamNew(connection, 0));
+  bool done = stream && virStorageVolUpload(volume.get(), stream.get(), 0, data.size(), 0) == 0;
+  for (std::size_t sent = 0; done && sent < data.size();) {
+    const int put = virStreamSend(stream.get(), data.data() + sent, data.size() - sent);
+    done = put > 0;
+    if (done) sent += static_cast<std::size_t>(put);
+  }
+  if (!done || virStreamFinish(stream.get()) < 0) {
+    const std::string why = last_error();
+    if (stream) virStreamAbort(stream.get());
+    throw BackendError(
+        fmt::format("libvirt: could not write volume '{}' on {}: {}", name, pool.uri(), why));
+  }
+}
+
+// Makes the save image `name` restore as the clone `spec`: its XML rewritten in place.
+void make_state_the_clones(virConnectPtr connection, const StoragePool& pool,
+                           const std::string& name, const WarmVolumes& volumes,
+                           const DomainSpec& spec) {
+  std::string header = download(connection, pool, name, 0, kHeaderSize);
+  if (header.size() != kHeaderSize || header.compare(0, kSaveMagic.size(), kSaveMagic) != 0 ||
+      read_u32(header, kVersionAt) != 2) {
+    throw BackendError(fmt::format(
+        "libvirt: volume '{}' on {} is no libvirt save image of the version vmfest knows", name,
+        pool.uri()));
+  }
+  const std::uint32_t data_length = read_u32(header, kDataLengthAt);
+  const std::string data = download(connection, pool, name, kHeaderSize, data_length);
+  const std::size_t cookie_at = read_u32(header, kCookieOffsetAt);
+  if (data.size() != data_length || cookie_at >= data.size()) {
+    throw BackendError(
+        fmt::format("libvirt: the save image '{}' on {} is cut short", name, pool.uri()));
+  }
+  const std::string xml = clone_domain_xml(data.c_str(), volumes.domain, spec);
+  const std::string cookie = data.c_str() + cookie_at;
+  std::string rewritten = xml + '\0' + cookie + '\0';
+  if (rewritten.size() > data_length) {
+    throw BackendError(
+        fmt::format("libvirt: the XML of clone '{}' does not fit the save image '{}' on {}",
+                    spec.name, name, pool.uri()));
+  }
+  rewritten.resize(data_length, '\0');
+  write_u32(header, kCookieOffsetAt, static_cast<std::uint32_t>(xml.size() + 1));
+  overwrite_start(connection, pool, name, header + rewritten);
+}
+
+}  // namespace
+
+std::string warm_volume_prefix(const std::string& home_id) {
+  return fmt::format("{}{}-", kWarmPrefix, home_id);
+}
+
+WarmVolumes plan_warm_volumes(const fs::path& image_directory, const std::string& home_id,
+                              const std::string& uri, const std::string& domain) {
+  const std::string stem = warm_volume_prefix(home_id) + random_hex();
+  WarmVolumes volumes{uri, stem + kWarmStateSuffix, stem + kWarmBaseSuffix, domain};
+  const nlohmann::json record = {{"uri", volumes.uri},
+                                 {"state", volumes.state},
+                                 {"base", volumes.base},
+                                 {"domain", volumes.domain}};
+  write_text_atomically(image_directory / kWarmVolumesFile, record.dump(2), 0600);
+  return volumes;
+}
+
+WarmVolumes read_warm_volumes(const fs::path& image_directory) {
+  const fs::path file = image_directory / kWarmVolumesFile;
+  try {
+    const auto record = nlohmann::json::parse(read_text(file));
+    return {record.at("uri"), record.at("state"), record.at("base"), record.at("domain")};
+  } catch (const nlohmann::json::exception& error) {
+    throw BackendError(
+        fmt::format("{} is not a libvirt warm image's record: {}", file.string(), error.what()));
+  }
+}
+
+std::vector<std::string> unused_warm_volumes(const fs::path& models_folder,
+                                             const std::string& home_id,
+                                             const std::vector<std::string>& volume_names) {
+  std::set<std::string> named;
+  std::error_code error;
+  for (const auto& model : fs::directory_iterator(models_folder, error)) {
+    for (const auto& image : fs::directory_iterator(model.path() / "warm", error)) {
+      const std::string folder = image.path().filename().string();
+      // A build's staging folder, ".building-<image>-<pid>", counts while its process lives.
+      if (folder.starts_with(".building-")) {
+        const pid_t pid = std::atoi(folder.substr(folder.rfind('-') + 1).c_str());
+        if (pid <= 0 || (::kill(pid, 0) != 0 && errno != EPERM)) continue;
+      }
+      if (!fs::exists(image.path() / kWarmVolumesFile)) continue;
+      try {
+        const WarmVolumes volumes = read_warm_volumes(image.path());
+        named.insert(volumes.state);
+        named.insert(volumes.base);
+      } catch (const BackendError& unreadable) {
+        spdlog::warn("vmfest: {}", unreadable.what());
+      }
+    }
+  }
+  std::vector<std::string> unused;
+  const std::string prefix = warm_volume_prefix(home_id);
+  for (const std::string& name : volume_names) {
+    if (name.starts_with(prefix) && !named.contains(name)) unused.push_back(name);
+  }
+  return unused;
+}
+
+void save_domain(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes,
+                 const std::string& disk_volume) {
+  // A volume first, for a path inside the pool that libvirt writes the save image to.
+  pool.remove(volumes.state);
+  {
+    const std::string xml = fmt::format(
+        "<volume><name>{}</name><capacity unit='bytes'>0</capacity><target><format type='raw'/>"
+        "</target></volume>",
+        xml_escape(volumes.state));
+    Volume created(virStorageVolCreateXML(pool.handle(), xml.c_str(), 0));
+    if (!created)
+      fail(fmt::format("libvirt: could not create volume '{}'", volumes.state), pool.uri());
+  }
+  const std::string path = pool.path_of(volumes.state);
+  if (virDomainSaveFlags(domain, path.c_str(), nullptr, VIR_DOMAIN_SAVE_PAUSED) < 0) {
+    fail(fmt::format("libvirt: could not save domain '{}' to volume '{}'", volumes.domain,
+                     volumes.state),
+         pool.uri());
+  }
+  // The pool learns the state's size, which a copy of it reads.
+  if (virStoragePoolRefresh(pool.handle(), 0) < 0) {
+    fail(fmt::format("libvirt: could not refresh storage pool '{}'", pool.name()), pool.uri());
+  }
+  pool.remove(volumes.base);
+  pool.create_copy(volumes.base, disk_volume);
+  pool.remove(disk_volume);  // the domain's clone after the save makes its own
+}
+
+Domain restore_clone(virConnectPtr connection, const StoragePool& pool, const WarmVolumes& volumes,
+                     const std::string& state_copy, const DomainSpec& spec) {
+  pool.remove(state_copy);
+  pool.create_copy(state_copy, volumes.state, "raw");
+  struct RemoveCopy {
+    const StoragePool& pool;
+    const std::string& name;
+    ~RemoveCopy() {
+      try {
+        pool.remove(name);
+      } catch (const std::exception& error) {
+        spdlog::warn("vmfest: could not remove volume '{}': {}", name, error.what());
+      }
+    }
+  } remove_copy{pool, state_copy};
+  make_state_the_clones(connection, pool, state_copy, volumes, spec);
+  const std::string path = pool.path_of(state_copy);
+  if (virDomainRestoreFlags(connection, path.c_str(), nullptr, VIR_DOMAIN_SAVE_RUNNING) < 0) {
+    return nullptr;
+  }
+  return find_domain(connection, spec.name, pool.uri()).value_or(nullptr);
+}
+
+}  // namespace vmfest::detail::libvirt

@@ -1,0 +1,56 @@
+// Warm images on a libvirt host. The first instance of a model and profile there saves its domain
+// once (virDomainSaveFlags into a volume of the pool) and copies its disk at that instant as the
+// image's base volume; the local image folder (the core's, see image_store/warm.h) records which
+// volumes on which host are the image. A clone restores a copy of the saved state whose embedded
+// domain XML is rewritten as its own (name, volumes, forward port, UUID): libvirt restores a save
+// image only as the very domain it saved, and two clones cannot share a name or a UUID. The guest's
+// memory is streamed from the state (libvirt 9's save images hold it; no mapping from a file).
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "domain_xml.h"
+#include "libvirt_api.h"
+#include "storage.h"
+
+namespace vmfest::detail::libvirt {
+
+// What a warm image is on its host: kept in the image folder as kWarmVolumesFile.
+struct WarmVolumes {
+  std::string uri;     // the VMFEST_LIBVIRT_URI entry of the host that holds the volumes
+  std::string state;   // libvirt's save image: its header, the domain XML, QEMU's state
+  std::string base;    // the disk at the save, a standalone qcow2 every clone's overlay sits on
+  std::string domain;  // the saved domain's name, which the XML in the state carries
+};
+inline constexpr const char* kWarmVolumesFile = "libvirt-volumes.json";
+// Where the names of a home's warm volumes start ("vmfest-warm-<home id>-"): apart from its
+// instances' "vmfest-<home id>-", whose folders decide what a reap removes.
+std::string warm_volume_prefix(const std::string& home_id);
+
+// Names two new volumes for an image of a domain of the home `home_id` on `uri`, and records them
+// in `image_directory` (before they exist: a reap keeps what a live build's folder names).
+WarmVolumes plan_warm_volumes(const std::filesystem::path& image_directory,
+                              const std::string& home_id, const std::string& uri,
+                              const std::string& domain);
+WarmVolumes read_warm_volumes(const std::filesystem::path& image_directory);
+
+// Of `volume_names` (a pool's), the warm volumes of the home `home_id` that no image folder under
+// `models_folder` names, nor a build whose process lives: what a reap removes.
+std::vector<std::string> unused_warm_volumes(const std::filesystem::path& models_folder,
+                                             const std::string& home_id,
+                                             const std::vector<std::string>& volume_names);
+
+// Saves the running `domain` (it stops) as `volumes.state` and copies its disk volume
+// `disk_volume` as `volumes.base`, both in `pool`.
+void save_domain(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes,
+                 const std::string& disk_volume);
+
+// Restores the image `volumes` as the running clone `spec` (its disk volume an overlay on
+// volumes.base, made already), through a copy of the state named `state_copy`, removed once the
+// domain runs. Returns null with libvirt's error pending when the restore itself failed.
+Domain restore_clone(virConnectPtr connection, const StoragePool& pool, const WarmVolumes& volumes,
+                     const std::string& state_copy, const DomainSpec& spec);
+
+}  // namespace vmfest::detail::libvirt
