@@ -116,7 +116,7 @@ TEST(LibvirtHosts, AUriNamesItsHostAndTheWayToItsGuests) {
 // only it sees: an instance that boots and answers proves its disk, seed, kernel and console
 // reached the host through libvirt alone.
 TEST(Libvirt, NothingOfThePoolIsReadThroughAPath) {
-  Instance instance = start_instance();
+  Instance instance = start_instance(false);  // a boot, for its console
   EXPECT_EQ(instance.ssh().check("echo up").stdout_text, "up\n");
   const auto volumes = volumes_with(first_uri(), instance.name());
   ASSERT_EQ(disk_and_seed(volumes), 2U) << "the instance's disk and seed";
@@ -315,11 +315,19 @@ TEST(Libvirt, AKilledOwnerOfWarmClonesLeavesNoDomainWithin30Seconds) {
 
   // The image's volumes stay while its folder names them, and go with it.
   const vmfest::Home this_home = vmfest::Home::from_environment();
-  const std::string warm_volumes = "vmfest-warm-" + this_home.id() + "-";
-  EXPECT_EQ(volumes_with(first_uri(), warm_volumes).size(), 2U);
+  const std::string warm_prefix = "vmfest-warm-" + this_home.id() + "-";
+  auto warm_volumes = [&] {
+    std::vector<std::string> names;
+    for (const auto& [name, path] : volumes_with(first_uri(), warm_prefix)) {
+      if (name.starts_with(warm_prefix)) names.push_back(name);  // not a collection's mark
+    }
+    return names;
+  };
+  EXPECT_EQ(warm_volumes().size(), 2U);
   fs::remove_all(this_home.models() / vmfest::testing::kDefaultModel / "warm");
   vmfest::reap_leaked_instances();
-  EXPECT_EQ(volumes_with(first_uri(), warm_volumes), (std::map<std::string, std::string>{}));
+  EXPECT_EQ(warm_volumes(), std::vector<std::string>{});
+  EXPECT_TRUE(volumes_with(first_uri(), warm_prefix).empty()) << "a collection's mark stays";
 }
 
 // A VM and volumes whose instance folder is gone (a home emptied by hand; a process killed between
@@ -398,11 +406,14 @@ TEST(Libvirt, TwoHostsShareSixInstances) {
   vmfest::InstanceRequest request;
   request.model = vmfest::testing::test_model();
   try {
+    // Refused at create (no host has room), or at start (the host of its image has none).
     Instance seventh = Instance::create(request);
+    seventh.start();
     FAIL() << "a seventh instance went to a full host";
   } catch (const vmfest::BackendError& error) {
-    EXPECT_NE(std::string(error.what()).find(hosts[1].uri + " (3 of 3)"), std::string::npos)
-        << error.what();
+    const std::string message = error.what();
+    EXPECT_NE(message.find("is full"), std::string::npos) << message;
+    EXPECT_NE(message.find("3 of 3"), std::string::npos) << message;
   }
 }
 

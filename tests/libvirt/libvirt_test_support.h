@@ -50,10 +50,11 @@ inline bool domain_exists(const std::string& uri, const std::string& part) {
                      [&](const std::string& name) { return name.find(part) != std::string::npos; });
 }
 
-// A started instance of the test model.
-inline Instance start_instance() {
+// A started instance of the test model: a warm clone, or one that boots (`warm` false).
+inline Instance start_instance(bool warm = true) {
   vmfest::InstanceRequest request;
   request.model = vmfest::testing::test_model();
+  request.warm = warm;
   Instance instance = Instance::create(request);
   instance.start();
   return instance;

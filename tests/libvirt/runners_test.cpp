@@ -211,7 +211,7 @@ TEST(Libvirt, ModelsNothingUsesAreCollectedByAge) {
   const OwnPool pool;
   std::set<std::string> uploads;
   {
-    Instance instance = start_instance();
+    Instance instance = start_instance(false);  // its disk is backed by the model's upload
     uploads = pool.volumes("model-");
     ASSERT_GE(uploads.size(), 4U) << "a disk, a kernel and their completion markers";
     ::setenv("VMFEST_LIBVIRT_MODEL_TTL", "1", 1);

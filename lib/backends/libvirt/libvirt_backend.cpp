@@ -113,6 +113,7 @@ class LibvirtMachine final : public Machine {
       // A pool emptied since (a host's libvirtd set up afresh): launch says the image is gone.
       image_gone_ = !pool.contains(image->base) || !pool.contains(image->state);
       if (image_gone_) return;
+      pool.remove(disk_volume());  // this instance's cold disk, made before its image was ready
       pool.create_overlay(disk_volume(), image->base, "qcow2");
       pool.remove(seed_volume());
       pool.upload(seed_volume(), config_.seed_image);
@@ -229,25 +230,27 @@ class LibvirtMachine final : public Machine {
   // process killed at any moment from here leaves a guest that powers itself off.
   void resume_warm_image(DomainSpec& spec) {
     Domain domain;
-    try {
-      const WarmVolumes image = read_warm_volumes(config_.warm_image);
-      start_within_cap(connection(), storage(), host_, [&] {
+    // A full host is no fault of the image: only what fails inside the room it got is.
+    start_within_cap(connection(), storage(), host_, [&] {
+      try {
+        const WarmVolumes image = read_warm_volumes(config_.warm_image);
         domain = start_with_a_free_port(spec, [&] {
           return restore_clone(connection(), storage(), image, domain_ + kStateSuffix, spec)
               .release();
         });
-      });
-      agent_ = std::make_unique<AgentChannel>(connection(), domain.get(), host_.uri,
-                                              config_.instance_name);
-      // A detached clone must outlive this process and so its channel.
-      if (outlives_owner_) expect_ok(agent_exchange("guard off\n", kAgentTimeout), "guard off");
-    } catch (const std::exception& error) {
-      kill();
-      throw WarmResumeError(
-          fmt::format("instance '{}': libvirt could not restore warm image {} on {}: {}",
-                      config_.instance_name, config_.warm_image.string(), host_.uri, error.what()),
-          true);
-    }
+        agent_ = std::make_unique<AgentChannel>(connection(), domain.get(), host_.uri,
+                                                config_.instance_name);
+        // A detached clone must outlive this process and so its channel.
+        if (outlives_owner_) expect_ok(agent_exchange("guard off\n", kAgentTimeout), "guard off");
+      } catch (const std::exception& error) {
+        kill();
+        throw WarmResumeError(
+            fmt::format("instance '{}': libvirt could not restore warm image {} on {}: {}",
+                        config_.instance_name, config_.warm_image.string(), host_.uri,
+                        error.what()),
+            true);
+      }
+    });
     console_.reset();
     console_ = std::make_unique<ConsoleLog>(connection(), domain.get(), console_log(), host_.uri);
     started_here_ = true;

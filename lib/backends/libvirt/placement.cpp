@@ -24,8 +24,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kPlacementLock = "vmfest-placement.lock";
-// Held from a count to a domain's start: a lock older than this belonged to a runner that died.
-constexpr std::chrono::seconds kStaleLock{60};
+// Held from a count to a domain's start (a second or two): a lock older than this belonged to a
+// runner that died holding it.
+constexpr std::chrono::seconds kStaleLock{20};
 
 // The host's placement lock: a volume that only one runner at a time can create.
 class PlacementLock {

@@ -18,6 +18,7 @@
 #include "naming.h"
 #include "vmfest/error.h"
 #include "vmfest/internal/base.h"
+#include "vmfest/internal/driver.h"
 
 namespace vmfest::detail::libvirt {
 namespace fs = std::filesystem;
@@ -25,7 +26,9 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kDoneSuffix = ".done";
-constexpr const char* kUnusedSuffix = ".unused";  // since: a collection found it unused
+// "unused-<volume>", made when a collection found <volume> unused; a prefix, so that the marker
+// of a volume is never taken for one of the volumes named like it.
+constexpr const char* kUnusedPrefix = "unused-";
 constexpr std::chrono::seconds kStalledUpload{60};
 constexpr std::chrono::hours kDeadUpload{1};  // an incomplete upload that long untouched is dead
 
@@ -127,9 +130,14 @@ StoragePool::StoragePool(virConnectPtr connection, std::string uri)
     virStoragePoolBuild(pool_.get(), 0);  // creates the folder; fails harmlessly if it exists
     virStoragePoolSetAutostart(pool_.get(), 1);
   }
-  if (virStoragePoolIsActive(pool_.get()) != 1 && virStoragePoolCreate(pool_.get(), 0) < 0 &&
-      virStoragePoolIsActive(pool_.get()) != 1) {
-    fail(fmt::format("libvirt: could not start storage pool '{}'", name_), uri_);
+  if (virStoragePoolIsActive(pool_.get()) != 1 && virStoragePoolCreate(pool_.get(), 0) < 0) {
+    const std::string why = last_error();
+    // Another process may be starting it at this very moment.
+    if (!poll_until(std::chrono::seconds(10), std::chrono::milliseconds(100),
+                    [&] { return virStoragePoolIsActive(pool_.get()) == 1; })) {
+      throw BackendError(
+          fmt::format("libvirt: could not start storage pool '{}' on {}: {}", name_, uri_, why));
+    }
   }
 }
 
@@ -214,7 +222,7 @@ std::string StoragePool::upload_cached(const std::string& name, const fs::path& 
   while (true) {
     const std::vector<std::string> names = volume_names();
     if (auto complete = complete_upload(names, name)) {
-      remove(*complete + kUnusedSuffix);  // in use again
+      remove(kUnusedPrefix + *complete);  // in use again
       return *complete;
     }
     const int newest = newest_generation(names, name);
@@ -277,7 +285,7 @@ std::vector<std::string> StoragePool::collect_unused(virConnectPtr connection,
   std::vector<std::string> deleted;
   // `volume`, and what goes with it: an upload's markers, a warm image's saved state.
   auto remove_all = [&](const std::string& volume) {
-    std::vector<std::string> parts{volume, volume + kDoneSuffix, volume + kUnusedSuffix};
+    std::vector<std::string> parts{volume, volume + kDoneSuffix, kUnusedPrefix + volume};
     if (volume.ends_with(kWarmBaseSuffix)) {
       parts.push_back(volume.substr(0, volume.size() - std::strlen(kWarmBaseSuffix)) +
                       kWarmStateSuffix);
@@ -288,6 +296,12 @@ std::vector<std::string> StoragePool::collect_unused(virConnectPtr connection,
     deleted.push_back(fmt::format("libvirt volume '{}' on {}", volume, uri_));
   };
   for (const std::string& volume : names) {
+    // A mark whose volume went another way (deleted by its home's reap): it marks nothing.
+    if (volume.starts_with(kUnusedPrefix) &&
+        !present.contains(volume.substr(std::strlen(kUnusedPrefix)))) {
+      remove(volume);
+      continue;
+    }
     const bool warm_image = volume.starts_with(kWarmPrefix) && volume.ends_with(kWarmBaseSuffix);
     if (!is_upload(volume) && !warm_image) continue;
     if (!warm_image && !present.contains(volume + kDoneSuffix)) {
@@ -298,7 +312,7 @@ std::vector<std::string> StoragePool::collect_unused(virConnectPtr connection,
     const std::string path = path_of(volume);
     const bool used = std::ranges::any_of(
         referrers, [&](const std::string& xml) { return xml.find(path) != std::string::npos; });
-    const std::string unused = volume + kUnusedSuffix;
+    const std::string unused = kUnusedPrefix + volume;
     if (used) {
       remove(unused);
     } else if (const auto since = modified(unused); !since) {
