@@ -1,7 +1,7 @@
 // Vagrant boxes as models: a box of the libvirt provider (box.img, qcow2) or of the
-// virtualbox provider (box.ovf and its .vmdk), beside metadata.json, with the login Vagrant would use: its
-// Vagrantfile's config.ssh.username / private_key_path / password, else Vagrant's defaults (user
-// "vagrant", Vagrant's insecure key where Vagrant keeps it on this host, else the password
+// virtualbox provider (box.ovf and its .vmdk), beside metadata.json, with the login Vagrant would
+// use: its Vagrantfile's config.ssh.username / private_key_path / password, else Vagrant's defaults
+// (user "vagrant", Vagrant's insecure key where Vagrant keeps it on this host, else the password
 // "vagrant" that Vagrant's base boxes have).
 #pragma once
 
