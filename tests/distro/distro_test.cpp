@@ -27,18 +27,13 @@
 #include "vmfest/model.h"
 #include "vmfest/ssh/keys.h"
 
+#include "distro_environment.h"
+
 namespace {
 namespace fs = std::filesystem;
 using vmfest::Instance;
 
-std::string from_environment(const char* name) {
-  const char* value = std::getenv(name);
-  if (value == nullptr || *value == '\0') {
-    throw std::runtime_error(std::string(name) +
-                             " is not set (tests/distro/CMakeLists.txt sets it)");
-  }
-  return value;
-}
+using vmfest::testing::from_environment;
 
 const std::string kModel = from_environment("VMFEST_DISTRO_MODEL");
 // The image's own default user, whose name root's refusal names.

@@ -20,18 +20,13 @@
 #include "vmfest/model.h"
 #include "vmfest/ssh/session.h"
 
+#include "distro_environment.h"
+
 namespace {
 namespace fs = std::filesystem;
 using vmfest::Instance;
 
-std::string from_environment(const char* name) {
-  const char* value = std::getenv(name);
-  if (value == nullptr || *value == '\0') {
-    throw std::runtime_error(std::string(name) +
-                             " is not set (tests/distro/CMakeLists.txt sets it)");
-  }
-  return value;
-}
+using vmfest::testing::from_environment;
 
 std::string trimmed(std::string text) {
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
