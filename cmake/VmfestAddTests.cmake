@@ -1,6 +1,6 @@
 # vmfest_add_tests(TARGET t [MODELS name=source ...] [TIMEOUT seconds] [SHARDS n] [VMS_PER_TEST n]
 #                  [LABELS ...] [ENVIRONMENT VAR=value ...] [FIXTURES_REQUIRED fixture ...]
-#                  [PREFIX p] [FILTER gtest-filter])
+#                  [PREFIX p] [FILTER gtest-filter] [COST seconds])
 #
 # Registers a GoogleTest binary's VM tests with ctest, labelled `vm`, with a timeout:
 # - by default one ctest test per GoogleTest test (found by gtest_discover_tests), so `ctest -j`
@@ -13,6 +13,9 @@
 # cap (VMFEST_MAX_VMS, which still guards runs outside ctest). The capacity is VMFEST_MAX_VMS
 # (environment or cache variable) at configure time, else min(cores, memory / 512 MiB); a test of
 # more VMs takes the whole host, and vmfest runs the rest beyond its cap.
+# COST, about the seconds each of these tests takes, lets `ctest -j` start long tests first on a
+# build tree's first run (later runs use the times ctest recorded), so that no long test is left
+# to run alone at the end of a CI run.
 # MODELS are set up once per test binary before its first test (VMFEST_MODELS); the default model
 # always is. Failed tests leave their logs in ${CMAKE_BINARY_DIR}/vmfest-artifacts
 # (VMFEST_ARTIFACTS), every test process the timeline of its instances in its records/ folder
@@ -62,7 +65,7 @@ function(_vmfest_declare_vm_resources)
 endfunction()
 
 function(vmfest_add_tests)
-  cmake_parse_arguments(ARG "" "TARGET;TIMEOUT;SHARDS;VMS_PER_TEST;PREFIX;FILTER"
+  cmake_parse_arguments(ARG "" "TARGET;TIMEOUT;SHARDS;VMS_PER_TEST;PREFIX;FILTER;COST"
                         "MODELS;LABELS;ENVIRONMENT;FIXTURES_REQUIRED" ${ARGN})
   if(NOT ARG_TARGET)
     message(FATAL_ERROR "vmfest_add_tests: TARGET is required")
@@ -75,6 +78,9 @@ function(vmfest_add_tests)
   endif()
   if(NOT ARG_VMS_PER_TEST)
     set(ARG_VMS_PER_TEST 1)
+  endif()
+  if(NOT ARG_COST)
+    set(ARG_COST 0)
   endif()
   # A test of more VMs than the host's capacity takes the whole host in ctest, and vmfest runs its
   # other VMs beyond the cap (a 3-VM group on a 2-core runner).
@@ -126,6 +132,7 @@ function(vmfest_add_tests)
         TIMEOUT ${ARG_TIMEOUT}
         PROCESSORS ${ARG_VMS_PER_TEST}
         RESOURCE_GROUPS "vms:${ARG_VMS_PER_TEST}"
+        COST ${ARG_COST}
         FIXTURES_REQUIRED "${ARG_FIXTURES_REQUIRED}"
         ENVIRONMENT "${environment};GTEST_SHARD_INDEX=${index};GTEST_TOTAL_SHARDS=${ARG_SHARDS}")
     endforeach()
@@ -147,6 +154,7 @@ if(@test_list@)
     TIMEOUT @ARG_TIMEOUT@
     PROCESSORS @ARG_VMS_PER_TEST@
     RESOURCE_GROUPS [==[vms:@ARG_VMS_PER_TEST@]==]
+    COST @ARG_COST@
     FIXTURES_REQUIRED [==[@ARG_FIXTURES_REQUIRED@]==]
     ENVIRONMENT [==[@environment@]==])
 endif()

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "../support/error_message.h"
 #include "vmfest/error.h"
 #include "vmfest/internal/base.h"
 #include "vmfest/model.h"
@@ -23,14 +24,7 @@ void sh(const std::string& command) {
   vmfest::detail::run_tool_checked("/bin/sh", {"-ec", command}, "preparing test data");
 }
 
-std::string message_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const vmfest::Error& error) {
-    return error.what();
-  }
-  return "(no error)";
-}
+using vmfest::testing::message_of;
 
 void write(const fs::path& file, const std::string& text) {
   fs::create_directories(file.parent_path());

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "../support/child_process.h"
+#include "../support/error_message.h"
 #include "../support/http_server.h"
 #include "../support/random_file.h"
 #include "vmfest/error.h"
@@ -35,14 +36,7 @@ void sh(const std::string& command) {
 
 std::string quoted(const fs::path& path) { return vmfest::ssh::shell_quote(path.string()); }
 
-std::string message_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const vmfest::Error& error) {
-    return error.what();
-  }
-  return "(no error)";
-}
+using vmfest::testing::message_of;
 
 // Images, gzip files and bundles every test serves. ctest runs each test in its own process, so
 // they are made once for all of them: in a folder named after this file's hash (a change of the
