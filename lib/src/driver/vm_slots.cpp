@@ -317,7 +317,9 @@ std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_na
   spdlog::info("vmfest: instance '{}' waits for {} free VM slot(s) (cap {})",
                instance_names.front(), wanted, count);
   const auto deadline = Clock::now() + timeout;
-  std::optional<Clock::time_point> stalled_since;
+  // Clock's epoch: not stalled (an optional here draws a false maybe-uninitialized from GCC 12
+  // -O2).
+  Clock::time_point stalled_since{};
   std::minstd_rand jitter(static_cast<unsigned>(::getpid()));
   while (true) {
     if (Clock::now() >= deadline) {
@@ -339,13 +341,13 @@ std::vector<VmSlot> acquire_vm_slots(const std::vector<std::string>& instance_na
     // A stall that lasts, not the moment between one holder's VM being up and its next start.
     constexpr auto kStallGrace = std::chrono::seconds(3);
     if (!host_stalled(directory, attempt.busy)) {
-      stalled_since.reset();
-    } else if (!stalled_since) {
+      stalled_since = {};
+    } else if (stalled_since == Clock::time_point{}) {
       stalled_since = Clock::now();
-    } else if (Clock::now() - *stalled_since >= kStallGrace) {
+    } else if (Clock::now() - stalled_since >= kStallGrace) {
       std::vector<VmSlot> beyond = break_stall(directory, count, instance_names);
       if (!beyond.empty()) return granted(std::move(beyond));
-      stalled_since.reset();
+      stalled_since = {};
     }
   }
 }

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 
 #include <cctype>
+#include <iterator>
 #include <mutex>
 #include <set>
 
@@ -48,8 +49,9 @@ std::string lowercase(std::string text) {
 std::string segment_script(const PrivateNic& nic) {
   std::string hosts_lines;
   for (const SegmentHost& host : nic.hosts) {
-    hosts_lines += " " + ssh::shell_quote(fmt::format("{} {} {}", host.address,
-                                                      fmt::join(host.names, " "), kHostsMark));
+    fmt::format_to(std::back_inserter(hosts_lines), " {}",
+                   ssh::shell_quote(fmt::format("{} {} {}", host.address,
+                                                fmt::join(host.names, " "), kHostsMark)));
   }
   return fmt::format(
       "card=''; tries=0; "
