@@ -27,7 +27,8 @@ home=/home/$user
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 echo "test-debian-package: building the package in $build"
-cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+# Warnings are errors here too: the optimizer sees (and warns of) what a Debug build does not.
+cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DVMFEST_WERROR=ON \
   -DCMAKE_INSTALL_PREFIX=/usr -DVMFEST_BUILD_TESTS=OFF -DVMFEST_BUILD_BENCH=OFF >/dev/null
 cmake --build "$build" -j "$(nproc)"
 rm -f "$build"/vmfest_*.deb
