@@ -386,7 +386,10 @@ TEST(Libvirt, ADomainThatCannotBeStoppedIsAnErrorWithItsCause) {
 
 // Both URIs of VMFEST_LIBVIRT_URI (the registration gives two) take instances, least loaded first,
 // each up to its cap.
-TEST(Libvirt, TwoHostsShareSixInstances) {
+// Warm clones too: each host gets its own warm image when it is first the least loaded, and every
+// instance (the two that made an image included) resumes one.
+TEST(Libvirt, TwoHostsShareSixWarmInstances) {
+  const PrivateHome home;  // no warm image yet: each host's is made by this test
   const auto hosts = lv::configured_hosts();
   ASSERT_EQ(hosts.size(), 2U) << "VMFEST_LIBVIRT_URI should name two hosts for this test";
   std::vector<Instance> instances;
@@ -396,6 +399,7 @@ TEST(Libvirt, TwoHostsShareSixInstances) {
     ++per_host[machine_state(instances.back()).at("uri").get<std::string>()];
   }
   for (auto& instance : instances) {
+    EXPECT_TRUE(instance.resumed_warm()) << instance.name() << " booted cold";
     EXPECT_EQ(instance.ssh().check("echo up").stdout_text, "up\n") << instance.name();
   }
   EXPECT_EQ(per_host[hosts[0].uri], 3);

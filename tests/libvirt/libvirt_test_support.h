@@ -74,7 +74,14 @@ class PrivateHome {
   PrivateHome(const PrivateHome&) = delete;
   PrivateHome& operator=(const PrivateHome&) = delete;
   ~PrivateHome() {
-    vmfest::reap_leaked_instances(vmfest::Home::from_environment(), {.force = true});
+    const vmfest::Home home = vmfest::Home::from_environment();
+    vmfest::reap_leaked_instances(home, {.force = true});
+    // Its warm images' volumes too: a reap deletes those that no image folder of the home names.
+    std::error_code ignored;
+    for (const auto& model : fs::directory_iterator(home.models(), ignored)) {
+      fs::remove_all(model.path() / "warm", ignored);
+    }
+    vmfest::reap_leaked_instances(home, {.force = true});
     ::setenv("VMFEST_HOME", previous_.c_str(), 1);
     fs::remove_all(home_);
   }

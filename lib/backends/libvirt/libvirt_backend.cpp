@@ -18,6 +18,7 @@
 #include "hosts.h"
 #include "libvirt_api.h"
 #include "machine.h"
+#include "placement.h"
 #include "reap.h"
 #include "storage.h"
 #include "vmfest/error.h"
@@ -79,11 +80,11 @@ class LibvirtBackend final : public Backend {
     return capabilities;
   }
 
-  // The host the image would be made on (a warm clone goes where its image is: with several URIs,
-  // the first), what runs guests there, the pool that holds the image (a pool defined afresh holds
-  // none), the domain's hardware and the model's files.
+  // The host the image is made on and resumed on (each host its own: warm_image_host), what runs
+  // guests there, the pool that holds the image (a pool defined afresh holds none), the domain's
+  // hardware and the model's files.
   std::string warm_fingerprint(const MachineConfig& config) override {
-    const HostUri host = configured_hosts().front();
+    const HostUri host = warm_image_host(config);
     Connection connection = connect(host.uri);
     unsigned long hypervisor = 0;
     unsigned long library = 0;

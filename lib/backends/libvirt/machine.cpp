@@ -87,6 +87,7 @@ class LibvirtMachine final : public Machine {
       domain_type_ = saved.value("domain_type", domain_type_);
       outlives_owner_ = saved.value("outlives_owner", false);
       warm_restored_ = saved.value("warm_restored", false);
+      remember_instance(config_, host_);  // its warm key names this host (warm_image_host)
     }
   }
 
@@ -97,7 +98,8 @@ class LibvirtMachine final : public Machine {
     const std::optional<WarmVolumes> image =
         config_.warm_image.empty() ? std::nullopt
                                    : std::optional(read_warm_volumes(config_.warm_image));
-    host_ = image ? parse_host_uri(image->uri) : choose_host();
+    host_ = image ? parse_host_uri(image->uri) : place_instance(config_);
+    remember_instance(config_, host_);
     const StoragePool& pool = storage();
     domain_type_ = host_accelerator(connection(), pool, host_, probe_kernel(model)).domain_type;
     // First, so that no volume of it is ever without a live lease or this home's record.
@@ -296,6 +298,7 @@ class LibvirtMachine final : public Machine {
   }
 
   void remove() override {
+    forget_instance(config_);
     if (host_.uri.empty()) return;  // never created
     kill();
     const StoragePool& pool = storage();

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -135,6 +139,66 @@ HostUri choose_host() {
     said = true;
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }
+}
+
+namespace {
+
+// This process's placements (several instances of one process may be created at once).
+struct Placements {
+  std::mutex mutex;
+  std::map<std::string, HostUri> warm_build_host;        // by model_key: the last warm key's host
+  std::map<std::filesystem::path, HostUri> of_instance;  // by instance folder
+};
+
+Placements& placements() {
+  static Placements placed;
+  return placed;
+}
+
+std::string model_key(const MachineConfig& config) {
+  return fmt::format("{} {} {}", config.model.sha256, config.profile.memory_mib,
+                     config.profile.cpus);
+}
+
+}  // namespace
+
+HostUri warm_image_host(const MachineConfig& config) {
+  Placements& placed = placements();
+  {
+    const std::lock_guard lock(placed.mutex);
+    if (const auto found = placed.of_instance.find(config.directory);
+        found != placed.of_instance.end()) {
+      return found->second;
+    }
+  }
+  HostUri host = choose_host();
+  const std::lock_guard lock(placed.mutex);
+  placed.warm_build_host.insert_or_assign(model_key(config), host);
+  return host;
+}
+
+HostUri place_instance(const MachineConfig& config) {
+  if (config.saves_warm_image) {
+    Placements& placed = placements();
+    const std::lock_guard lock(placed.mutex);
+    if (const auto found = placed.warm_build_host.find(model_key(config));
+        found != placed.warm_build_host.end()) {
+      return found->second;
+    }
+  }
+  return choose_host();
+}
+
+void remember_instance(const MachineConfig& config, const HostUri& host) {
+  Placements& placed = placements();
+  const std::lock_guard lock(placed.mutex);
+  placed.of_instance.insert_or_assign(config.directory, host);
+}
+
+void forget_instance(const MachineConfig& config) {
+  Placements& placed = placements();
+  const std::lock_guard lock(placed.mutex);
+  placed.of_instance.erase(config.directory);
 }
 
 void start_within_cap(virConnectPtr connection, const StoragePool& pool, const HostUri& host,

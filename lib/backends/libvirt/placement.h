@@ -5,12 +5,26 @@
 
 #include "hosts.h"
 #include "libvirt_api.h"
+#include "vmfest/internal/driver.h"
 
 namespace vmfest::detail::libvirt {
 
 // The one host, or of several the least loaded (the first of equals), waiting while every one is
 // at its cap (as long as a start waits for a VM slot); BackendError when none frees up.
 HostUri choose_host();
+
+// Warm images are per host, so warm clones spread over the hosts as cold instances do. The host
+// whose warm image of `config`'s model an instance would resume: where this process placed the
+// instance `config` names (a builder checking the image it made), else the least loaded, which
+// the model's next warm-image builder in this process then boots on (place_instance).
+HostUri warm_image_host(const MachineConfig& config);
+
+// Where a new instance's domain goes that resumes no warm image: a warm-image builder to the host
+// its image is keyed to, any other to the least loaded.
+HostUri place_instance(const MachineConfig& config);
+// The instance runs on `host`, for warm_image_host, until forget_instance.
+void remember_instance(const MachineConfig& config, const HostUri& host);
+void forget_instance(const MachineConfig& config);
 
 class StoragePool;
 
