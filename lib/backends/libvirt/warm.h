@@ -42,8 +42,10 @@ std::vector<std::string> unused_warm_volumes(const std::filesystem::path& models
                                              const std::string& home_id,
                                              const std::vector<std::string>& volume_names);
 
-// Saves the running `domain` (it stops) as `volumes.state` and copies its disk volume
-// `disk_volume` as `volumes.base`, both in `pool`.
+// Saves the running or paused `domain` (it ends) as `volumes.state` in `pool`, to restore paused.
+void save_state(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes);
+// save_state, then copies the domain's disk volume `disk_volume` as `volumes.base`, both in
+// `pool`.
 void save_domain(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes,
                  const std::string& disk_volume);
 
