@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "domain_xml.h"
 #include "vmfest/error.h"
 
 namespace vmfest::detail::libvirt {
@@ -50,8 +51,10 @@ void wait_until_mirrored(virDomainPtr domain, const std::string& target, const S
   }
 }
 
-}  // namespace
-
+// Copies the disk `target` of the running or paused `domain` (its volume `disk_volume`, with all of
+// its backing chain) into the new standalone qcow2 volume `copy` of `pool`, as it is when the copy
+// completes (a paused guest's disk as it was at the pause), and returns then. The domain keeps its
+// own disk.
 void copy_domain_disk(virDomainPtr domain, const std::string& target, const StoragePool& pool,
                       const std::string& disk_volume, const std::string& copy) {
   pool.create_empty_like(copy, disk_volume);
@@ -76,6 +79,20 @@ void copy_domain_disk(virDomainPtr domain, const std::string& target, const Stor
                      target, virDomainGetName(domain), copy),
          pool.uri());
   }
+}
+
+}  // namespace
+
+void export_volume(const StoragePool& pool, virDomainPtr live, const std::string& disk_volume,
+                   const std::string& copy, const std::filesystem::path& destination) {
+  remove_once_allocated(pool, copy);  // an earlier export's, whose process died
+  const TemporaryVolume remove_copy(pool, copy);
+  if (live != nullptr) {
+    copy_domain_disk(live, kDiskTarget, pool, disk_volume, copy);
+  } else {
+    pool.create_copy(copy, disk_volume);
+  }
+  pool.download(copy, destination);
 }
 
 }  // namespace vmfest::detail::libvirt

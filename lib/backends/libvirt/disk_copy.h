@@ -1,7 +1,9 @@
-// A copy of a live domain's disk, made by the domain's own QEMU (virDomainBlockCopy): a copy by the
-// pool (qemu-img) cannot open a disk whose QEMU holds its write lock, paused or not.
+// An instance's disk as one standalone local image, through a flattened copy on its host: made by
+// the domain's own QEMU while it runs (virDomainBlockCopy), as a copy by the pool (qemu-img)
+// cannot open a disk whose QEMU holds its write lock, paused or not; by the pool otherwise.
 #pragma once
 
+#include <filesystem>
 #include <string>
 
 #include "libvirt_api.h"
@@ -9,11 +11,11 @@
 
 namespace vmfest::detail::libvirt {
 
-// Copies the disk `target` of the running or paused `domain` (its volume `disk_volume`, with all of
-// its backing chain) into the new standalone qcow2 volume `copy` of `pool`, as it is when the copy
-// completes (a paused guest's disk as it was at the pause), and returns then. The domain keeps its
-// own disk. The caller removes `copy`, also when this throws.
-void copy_domain_disk(virDomainPtr domain, const std::string& target, const StoragePool& pool,
-                      const std::string& disk_volume, const std::string& copy);
+// Writes volume `disk_volume` of `pool`, flattened, to the local `destination`, through the
+// temporary volume `copy` (removed on every path; one left by a process killed meanwhile goes with
+// the next export or the instance's volumes). `live` is its domain while that runs or is paused
+// (its disk target kDiskTarget), else null.
+void export_volume(const StoragePool& pool, virDomainPtr live, const std::string& disk_volume,
+                   const std::string& copy, const std::filesystem::path& destination);
 
 }  // namespace vmfest::detail::libvirt

@@ -350,21 +350,12 @@ class LibvirtMachine final : public Machine {
     return warm_image_facts();
   }
 
-  // The domain is paused (or gone): a copy of its disk volume on the host, made by its QEMU while
-  // it runs (which holds the disk's lock) and by the pool otherwise, flattens the overlay into one
-  // standalone qcow2, which is then streamed here.
+  // The domain is paused (or gone): its disk, flattened, through a copy on the host (disk_copy.h).
   void export_disk(const fs::path& destination) override {
-    const StoragePool& pool = storage();
     const std::string copy = domain_ + kExportSuffix;
     try {
-      remove_once_allocated(pool, copy);  // an earlier export's, whose process died
-      const TemporaryVolume remove_copy(pool, copy);
-      if (auto domain = find()) {
-        copy_domain_disk(domain->get(), kDiskTarget, pool, disk_volume(), copy);
-      } else {
-        pool.create_copy(copy, disk_volume());
-      }
-      pool.download(copy, destination);
+      auto domain = find();
+      export_volume(storage(), domain ? domain->get() : nullptr, disk_volume(), copy, destination);
     } catch (const Error& error) {
       throw BackendError(fmt::format(
           "instance '{}': could not export its disk (volume '{}', through volume '{}') from {}: "
@@ -393,9 +384,14 @@ class LibvirtMachine final : public Machine {
     close_console();
     try {
       save_state(domain->get(), pool, volumes);
-    } catch (const std::exception& error) {
-      discard(volumes);
-      if (!find_or_null()) throw;  // it ended all the same: resume() says so
+    } catch (const Error&) {
+      if (!find_or_null()) {  // saved, or ended in the attempt: run on from the state if it can
+        agent_.reset();
+        restore_from(volumes);
+        remove_warm_volumes(pool, volumes);
+        throw;
+      }
+      remove_warm_volumes(pool, volumes);
       try {
         console_ =
             std::make_unique<ConsoleLog>(connection(), domain->get(), console_log(), host_.uri);
@@ -416,7 +412,7 @@ class LibvirtMachine final : public Machine {
     }
     restore_from(volumes);
     if (base_failed) {
-      discard(volumes);
+      remove_warm_volumes(pool, volumes);
       std::rethrow_exception(base_failed);
     }
     spdlog::info(
@@ -507,50 +503,24 @@ class LibvirtMachine final : public Machine {
   void restore_from(const WarmVolumes& volumes) {
     const StoragePool& pool = storage();
     try {
-      start_within_cap(connection(), pool, host_, [&] {
-        const std::string path = pool.path_of(volumes.state);
-        if (virDomainRestoreFlags(connection(), path.c_str(), nullptr, VIR_DOMAIN_SAVE_RUNNING) <
-            0) {
-          fail(fmt::format("libvirt: could not restore domain '{}' from volume '{}'", domain_,
-                           volumes.state),
-               host_.uri);
-        }
-      });
-      auto domain = find();
-      if (!domain) {
-        throw BackendError(fmt::format(
-            "libvirt: domain '{}' is gone from {} right after its restore", domain_, host_.uri));
-      }
-      agent_ = std::make_unique<AgentChannel>(connection(), domain->get(), host_.uri,
+      Domain domain;
+      start_within_cap(connection(), pool, host_,
+                       [&] { domain = restore_saved(connection(), pool, volumes); });
+      agent_ = std::make_unique<AgentChannel>(connection(), domain.get(), host_.uri,
                                               config_.instance_name);
       started_here_ = true;  // its life is this process's channel now
-      console_ =
-          std::make_unique<ConsoleLog>(connection(), domain->get(), console_log(), host_.uri);
+      console_ = std::make_unique<ConsoleLog>(connection(), domain.get(), console_log(), host_.uri);
       if (outlives_owner_) expect_ok(agent_exchange("guard off\n", kAgentTimeout), "guard off");
-      if (virDomainSuspend(domain->get()) < 0) {
+      if (virDomainSuspend(domain.get()) < 0) {
         fail(fmt::format("libvirt: could not pause domain '{}'", domain_), host_.uri);
       }
     } catch (const Error& error) {
       kill();
-      discard(volumes);
+      remove_warm_volumes(pool, volumes);
       throw BackendError(fmt::format(
-          "instance '{}': libvirt saved its domain '{}' on {} but could not run it again: {}; its "
-          "disk (volume '{}') is as it was: `vmfest start {}` boots it, `vmfest destroy {}` "
-          "removes it",
-          config_.instance_name, domain_, host_.uri, error.what(), disk_volume(),
-          config_.instance_name, config_.instance_name));
-    }
-  }
-
-  // Removes the volumes of a warm image that was not made (a reap would, later).
-  void discard(const WarmVolumes& volumes) noexcept {
-    for (const std::string& volume : {volumes.state, volumes.base}) {
-      try {
-        storage().remove(volume);
-      } catch (const std::exception& error) {
-        spdlog::warn("vmfest: could not remove volume '{}' on {}: {}", volume, host_.uri,
-                     error.what());
-      }
+          "instance '{}': libvirt saved its domain '{}' on {} but could not run it again: {}; "
+          "`vmfest destroy {}` removes the instance",
+          config_.instance_name, domain_, host_.uri, error.what(), config_.instance_name));
     }
   }
 

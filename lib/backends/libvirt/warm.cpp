@@ -14,6 +14,7 @@
 #include "naming.h"
 #include "vmfest/error.h"
 #include "vmfest/internal/base.h"
+#include "vmfest/internal/driver.h"
 
 namespace vmfest::detail::libvirt {
 namespace fs = std::filesystem;
@@ -178,9 +179,14 @@ void save_state(virDomainPtr domain, const StoragePool& pool, const WarmVolumes&
                      volumes.state),
          pool.uri());
   }
-  // The pool learns the state's size, which a copy of it reads.
-  if (virStoragePoolRefresh(pool.handle(), 0) < 0) {
-    fail(fmt::format("libvirt: could not refresh storage pool '{}'", pool.name()), pool.uri());
+  // The pool learns the state's size, which a copy of it reads. libvirt refuses while another
+  // process's upload or copy runs in the pool ("asynchronous jobs running"): that ends.
+  constexpr std::chrono::minutes kPoolBusy{2};
+  if (!poll_until(kPoolBusy, std::chrono::milliseconds(200),
+                  [&] { return virStoragePoolRefresh(pool.handle(), 0) == 0; })) {
+    fail(fmt::format("libvirt: could not refresh storage pool '{}' within {} minutes", pool.name(),
+                     kPoolBusy.count()),
+         pool.uri());
   }
 }
 
@@ -190,6 +196,33 @@ void save_domain(virDomainPtr domain, const StoragePool& pool, const WarmVolumes
   pool.remove(volumes.base);
   pool.create_copy(volumes.base, disk_volume);
   pool.remove(disk_volume);  // the domain's clone after the save makes its own
+}
+
+Domain restore_saved(virConnectPtr connection, const StoragePool& pool,
+                     const WarmVolumes& volumes) {
+  const std::string path = pool.path_of(volumes.state);
+  if (virDomainRestoreFlags(connection, path.c_str(), nullptr, VIR_DOMAIN_SAVE_RUNNING) < 0) {
+    fail(fmt::format("libvirt: could not restore domain '{}' from volume '{}'", volumes.domain,
+                     volumes.state),
+         pool.uri());
+  }
+  auto domain = find_domain(connection, volumes.domain, pool.uri());
+  if (!domain) {
+    throw BackendError(fmt::format("libvirt: domain '{}' is gone from {} right after its restore",
+                                   volumes.domain, pool.uri()));
+  }
+  return std::move(*domain);
+}
+
+void remove_warm_volumes(const StoragePool& pool, const WarmVolumes& volumes) noexcept {
+  for (const std::string& volume : {volumes.state, volumes.base}) {
+    try {
+      pool.remove(volume);
+    } catch (const std::exception& error) {
+      spdlog::warn("vmfest: could not remove volume '{}' on {}: {}", volume, pool.uri(),
+                   error.what());
+    }
+  }
 }
 
 Domain restore_clone(virConnectPtr connection, const StoragePool& pool, const WarmVolumes& volumes,

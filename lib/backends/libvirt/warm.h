@@ -49,6 +49,13 @@ void save_state(virDomainPtr domain, const StoragePool& pool, const WarmVolumes&
 void save_domain(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes,
                  const std::string& disk_volume);
 
+// Restores the domain saved as `volumes.state`, as itself (its name, volumes and forward port),
+// running; BackendError with libvirt's reason when it does not run.
+Domain restore_saved(virConnectPtr connection, const StoragePool& pool, const WarmVolumes& volumes);
+
+// Removes the volumes of an image that was not made (a reap would, later); warns when it cannot.
+void remove_warm_volumes(const StoragePool& pool, const WarmVolumes& volumes) noexcept;
+
 // Restores the image `volumes` as the running clone `spec` (its disk volume an overlay on
 // volumes.base, made already), through a copy of the state named `state_copy`, removed once the
 // domain runs. Returns null with libvirt's error pending when the restore itself failed.
