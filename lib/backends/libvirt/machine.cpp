@@ -377,7 +377,7 @@ class LibvirtMachine final : public Machine {
     }
     // Every clone's agent is guarded from its first instant on: each dies with its owner. The guest
     // runs for that one exchange; what it writes meanwhile is in the base, copied after the save.
-    while_running(domain->get(), "guard on");
+    tell_paused_agent(domain->get(), "guard on");
     const StoragePool& pool = storage();
     const WarmVolumes volumes =
         plan_warm_volumes(image_directory, Home(config_.home).id(), host_.uri, domain_);
@@ -395,7 +395,7 @@ class LibvirtMachine final : public Machine {
       try {
         console_ =
             std::make_unique<ConsoleLog>(connection(), domain->get(), console_log(), host_.uri);
-        if (outlives_owner_) while_running(domain->get(), "guard off");
+        if (outlives_owner_) tell_paused_agent(domain->get(), "guard off");
       } catch (const std::exception& also) {
         spdlog::warn("vmfest: instance '{}' after its failed save: {}", config_.instance_name,
                      also.what());
@@ -474,7 +474,7 @@ class LibvirtMachine final : public Machine {
 
   // Sends the paused guest's agent `request` ("guard on", "guard off"), the guest running for just
   // that exchange: paused again also when it fails.
-  void while_running(virDomainPtr domain, const char* request) {
+  void tell_paused_agent(virDomainPtr domain, const char* request) {
     if (virDomainResume(domain) < 0) {
       fail(fmt::format("libvirt: could not resume domain '{}' of instance '{}' to tell its agent "
                        "'{}'",
