@@ -199,6 +199,18 @@ TEST(LibvirtChild, StartAndWaitToBeKilled) {
   std::this_thread::sleep_for(600s);
 }
 
+// Run as a child by Libvirt.AKilledOwnerOfASaved*: starts an instance, saves it as the model
+// $VMFEST_LIBVIRT_CHILD_SAVE_AS, says its name, and waits to be killed.
+TEST(LibvirtChild, StartSaveAndWaitToBeKilled) {
+  const char* model = std::getenv("VMFEST_LIBVIRT_CHILD_SAVE_AS");
+  if (model == nullptr) GTEST_SKIP() << "run by Libvirt.AKilledOwnerOfASaved*";
+  Instance instance = start_instance(false);  // booted: its agent is not guarded until the save
+  instance.save_as_model(model);
+  std::printf("\ninstance %s\n", instance.name().c_str());
+  std::fflush(stdout);
+  std::this_thread::sleep_for(600s);
+}
+
 // Run as a child by Libvirt.AnotherRunnersHome*: a reap of its (empty) home, which removes what
 // that home left on the host.
 TEST(LibvirtChild, ReapItsHome) {
@@ -267,6 +279,38 @@ TEST(Libvirt, AKilledTestProcessLeavesNoDomainAndReapLeavesNoVolume) {
   EXPECT_NE(std::find(reaped.begin(), reaped.end(), name), reaped.end());
   EXPECT_TRUE(volumes_with(first_uri(), "-" + name).empty());
   EXPECT_FALSE(fs::exists(vmfest::Home::from_environment().instances() / name));
+}
+
+// libvirt saves a domain only by ending it: an instance saved as a model runs on restored from
+// that save, which libvirt cannot tie to its owner's connection. Like a warm clone, it dies with
+// its owner all the same (its guest agent, guarded, powers it off), and leaves no copy of its disk.
+TEST(Libvirt, AKilledOwnerOfASavedInstanceLeavesNoDomain) {
+  const PrivateHome home;
+  const std::string model = fmt::format("saved-{}", ::getpid());
+  const fs::path output =
+      fs::temp_directory_path() / fmt::format("vmfest-libvirt-save-{}", ::getpid());
+  vmfest::testing::ChildProcess child(
+      {"/usr/bin/env", "-u", "GTEST_SHARD_INDEX", "-u", "GTEST_TOTAL_SHARDS",
+       "VMFEST_LIBVIRT_CHILD_SAVE_AS=" + model, fs::read_symlink("/proc/self/exe").string(),
+       "--gtest_filter=LibvirtChild.StartSaveAndWaitToBeKilled"},
+      output);
+  const std::string name = announced_instance(child);
+  ASSERT_FALSE(name.empty()) << child.output();
+  ASSERT_TRUE(domain_exists(first_uri(), "-" + name));
+  EXPECT_TRUE(volumes_with(first_uri(), "-" + name + ".export").empty())
+      << "the copy of its disk stays on the host";
+  child.kill();
+  EXPECT_EQ(child.wait(), 128 + SIGKILL);
+  fs::remove(output);
+
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (domain_exists(first_uri(), "-" + name) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_FALSE(domain_exists(first_uri(), "-" + name)) << "the saved instance outlives its owner";
+  vmfest::ModelRegistry().remove(model);
+  vmfest::reap_leaked_instances();
+  EXPECT_TRUE(volumes_with(first_uri(), "-" + name).empty());
 }
 
 // A warm clone is restored, and libvirt cannot tie a restored domain to its owner's connection:

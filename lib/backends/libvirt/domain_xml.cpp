@@ -88,7 +88,7 @@ std::string domain_xml(const DomainSpec& spec) {
       fmt::arg("metadata", metadata_xml(spec)), fmt::arg("agent", kAgentChannel),
       fmt::arg("memory", spec.memory_mib), fmt::arg("cpus", spec.cpus),
       fmt::arg("os", os_xml(spec)), fmt::arg("emulator", emulator_xml(spec.emulator)),
-      fmt::arg("disk", volume_disk(spec.pool, spec.disk_volume, "qcow2", "vda", false)),
+      fmt::arg("disk", volume_disk(spec.pool, spec.disk_volume, "qcow2", kDiskTarget, false)),
       fmt::arg("seed", volume_disk(spec.pool, spec.seed_volume, "raw", "vdb", true)),
       fmt::arg("netdev", xml_escape(netdev)));
 }

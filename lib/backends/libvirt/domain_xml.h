@@ -30,6 +30,8 @@ struct DomainSpec {
 };
 
 std::string domain_xml(const DomainSpec& spec);
+// The target of the instance's disk in it.
+inline constexpr const char* kDiskTarget = "vda";
 
 // The <emulator> element for $VMFEST_LIBVIRT_EMULATOR (the QEMU binary the hosts run, by its path
 // there), or "" when unset: libvirt's default for the domain type.

@@ -71,11 +71,13 @@ class LibvirtBackend final : public Backend {
                                    const nlohmann::json& saved) override {
     return make_machine(config, saved);
   }
-  // Warm images are save images in the host's pool (warm.h). No private segments: vmfest's segment
-  // hub is a unix datagram socket on this machine.
+  // Warm images are save images in the host's pool (warm.h); an instance's disk is exported through
+  // a copy there. No private segments: vmfest's segment hub is a unix datagram socket on this
+  // machine.
   [[nodiscard]] Capabilities capabilities() const override {
     Capabilities capabilities;
     capabilities.warm_images = true;
+    capabilities.export_disk = true;
     capabilities.runs_vms_here = false;
     return capabilities;
   }

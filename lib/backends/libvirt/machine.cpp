@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <exception>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -17,6 +18,7 @@
 #include "accelerator.h"
 #include "agent_channel.h"
 #include "console_log.h"
+#include "disk_copy.h"
 #include "domain_xml.h"
 #include "hosts.h"
 #include "leases.h"
@@ -302,7 +304,8 @@ class LibvirtMachine final : public Machine {
     if (host_.uri.empty()) return;  // never created
     kill();
     const StoragePool& pool = storage();
-    for (const std::string& volume : {disk_volume(), seed_volume(), domain_ + kStateSuffix}) {
+    for (const std::string& volume :
+         {disk_volume(), seed_volume(), domain_ + kStateSuffix, domain_ + kExportSuffix}) {
       remove_once_allocated(pool, volume);
     }
     if (lease_) {
@@ -343,17 +346,83 @@ class LibvirtMachine final : public Machine {
       throw;
     }
     agent_.reset();
-    unsigned long version = 0;
-    virConnectGetVersion(connection(), &version);
     spdlog::info(
         "vmfest: instance '{}': warm image saved on {} as volumes '{}' and '{}'; the guest's "
         "memory is streamed from the saved state (libvirt's save images hold it)",
         config_.instance_name, host_.uri, volumes.state, volumes.base);
-    return {{"qemu_version", version},
-            {"machine_type", "pc"},
-            {"accelerator", accelerator()},
-            {"memory", "streamed"},
-            {"uri", host_.uri}};
+    return warm_image_facts();
+  }
+
+  // The domain is paused (or gone): its disk, flattened, through a copy on the host (disk_copy.h).
+  void export_disk(const fs::path& destination) override {
+    const std::string copy = domain_ + kExportSuffix;
+    try {
+      auto domain = find();
+      export_volume(storage(), domain ? domain->get() : nullptr, disk_volume(), copy, destination);
+    } catch (const Error& error) {
+      throw BackendError(fmt::format(
+          "instance '{}': could not export its disk (volume '{}', through volume '{}') from {}: "
+          "{}; check the free space of the pool on that host (virsh pool-info) and of {}",
+          config_.instance_name, disk_volume(), copy, host_.uri, error.what(),
+          destination.parent_path().string()));
+    }
+  }
+
+  // libvirt saves a domain only by ending it: the paused domain is saved as the image's state, and
+  // restored from that very state as this instance again, paused, ready to resume. The image's base
+  // is a copy of the disk at the save, as for any warm image of this backend (warm.h), so the new
+  // model's clones need nothing of the model's own upload.
+  nlohmann::json save_warm_image_of(const Model& model, const fs::path& image_directory) override {
+    auto domain = find();
+    if (!domain) {
+      throw StateError(fmt::format("instance '{}': libvirt domain '{}' on {} is not running",
+                                   config_.instance_name, domain_, host_.uri));
+    }
+    // Every clone's agent is guarded from its first instant on: each dies with its owner. The guest
+    // runs for that one exchange; what it writes meanwhile is in the base, copied after the save.
+    tell_paused_agent(domain->get(), "guard on");
+    const StoragePool& pool = storage();
+    const WarmVolumes volumes =
+        plan_warm_volumes(image_directory, Home(config_.home).id(), host_.uri, domain_);
+    close_console();
+    try {
+      save_state(domain->get(), pool, volumes);
+    } catch (const Error&) {
+      if (!find_or_null()) {  // saved, or ended in the attempt: run on from the state if it can
+        agent_.reset();
+        restore_from(volumes);
+        remove_warm_volumes(pool, volumes);
+        throw;
+      }
+      remove_warm_volumes(pool, volumes);
+      try {
+        console_ =
+            std::make_unique<ConsoleLog>(connection(), domain->get(), console_log(), host_.uri);
+        if (outlives_owner_) tell_paused_agent(domain->get(), "guard off");
+      } catch (const std::exception& also) {
+        spdlog::warn("vmfest: instance '{}' after its failed save: {}", config_.instance_name,
+                     also.what());
+      }
+      throw;
+    }
+    agent_.reset();
+    // Before the restore: the restored domain's QEMU takes the disk's lock again.
+    std::exception_ptr base_failed;
+    try {
+      pool.create_copy(volumes.base, disk_volume());
+    } catch (const std::exception&) {
+      base_failed = std::current_exception();
+    }
+    restore_from(volumes);
+    if (base_failed) {
+      remove_warm_volumes(pool, volumes);
+      std::rethrow_exception(base_failed);
+    }
+    spdlog::info(
+        "vmfest: instance '{}': its memory is saved on {} as the warm image of model '{}' "
+        "(volumes '{}' and '{}'), streamed to its clones",
+        config_.instance_name, host_.uri, model.name, volumes.state, volumes.base);
+    return warm_image_facts();
   }
 
   [[nodiscard]] bool resumed_warm() const override { return resumed_warm_; }
@@ -394,6 +463,69 @@ class LibvirtMachine final : public Machine {
  private:
   [[nodiscard]] std::string disk_volume() const { return domain_ + kDiskSuffix; }
   [[nodiscard]] std::string seed_volume() const { return domain_ + kSeedSuffix; }
+
+  // What a warm image's manifest records of how it was made.
+  nlohmann::json warm_image_facts() {
+    unsigned long version = 0;
+    virConnectGetVersion(connection(), &version);
+    return {{"qemu_version", version},
+            {"machine_type", "pc"},
+            {"accelerator", accelerator()},
+            {"memory", "streamed"},
+            {"uri", host_.uri}};
+  }
+
+  // Sends the paused guest's agent `request` ("guard on", "guard off"), the guest running for just
+  // that exchange: paused again also when it fails.
+  void tell_paused_agent(virDomainPtr domain, const char* request) {
+    if (virDomainResume(domain) < 0) {
+      fail(fmt::format("libvirt: could not resume domain '{}' of instance '{}' to tell its agent "
+                       "'{}'",
+                       domain_, config_.instance_name, request),
+           host_.uri);
+    }
+    std::string reply;
+    try {
+      reply = agent_exchange(std::string(request) + "\n", kAgentTimeout);
+    } catch (const std::exception&) {
+      virDomainSuspend(domain);
+      throw;
+    }
+    if (virDomainSuspend(domain) < 0) {
+      fail(fmt::format("libvirt: could not pause domain '{}' of instance '{}' again", domain_,
+                       config_.instance_name),
+           host_.uri);
+    }
+    expect_ok(reply, request);
+  }
+
+  // Runs this instance's domain again from the state it was saved as (libvirt restores a save
+  // image as the very domain it saved), and pauses it, ready to resume. Restored running, as a
+  // clone is: its agent, guarded since before the save, powers it off should this process die
+  // before it holds the agent's channel, which holds the domain's life from then on.
+  void restore_from(const WarmVolumes& volumes) {
+    const StoragePool& pool = storage();
+    try {
+      Domain domain;
+      start_within_cap(connection(), pool, host_,
+                       [&] { domain = restore_saved(connection(), pool, volumes); });
+      agent_ = std::make_unique<AgentChannel>(connection(), domain.get(), host_.uri,
+                                              config_.instance_name);
+      started_here_ = true;  // its life is this process's channel now
+      console_ = std::make_unique<ConsoleLog>(connection(), domain.get(), console_log(), host_.uri);
+      if (outlives_owner_) expect_ok(agent_exchange("guard off\n", kAgentTimeout), "guard off");
+      if (virDomainSuspend(domain.get()) < 0) {
+        fail(fmt::format("libvirt: could not pause domain '{}'", domain_), host_.uri);
+      }
+    } catch (const Error& error) {
+      kill();
+      remove_warm_volumes(pool, volumes);
+      throw BackendError(fmt::format(
+          "instance '{}': libvirt saved its domain '{}' on {} but could not run it again: {}; "
+          "`vmfest destroy {}` removes the instance",
+          config_.instance_name, domain_, host_.uri, error.what(), config_.instance_name));
+    }
+  }
 
   static std::string host_name() {
     std::array<char, 256> name{};

@@ -4,9 +4,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <set>
@@ -207,6 +210,57 @@ void StoragePool::fill(const std::string& name, const fs::path& file) const {
   }
 }
 
+void StoragePool::download(const std::string& name, std::uint64_t offset, std::uint64_t length,
+                           const std::function<void(const char*, std::size_t)>& sink) const {
+  auto volume = find_volume(pool_.get(), name, uri_);
+  if (!volume) throw BackendError(fmt::format("libvirt: no volume '{}' on {}", name, uri_));
+  const std::string what = fmt::format("libvirt: could not read volume '{}'", name);
+  Stream stream(virStreamNew(connection_, 0));
+  if (!stream || virStorageVolDownload(volume->get(), stream.get(), offset, length, 0) < 0) {
+    fail(what, uri_);
+  }
+  std::array<char, 65536> buffer{};
+  try {
+    for (;;) {
+      const int got = virStreamRecv(stream.get(), buffer.data(), buffer.size());
+      if (got < 0) fail(what, uri_);
+      if (got == 0) break;
+      sink(buffer.data(), static_cast<std::size_t>(got));
+    }
+  } catch (...) {
+    virStreamAbort(stream.get());  // after the error's message took libvirt's reason
+    throw;
+  }
+  if (virStreamFinish(stream.get()) < 0) fail(what, uri_);
+}
+
+std::string StoragePool::read(const std::string& name, std::uint64_t offset,
+                              std::uint64_t length) const {
+  std::string data;
+  download(name, offset, length,
+           [&](const char* bytes, std::size_t size) { data.append(bytes, size); });
+  return data;
+}
+
+void StoragePool::download(const std::string& name, const fs::path& file) const {
+  try {
+    std::ofstream out(file, std::ios::binary | std::ios::trunc);
+    auto fail_to_write = [&] {
+      throw BackendError(fmt::format("cannot write {} (volume '{}' of {}): {}", file.string(), name,
+                                     uri_, std::strerror(errno)));
+    };
+    if (!out) fail_to_write();
+    download(name, 0, 0, [&](const char* data, std::size_t size) {
+      if (!out.write(data, static_cast<std::streamsize>(size))) fail_to_write();
+    });
+    if (!out.flush()) fail_to_write();
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove(file, ignored);
+    throw;
+  }
+}
+
 std::uint64_t StoragePool::allocation_of(const std::string& name) const {
   auto volume = find_volume(pool_.get(), name, uri_);
   virStorageVolInfo info{};
@@ -339,16 +393,33 @@ void StoragePool::create_copy(const std::string& name, const std::string& source
                               const std::string& format) const {
   auto from = find_volume(pool_.get(), source, uri_);
   if (!from) fail(fmt::format("libvirt: no volume '{}' to copy", source), uri_);
-  virStorageVolInfo info{};
-  if (virStorageVolGetInfo(from->get(), &info) < 0) {
-    fail(fmt::format("libvirt: could not read the size of volume '{}'", source), uri_);
-  }
   const std::string xml = fmt::format(
       "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><target><format type='{}'/>"
       "</target></volume>",
-      xml_escape(name), info.capacity, format);
+      xml_escape(name), capacity_of(source), format);
   Volume copy(virStorageVolCreateXMLFrom(pool_.get(), xml.c_str(), from->get(), 0));
   if (!copy) fail(fmt::format("libvirt: could not copy volume '{}' to '{}'", source, name), uri_);
+}
+
+void StoragePool::create_empty_like(const std::string& name, const std::string& like) const {
+  create_volume(
+      fmt::format("<volume><name>{}</name><capacity unit='bytes'>{}</capacity><target><format "
+                  "type='qcow2'/></target></volume>",
+                  xml_escape(name), capacity_of(like)),
+      name);
+}
+
+std::uint64_t StoragePool::capacity_of(const std::string& name) const {
+  auto volume = find_volume(pool_.get(), name, uri_);
+  if (!volume) {
+    throw BackendError(
+        fmt::format("libvirt: storage pool '{}' on {} has no volume '{}'", name_, uri_, name));
+  }
+  virStorageVolInfo info{};
+  if (virStorageVolGetInfo(volume->get(), &info) < 0) {
+    fail(fmt::format("libvirt: could not read the size of volume '{}'", name), uri_);
+  }
+  return info.capacity;
 }
 
 std::vector<std::string> StoragePool::volume_names() const {
@@ -368,6 +439,17 @@ void StoragePool::remove(const std::string& name) const {
   if (volume && virStorageVolDelete(volume->get(), 0) < 0 &&
       last_error_code() != VIR_ERR_NO_STORAGE_VOL) {
     fail(fmt::format("libvirt: could not delete volume '{}' of pool '{}'", name, name_), uri_);
+  }
+}
+
+TemporaryVolume::TemporaryVolume(const StoragePool& pool, std::string name)
+    : pool_(pool), name_(std::move(name)) {}
+
+TemporaryVolume::~TemporaryVolume() {
+  try {
+    pool_.remove(name_);
+  } catch (const std::exception& error) {
+    spdlog::warn("vmfest: could not remove volume '{}': {}", name_, error.what());
   }
 }
 

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,6 +29,15 @@ class StoragePool {
   // Uploads a local file as a new volume `name` (virStorageVolUpload): what a remote host needs
   // instead of a path to a file it cannot see.
   void upload(const std::string& name, const std::filesystem::path& file) const;
+  // Streams `length` bytes (0: up to its end) of volume `name` from `offset` to `sink`, chunk by
+  // chunk (virStorageVolDownload): what a remote host gives instead of a file to read.
+  void download(const std::string& name, std::uint64_t offset, std::uint64_t length,
+                const std::function<void(const char* data, std::size_t size)>& sink) const;
+  // Those bytes as a string (a header).
+  [[nodiscard]] std::string read(const std::string& name, std::uint64_t offset,
+                                 std::uint64_t length) const;
+  // The whole volume `name` as the local file `file` (replaced; removed again when that fails).
+  void download(const std::string& name, const std::filesystem::path& file) const;
   // Uploads a local file once per host: `name` should carry the content's hash. Returns the
   // volume that holds it. Concurrent callers (any home, any runner) wait for the one uploader
   // while its volume grows; beside one that stopped growing (killed, or just very slow) another
@@ -46,6 +56,9 @@ class StoragePool {
   // saved state (raw).
   void create_copy(const std::string& name, const std::string& source,
                    const std::string& format = "qcow2") const;
+  // An empty standalone qcow2 volume `name` of the size volume `like` has for its guest: what a
+  // copy made by something else (a domain's QEMU) fills.
+  void create_empty_like(const std::string& name, const std::string& like) const;
   // The names of the pool's volumes.
   [[nodiscard]] std::vector<std::string> volume_names() const;
   // Deletes volume `name` if it exists.
@@ -71,6 +84,8 @@ class StoragePool {
   // Streams `file` into the existing volume `name`; deletes the volume when that fails.
   void fill(const std::string& name, const std::filesystem::path& file) const;
   [[nodiscard]] std::uint64_t allocation_of(const std::string& name) const;
+  // Its size for a guest (a qcow2's virtual size).
+  [[nodiscard]] std::uint64_t capacity_of(const std::string& name) const;
   // Waits while another process uploads `volume`: true when it completed (or went), false when it
   // stopped growing.
   [[nodiscard]] bool waited_for_upload(const std::string& volume) const;
@@ -88,6 +103,21 @@ class StoragePool {
 // kernel).
 std::string model_disk_volume_name(const Model& model);
 std::string boot_file_volume_name(const std::filesystem::path& file, const std::string& part);
+
+// A volume that exists for a while: deleted when this goes, whatever happened meanwhile (a
+// warning when it cannot be).
+class TemporaryVolume {
+ public:
+  TemporaryVolume(const StoragePool& pool, std::string name);
+  TemporaryVolume(const TemporaryVolume&) = delete;
+  TemporaryVolume& operator=(const TemporaryVolume&) = delete;
+  ~TemporaryVolume();
+  [[nodiscard]] const std::string& name() const noexcept { return name_; }
+
+ private:
+  const StoragePool& pool_;
+  std::string name_;
+};
 
 // Deletes volume `name`, waiting (up to a minute) while libvirt still fills it: a copy or upload
 // that a killed owner started goes on in libvirtd, and refuses its deletion until it is done.

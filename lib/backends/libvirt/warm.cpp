@@ -14,6 +14,7 @@
 #include "naming.h"
 #include "vmfest/error.h"
 #include "vmfest/internal/base.h"
+#include "vmfest/internal/driver.h"
 
 namespace vmfest::detail::libvirt {
 namespace fs = std::filesystem;
@@ -50,30 +51,6 @@ Volume volume_of(const StoragePool& pool, const std::string& name) {
   return std::move(*volume);
 }
 
-std::string download(virConnectPtr connection, const StoragePool& pool, const std::string& name,
-                     std::uint64_t offset, std::uint64_t length) {
-  const Volume volume = volume_of(pool, name);
-  Stream stream(virStreamNew(connection, 0));
-  if (!stream || virStorageVolDownload(volume.get(), stream.get(), offset, length, 0) < 0) {
-    fail(fmt::format("libvirt: could not read volume '{}'", name), pool.uri());
-  }
-  std::string data;
-  char buffer[65536];
-  for (;;) {
-    const int got = virStreamRecv(stream.get(), buffer, sizeof(buffer));
-    if (got < 0) {
-      virStreamAbort(stream.get());
-      fail(fmt::format("libvirt: could not read volume '{}'", name), pool.uri());
-    }
-    if (got == 0) break;
-    data.append(buffer, static_cast<std::size_t>(got));
-  }
-  if (virStreamFinish(stream.get()) < 0) {
-    fail(fmt::format("libvirt: could not read volume '{}'", name), pool.uri());
-  }
-  return data;
-}
-
 // Writes `data` over the start of volume `name` (the rest stays).
 void overwrite_start(virConnectPtr connection, const StoragePool& pool, const std::string& name,
                      const std::string& data) {
@@ -97,7 +74,7 @@ void overwrite_start(virConnectPtr connection, const StoragePool& pool, const st
 void make_state_the_clones(virConnectPtr connection, const StoragePool& pool,
                            const std::string& name, const WarmVolumes& volumes,
                            const DomainSpec& spec) {
-  std::string header = download(connection, pool, name, 0, kHeaderSize);
+  std::string header = pool.read(name, 0, kHeaderSize);
   if (header.size() != kHeaderSize || header.compare(0, kSaveMagic.size(), kSaveMagic) != 0 ||
       read_u32(header, kVersionAt) != 2) {
     throw BackendError(fmt::format(
@@ -105,7 +82,7 @@ void make_state_the_clones(virConnectPtr connection, const StoragePool& pool,
         pool.uri()));
   }
   const std::uint32_t data_length = read_u32(header, kDataLengthAt);
-  const std::string data = download(connection, pool, name, kHeaderSize, data_length);
+  const std::string data = pool.read(name, kHeaderSize, data_length);
   const std::size_t cookie_at = read_u32(header, kCookieOffsetAt);
   if (data.size() != data_length || cookie_at >= data.size()) {
     throw BackendError(
@@ -184,8 +161,7 @@ std::vector<std::string> unused_warm_volumes(const fs::path& models_folder,
   return unused;
 }
 
-void save_domain(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes,
-                 const std::string& disk_volume) {
+void save_state(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes) {
   // A volume first, for a path inside the pool that libvirt writes the save image to.
   pool.remove(volumes.state);
   {
@@ -203,30 +179,57 @@ void save_domain(virDomainPtr domain, const StoragePool& pool, const WarmVolumes
                      volumes.state),
          pool.uri());
   }
-  // The pool learns the state's size, which a copy of it reads.
-  if (virStoragePoolRefresh(pool.handle(), 0) < 0) {
-    fail(fmt::format("libvirt: could not refresh storage pool '{}'", pool.name()), pool.uri());
+  // The pool learns the state's size, which a copy of it reads. libvirt refuses while another
+  // process's upload or copy runs in the pool ("asynchronous jobs running"): that ends.
+  constexpr std::chrono::minutes kPoolBusy{2};
+  if (!poll_until(kPoolBusy, std::chrono::milliseconds(200),
+                  [&] { return virStoragePoolRefresh(pool.handle(), 0) == 0; })) {
+    fail(fmt::format("libvirt: could not refresh storage pool '{}' within {} minutes", pool.name(),
+                     kPoolBusy.count()),
+         pool.uri());
   }
+}
+
+void save_domain(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes,
+                 const std::string& disk_volume) {
+  save_state(domain, pool, volumes);
   pool.remove(volumes.base);
   pool.create_copy(volumes.base, disk_volume);
   pool.remove(disk_volume);  // the domain's clone after the save makes its own
+}
+
+Domain restore_saved(virConnectPtr connection, const StoragePool& pool,
+                     const WarmVolumes& volumes) {
+  const std::string path = pool.path_of(volumes.state);
+  if (virDomainRestoreFlags(connection, path.c_str(), nullptr, VIR_DOMAIN_SAVE_RUNNING) < 0) {
+    fail(fmt::format("libvirt: could not restore domain '{}' from volume '{}'", volumes.domain,
+                     volumes.state),
+         pool.uri());
+  }
+  auto domain = find_domain(connection, volumes.domain, pool.uri());
+  if (!domain) {
+    throw BackendError(fmt::format("libvirt: domain '{}' is gone from {} right after its restore",
+                                   volumes.domain, pool.uri()));
+  }
+  return std::move(*domain);
+}
+
+void remove_warm_volumes(const StoragePool& pool, const WarmVolumes& volumes) noexcept {
+  for (const std::string& volume : {volumes.state, volumes.base}) {
+    try {
+      pool.remove(volume);
+    } catch (const std::exception& error) {
+      spdlog::warn("vmfest: could not remove volume '{}' on {}: {}", volume, pool.uri(),
+                   error.what());
+    }
+  }
 }
 
 Domain restore_clone(virConnectPtr connection, const StoragePool& pool, const WarmVolumes& volumes,
                      const std::string& state_copy, const DomainSpec& spec) {
   pool.remove(state_copy);
   pool.create_copy(state_copy, volumes.state, "raw");
-  struct RemoveCopy {
-    const StoragePool& pool;
-    const std::string& name;
-    ~RemoveCopy() {
-      try {
-        pool.remove(name);
-      } catch (const std::exception& error) {
-        spdlog::warn("vmfest: could not remove volume '{}': {}", name, error.what());
-      }
-    }
-  } remove_copy{pool, state_copy};
+  const TemporaryVolume copy(pool, state_copy);
   make_state_the_clones(connection, pool, state_copy, volumes, spec);
   const std::string path = pool.path_of(state_copy);
   if (virDomainRestoreFlags(connection, path.c_str(), nullptr, VIR_DOMAIN_SAVE_RUNNING) < 0) {

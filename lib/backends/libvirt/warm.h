@@ -42,10 +42,19 @@ std::vector<std::string> unused_warm_volumes(const std::filesystem::path& models
                                              const std::string& home_id,
                                              const std::vector<std::string>& volume_names);
 
-// Saves the running `domain` (it stops) as `volumes.state` and copies its disk volume
-// `disk_volume` as `volumes.base`, both in `pool`.
+// Saves the running or paused `domain` (it ends) as `volumes.state` in `pool`, to restore paused.
+void save_state(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes);
+// save_state, then copies the domain's disk volume `disk_volume` as `volumes.base`, both in
+// `pool`.
 void save_domain(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes,
                  const std::string& disk_volume);
+
+// Restores the domain saved as `volumes.state`, as itself (its name, volumes and forward port),
+// running; BackendError with libvirt's reason when it does not run.
+Domain restore_saved(virConnectPtr connection, const StoragePool& pool, const WarmVolumes& volumes);
+
+// Removes the volumes of an image that was not made (a reap would, later); warns when it cannot.
+void remove_warm_volumes(const StoragePool& pool, const WarmVolumes& volumes) noexcept;
 
 // Restores the image `volumes` as the running clone `spec` (its disk volume an overlay on
 // volumes.base, made already), through a copy of the state named `state_copy`, removed once the
