@@ -62,8 +62,11 @@ std::string Instance::Impl::quiesce_for_memory_save() {
 void Instance::Impl::save_memory_as_warm_image(const Model& saved) {
   detail::require_capability(*backend, detail::kWarmImages,
                              fmt::format("saving the memory of instance '{}'", record.name));
-  const detail::WarmLocation location =
-      detail::warm_image_location(home, saved, record.profile, *backend);
+  // Keyed by what this instance runs on (of a backend's several hosts, this instance's).
+  const std::string fingerprint =
+      backend->warm_fingerprint(detail::machine_config(home, record, saved));
+  const detail::WarmLocation location{
+      detail::warm_image_directory(saved, record.profile, fingerprint), fingerprint};
   fs::create_directories(location.directory.parent_path());
   // The new model is registered already: an instance of it may be building this very image.
   detail::FileLock lock(detail::warm_build_lock(location.directory));
