@@ -163,7 +163,17 @@ Model Instance::Impl::save_as_model(const std::string& model_name) {
     if (dynamic_cast<const Error*>(&error) != nullptr) throw;
     std::throw_with_nested(ModelError(saving));
   }
-  run_on();
+  try {
+    run_on();
+  } catch (const std::exception& error) {
+    // The model stands; why its memory was not saved (a save that ended the VM) comes first.
+    std::throw_with_nested(ModelError(fmt::format(
+        "instance '{}' is saved as model '{}'{}, but its guest did not run on after the save: {}. "
+        "`vmfest destroy {}` removes the instance",
+        record.name, model_name,
+        memory_left_out.empty() ? "" : fmt::format(" without its memory ({})", memory_left_out),
+        error.what(), record.name)));
+  }
   if (memory_left_out.empty()) {
     spdlog::info(
         "vmfest: instance '{}' is saved as model '{}', its running guest as the model's "
