@@ -23,6 +23,7 @@
 #include "libvirt_api.h"
 #include "naming.h"
 #include "placement.h"
+#include "ssh_multiplexer.h"
 #include "storage.h"
 #include "vmfest/error.h"
 #include "vmfest/home.h"
@@ -98,6 +99,7 @@ class LibvirtMachine final : public Machine {
         config_.warm_image.empty() ? std::nullopt
                                    : std::optional(read_warm_volumes(config_.warm_image));
     host_ = image ? parse_host_uri(image->uri) : choose_host();
+    ssh_multiplexer(host_);  // it logs in while the domain starts
     const StoragePool& pool = storage();
     domain_type_ = host_accelerator(connection(), pool, host_, probe_kernel(model)).domain_type;
     // First, so that no volume of it is ever without a live lease or this home's record.
@@ -357,7 +359,8 @@ class LibvirtMachine final : public Machine {
 
   [[nodiscard]] ssh::Endpoint ssh_endpoint() const override {
     if (host_.local()) return ssh::Endpoint{"127.0.0.1", port_, config_.model.ssh_user, ""};
-    return ssh::Endpoint{host_.host, port_, config_.model.ssh_user, host_.jump_command(port_)};
+    return ssh::Endpoint{host_.host, port_, config_.model.ssh_user,
+                         host_.jump_command(port_, ssh_multiplexer(host_))};
   }
   [[nodiscard]] fs::path console_log() const override { return config_.directory / kConsoleLog; }
   [[nodiscard]] std::string accelerator() const override {
