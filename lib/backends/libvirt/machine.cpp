@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <future>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -108,6 +109,10 @@ class LibvirtMachine final : public Machine {
       // A pool emptied since (a host's libvirtd set up afresh): launch says the image is gone.
       image_gone_ = !pool.contains(image->base) || !pool.contains(image->state);
       if (image_gone_) return;
+      // The clone's copy of the state is made on the host meanwhile (launch waits for it).
+      state_copy_ = std::async(std::launch::async, [&pool, volumes = *image, this] {
+        return std::make_unique<StateCopy>(pool, volumes, domain_ + kStateSuffix);
+      });
       pool.remove(disk_volume());  // this instance's cold disk, made before its image was ready
       pool.create_overlay(disk_volume(), image->base, "qcow2");
       pool.remove(seed_volume());
@@ -229,9 +234,14 @@ class LibvirtMachine final : public Machine {
     start_within_cap(connection(), storage(), host_, [&] {
       try {
         const WarmVolumes image = read_warm_volumes(config_.warm_image);
+        // Made by create_disk, or now when another process created the instance; removed once
+        // the domain runs, or its restore failed.
+        const std::unique_ptr<StateCopy> state =
+            state_copy_.valid()
+                ? state_copy_.get()
+                : std::make_unique<StateCopy>(storage(), image, domain_ + kStateSuffix);
         domain = start_with_a_free_port(spec, [&] {
-          return restore_clone(connection(), storage(), image, domain_ + kStateSuffix, spec)
-              .release();
+          return restore_clone(connection(), storage(), image, *state, spec).release();
         });
         agent_ = std::make_unique<AgentChannel>(connection(), domain.get(), host_.uri,
                                                 config_.instance_name);
@@ -469,7 +479,8 @@ class LibvirtMachine final : public Machine {
   std::optional<StoragePool> pool_;  // after connection_: it uses it
   std::optional<Lease> lease_;       // after pool_: it uses it; held while this process owns it
   std::unique_ptr<ConsoleLog> console_;
-  std::unique_ptr<AgentChannel> agent_;  // after connection_: its stream is of it
+  std::unique_ptr<AgentChannel> agent_;                 // after connection_: its stream is of it
+  std::future<std::unique_ptr<StateCopy>> state_copy_;  // last: it uses pool_
 };
 
 }  // namespace

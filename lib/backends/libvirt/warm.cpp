@@ -212,23 +212,24 @@ void save_domain(virDomainPtr domain, const StoragePool& pool, const WarmVolumes
   pool.remove(disk_volume);  // the domain's clone after the save makes its own
 }
 
+StateCopy::StateCopy(const StoragePool& pool, const WarmVolumes& volumes, std::string name)
+    : pool_(pool), name_(std::move(name)) {
+  pool.remove(name_);
+  pool.create_copy(name_, volumes.state, "raw");
+}
+
+StateCopy::~StateCopy() {
+  try {
+    pool_.remove(name_);
+  } catch (const std::exception& error) {
+    spdlog::warn("vmfest: could not remove volume '{}': {}", name_, error.what());
+  }
+}
+
 Domain restore_clone(virConnectPtr connection, const StoragePool& pool, const WarmVolumes& volumes,
-                     const std::string& state_copy, const DomainSpec& spec) {
-  pool.remove(state_copy);
-  pool.create_copy(state_copy, volumes.state, "raw");
-  struct RemoveCopy {
-    const StoragePool& pool;
-    const std::string& name;
-    ~RemoveCopy() {
-      try {
-        pool.remove(name);
-      } catch (const std::exception& error) {
-        spdlog::warn("vmfest: could not remove volume '{}': {}", name, error.what());
-      }
-    }
-  } remove_copy{pool, state_copy};
-  make_state_the_clones(connection, pool, state_copy, volumes, spec);
-  const std::string path = pool.path_of(state_copy);
+                     const StateCopy& state, const DomainSpec& spec) {
+  make_state_the_clones(connection, pool, state.name(), volumes, spec);
+  const std::string path = pool.path_of(state.name());
   if (virDomainRestoreFlags(connection, path.c_str(), nullptr, VIR_DOMAIN_SAVE_RUNNING) < 0) {
     return nullptr;
   }

@@ -47,10 +47,27 @@ std::vector<std::string> unused_warm_volumes(const std::filesystem::path& models
 void save_domain(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes,
                  const std::string& disk_volume);
 
+// One clone's copy of the image's state, named `name` in `pool`: libvirt restores a save image
+// only as the domain its XML names, so each clone's XML is written into a file of its own. Made on
+// construction (the copy runs on the host), removed on destruction (a process killed in between
+// leaves it to the reap: its name is the domain's with kStateSuffix).
+class StateCopy {
+ public:
+  StateCopy(const StoragePool& pool, const WarmVolumes& volumes, std::string name);
+  StateCopy(const StateCopy&) = delete;
+  StateCopy& operator=(const StateCopy&) = delete;
+  ~StateCopy();
+  [[nodiscard]] const std::string& name() const { return name_; }
+
+ private:
+  const StoragePool& pool_;
+  std::string name_;
+};
+
 // Restores the image `volumes` as the running clone `spec` (its disk volume an overlay on
-// volumes.base, made already), through a copy of the state named `state_copy`, removed once the
-// domain runs. Returns null with libvirt's error pending when the restore itself failed.
+// volumes.base, made already) from `state`, its XML rewritten as the clone's first. Returns null
+// with libvirt's error pending when the restore itself failed (`state` can be rewritten again).
 Domain restore_clone(virConnectPtr connection, const StoragePool& pool, const WarmVolumes& volumes,
-                     const std::string& state_copy, const DomainSpec& spec);
+                     const StateCopy& state, const DomainSpec& spec);
 
 }  // namespace vmfest::detail::libvirt
