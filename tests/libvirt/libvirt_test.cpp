@@ -97,6 +97,15 @@ TEST(LibvirtHosts, AUriNamesItsHostAndTheWayToItsGuests) {
             "'/bin/my-ssh' -W 127.0.0.1:40022 -o BatchMode=yes -T -p 2222 -l 'ci' -i "
             "'/keys/my key' -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
             "-o LogLevel=ERROR 'hv1'");
+  // Through the process's master connection to the host, which ends with the process.
+  EXPECT_EQ(remote.jump_command(40022, "/tmp/vmfest-ssh-1-a/1"),
+            "'/bin/my-ssh' -W 127.0.0.1:40022 -o ControlPath='/tmp/vmfest-ssh-1-a/1' -o "
+            "BatchMode=yes -T -p 2222 -l 'ci' -i '/keys/my key' -o StrictHostKeyChecking=no -o "
+            "UserKnownHostsFile=/dev/null -o LogLevel=ERROR 'hv1'");
+  EXPECT_EQ(remote.master_command("/tmp/vmfest-ssh-1-a/1"),
+            "'/bin/my-ssh' -M -N -o ControlPersist=no -o ControlPath='/tmp/vmfest-ssh-1-a/1' -o "
+            "BatchMode=yes -T -p 2222 -l 'ci' -i '/keys/my key' -o StrictHostKeyChecking=no -o "
+            "UserKnownHostsFile=/dev/null -o LogLevel=ERROR 'hv1'");
   // A remote host without an SSH account is refused as it is read, before any domain runs.
   for (const char* no_ssh :
        {"qemu+tcp://hv1/system", "qemu+tls://hv1/system", "qemu://hv1/system"}) {
@@ -317,6 +326,34 @@ TEST(Libvirt, AKilledOwnerOfASavedInstanceLeavesNoDomain) {
 // its guest agent powers it off once the owner's channel closes. An owner of three warm clones
 // (vmfest_own_three) is SIGKILLed at a random moment of its life (copying the state, restoring,
 // handing over identities, running); within 30 s no domain of it runs, and a reap leaves no volume.
+// The ssh processes of process `owner` to a remote host (lib/backends/libvirt/ssh_multiplexer.h):
+// its master connection (`masters`), else also the `ssh -W` jumps to its guests, whose command
+// lines name the master's socket, "vmfest-ssh-<pid>-...".
+std::vector<std::string> ssh_processes_of(pid_t owner, bool masters) {
+  const std::string mark = fmt::format("vmfest-ssh-{}-", owner);
+  std::vector<std::string> found;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    std::ifstream file(entry.path() / "cmdline");
+    std::string command((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    std::replace(command.begin(), command.end(), '\0', ' ');
+    if (command.find(mark) != std::string::npos &&
+        (!masters || command.find(" -M ") != std::string::npos)) {
+      found.push_back(command);
+    }
+  }
+  return found;
+}
+
+// Waits up to `timeout` for what ssh_processes_of finds to end; returns what still runs.
+std::vector<std::string> ssh_processes_after(pid_t owner, bool masters,
+                                             std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!ssh_processes_of(owner, masters).empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(100ms);
+  }
+  return ssh_processes_of(owner, masters);
+}
+
 TEST(Libvirt, AKilledOwnerOfWarmClonesLeavesNoDomainWithin30Seconds) {
   const PrivateHome home;
   {
@@ -334,11 +371,16 @@ TEST(Libvirt, AKilledOwnerOfWarmClonesLeavesNoDomainWithin30Seconds) {
     const auto kill_after = std::chrono::milliseconds(random() % 6000);
     SCOPED_TRACE(fmt::format("round {}: SIGKILL after {} ms", round, kill_after.count()));
     const fs::path output = fs::temp_directory_path() / (prefix + ".log");
+    pid_t owner_pid = 0;
     {
       vmfest::testing::ChildProcess owner({VMFEST_OWN_THREE, prefix}, output);
       std::this_thread::sleep_for(kill_after);
       owner.kill();
       EXPECT_EQ(owner.wait(), 128 + SIGKILL) << owner.output();
+      // A remote host's SSH master connection ends with its process (its parent-death signal).
+      EXPECT_EQ(ssh_processes_after(owner.pid(), true, 5s), std::vector<std::string>{})
+          << "the killed owner's SSH master connection outlives it";
+      owner_pid = owner.pid();
     }
     const auto killed = std::chrono::steady_clock::now();
     while (domain_exists(first_uri(), "-" + prefix + "-") &&
@@ -347,6 +389,10 @@ TEST(Libvirt, AKilledOwnerOfWarmClonesLeavesNoDomainWithin30Seconds) {
     }
     EXPECT_FALSE(domain_exists(first_uri(), "-" + prefix + "-"))
         << "a domain of the killed owner still runs 30 s later";
+    // A jump to a guest ends with the guest (it may have logged in on its own before the master
+    // listened, and then waits for the guest's end of the connection).
+    EXPECT_EQ(ssh_processes_after(owner_pid, false, 5s), std::vector<std::string>{})
+        << "an SSH jump of the killed owner outlives its guest";
     slowest = std::max(slowest, std::chrono::duration_cast<std::chrono::milliseconds>(
                                     std::chrono::steady_clock::now() - killed));
     vmfest::reap_leaked_instances();

@@ -91,6 +91,7 @@ class ChildProcess {
   void signal(int number) {
     if (!status_) ::kill(pid_, number);
   }
+  [[nodiscard]] pid_t pid() const { return pid_; }
   [[nodiscard]] std::string output() const {
     std::ifstream in(output_, std::ios::binary);
     std::ostringstream text;

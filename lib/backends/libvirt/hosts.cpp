@@ -41,9 +41,9 @@ std::string percent_decode(const std::string& text) {
 
 bool HostUri::local() const { return host.empty() || transport == "unix"; }
 
-std::string HostUri::jump_command(int guest_port) const {
+std::string HostUri::ssh_command(const std::string& options) const {
   const std::string ssh = command.empty() ? std::string("ssh") : shell_quote(command);
-  std::string line = fmt::format("{} -W 127.0.0.1:{} -o BatchMode=yes -T", ssh, guest_port);
+  std::string line = fmt::format("{} {} -o BatchMode=yes -T", ssh, options);
   if (port != 0) line += fmt::format(" -p {}", port);
   if (!user.empty()) line += " -l " + shell_quote(user);
   if (!keyfile.empty()) line += " -i " + shell_quote(keyfile);
@@ -53,6 +53,16 @@ std::string HostUri::jump_command(int guest_port) const {
     line += " -o UserKnownHostsFile=" + shell_quote(known_hosts);
   }
   return line + " " + shell_quote(host);
+}
+
+std::string HostUri::jump_command(int guest_port, const std::string& control_socket) const {
+  std::string options = fmt::format("-W 127.0.0.1:{}", guest_port);
+  if (!control_socket.empty()) options += " -o ControlPath=" + shell_quote(control_socket);
+  return ssh_command(options);
+}
+
+std::string HostUri::master_command(const std::string& control_socket) const {
+  return ssh_command("-M -N -o ControlPersist=no -o ControlPath=" + shell_quote(control_socket));
 }
 
 HostUri parse_host_uri(const std::string& uri) {

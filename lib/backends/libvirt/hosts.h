@@ -23,8 +23,16 @@ struct HostUri {
   [[nodiscard]] bool local() const;
   // The command that carries an SSH connection to 127.0.0.1:`port` on the host (OpenSSH's
   // `ssh -W` over the URI's own SSH account, through the URI's ssh command if it names one),
-  // quoted for /bin/sh.
-  [[nodiscard]] std::string jump_command(int port) const;
+  // quoted for /bin/sh. With `control_socket`, through the master connection listening there if
+  // one does (ssh_multiplexer.h), else with a login of its own.
+  [[nodiscard]] std::string jump_command(int port, const std::string& control_socket = "") const;
+  // The command of an OpenSSH master connection to the URI's SSH account that listens on
+  // `control_socket` and ends with its process.
+  [[nodiscard]] std::string master_command(const std::string& control_socket) const;
+
+ private:
+  // `ssh <options>` to the URI's account, with its port, user, key and host key checking.
+  [[nodiscard]] std::string ssh_command(const std::string& options) const;
 };
 
 // Reads one URI; InvalidArgument when it is not of the form driver[+transport]://[user@]host/path,

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string_view>
@@ -117,14 +118,26 @@ Connection open_within(const std::string& uri, std::chrono::seconds timeout) {
 
 Connection connect(const std::string& uri) {
   start_event_loop();
-  Connection connection = open_within(uri, connect_timeout());
-  // A daemon that stops answering later (a hung host, a deadlocked libvirtd) fails the call
-  // waiting on it with "connection closed due to keepalive timeout" instead of hanging the test.
-  if (virConnectSetKeepAlive(connection.get(), kKeepAliveSeconds, kKeepAliveMisses) < 0) {
-    spdlog::warn("vmfest: libvirt at {} takes no keepalive: a hung daemon would hang its calls",
-                 uri);
+  // One connection per URI for the whole process, each caller holding a reference: a remote
+  // URI's connect is an SSH login (about 0.3 s), paid once instead of per instance. A domain
+  // started with AUTODESTROY still dies with this process, at the latest, and each instance ends
+  // its own domain explicitly. One that died (a restarted daemon, a keepalive timeout) is replaced.
+  // Never destroyed: the process's exit closes them, as libvirt's event loop thread may still run.
+  static auto* const mutex = new std::mutex;
+  static auto* const open = new std::map<std::string, Connection>;
+  std::lock_guard lock(*mutex);
+  Connection& shared = (*open)[uri];
+  if (!shared || virConnectIsAlive(shared.get()) != 1) {
+    shared = open_within(uri, connect_timeout());
+    // A daemon that stops answering later (a hung host, a deadlocked libvirtd) fails the call
+    // waiting on it with "connection closed due to keepalive timeout" instead of hanging the test.
+    if (virConnectSetKeepAlive(shared.get(), kKeepAliveSeconds, kKeepAliveMisses) < 0) {
+      spdlog::warn("vmfest: libvirt at {} takes no keepalive: a hung daemon would hang its calls",
+                   uri);
+    }
   }
-  return connection;
+  if (virConnectRef(shared.get()) < 0) fail("libvirt: could not share the connection", uri);
+  return Connection(shared.get());
 }
 
 namespace {

@@ -44,9 +44,10 @@ int last_error_code();
 [[noreturn]] void fail(const std::string& what, const std::string& uri,
                        const std::string& hint = "");
 
-// Opens `uri` read-write, with keepalives, within VMFEST_LIBVIRT_TIMEOUT seconds (default 60).
-// Starts the event loop first, so streams and keepalives work. Errors name the URI and what to
-// check (libvirtd running and answering, the URI's user in group libvirt).
+// Opens `uri` read-write, with keepalives, within VMFEST_LIBVIRT_TIMEOUT seconds (default 60),
+// or returns a new reference to the process's live connection to it: one per URI and process,
+// closed when the process ends. Starts the event loop first, so streams and keepalives work. Errors
+// name the URI and what to check (libvirtd running and answering, the URI's user in group libvirt).
 Connection connect(const std::string& uri);
 
 // Takes each of the `count` handles of an array libvirt allocated (a listing), and frees the array.

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <exception>
+#include <future>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -25,6 +26,7 @@
 #include "libvirt_api.h"
 #include "naming.h"
 #include "placement.h"
+#include "ssh_multiplexer.h"
 #include "storage.h"
 #include "vmfest/error.h"
 #include "vmfest/home.h"
@@ -102,6 +104,7 @@ class LibvirtMachine final : public Machine {
                                    : std::optional(read_warm_volumes(config_.warm_image));
     host_ = image ? parse_host_uri(image->uri) : place_instance(config_);
     remember_instance(config_, host_);
+    ssh_multiplexer(host_);  // it logs in while the domain starts
     const StoragePool& pool = storage();
     domain_type_ = host_accelerator(connection(), pool, host_, probe_kernel(model)).domain_type;
     // First, so that no volume of it is ever without a live lease or this home's record.
@@ -110,6 +113,10 @@ class LibvirtMachine final : public Machine {
       // A pool emptied since (a host's libvirtd set up afresh): launch says the image is gone.
       image_gone_ = !pool.contains(image->base) || !pool.contains(image->state);
       if (image_gone_) return;
+      // The clone's copy of the state is made on the host meanwhile (launch waits for it).
+      state_copy_ = std::async(std::launch::async, [&pool, volumes = *image, this] {
+        return std::make_unique<StateCopy>(pool, volumes, domain_ + kStateSuffix);
+      });
       pool.remove(disk_volume());  // this instance's cold disk, made before its image was ready
       pool.create_overlay(disk_volume(), image->base, "qcow2");
       pool.remove(seed_volume());
@@ -231,9 +238,14 @@ class LibvirtMachine final : public Machine {
     start_within_cap(connection(), storage(), host_, [&] {
       try {
         const WarmVolumes image = read_warm_volumes(config_.warm_image);
+        // Made by create_disk, or now when another process created the instance; removed once
+        // the domain runs, or its restore failed.
+        const std::unique_ptr<StateCopy> state =
+            state_copy_.valid()
+                ? state_copy_.get()
+                : std::make_unique<StateCopy>(storage(), image, domain_ + kStateSuffix);
         domain = start_with_a_free_port(spec, [&] {
-          return restore_clone(connection(), storage(), image, domain_ + kStateSuffix, spec)
-              .release();
+          return restore_clone(connection(), storage(), image, *state, spec).release();
         });
         agent_ = std::make_unique<AgentChannel>(connection(), domain.get(), host_.uri,
                                                 config_.instance_name);
@@ -429,7 +441,8 @@ class LibvirtMachine final : public Machine {
 
   [[nodiscard]] ssh::Endpoint ssh_endpoint() const override {
     if (host_.local()) return ssh::Endpoint{"127.0.0.1", port_, config_.model.ssh_user, ""};
-    return ssh::Endpoint{host_.host, port_, config_.model.ssh_user, host_.jump_command(port_)};
+    return ssh::Endpoint{host_.host, port_, config_.model.ssh_user,
+                         host_.jump_command(port_, ssh_multiplexer(host_))};
   }
   [[nodiscard]] fs::path console_log() const override { return config_.directory / kConsoleLog; }
   [[nodiscard]] std::string accelerator() const override {
@@ -601,7 +614,8 @@ class LibvirtMachine final : public Machine {
   std::optional<StoragePool> pool_;  // after connection_: it uses it
   std::optional<Lease> lease_;       // after pool_: it uses it; held while this process owns it
   std::unique_ptr<ConsoleLog> console_;
-  std::unique_ptr<AgentChannel> agent_;  // after connection_: its stream is of it
+  std::unique_ptr<AgentChannel> agent_;                 // after connection_: its stream is of it
+  std::future<std::unique_ptr<StateCopy>> state_copy_;  // last: it uses pool_
 };
 
 }  // namespace

@@ -225,13 +225,25 @@ void remove_warm_volumes(const StoragePool& pool, const WarmVolumes& volumes) no
   }
 }
 
+namespace {
+
+// The copy is made before the volume that removes it is owned.
+std::string copied_state(const StoragePool& pool, const WarmVolumes& volumes,
+                         const std::string& name) {
+  pool.remove(name);
+  pool.create_copy(name, volumes.state, "raw");
+  return name;
+}
+
+}  // namespace
+
+StateCopy::StateCopy(const StoragePool& pool, const WarmVolumes& volumes, const std::string& name)
+    : volume_(pool, copied_state(pool, volumes, name)) {}
+
 Domain restore_clone(virConnectPtr connection, const StoragePool& pool, const WarmVolumes& volumes,
-                     const std::string& state_copy, const DomainSpec& spec) {
-  pool.remove(state_copy);
-  pool.create_copy(state_copy, volumes.state, "raw");
-  const TemporaryVolume copy(pool, state_copy);
-  make_state_the_clones(connection, pool, state_copy, volumes, spec);
-  const std::string path = pool.path_of(state_copy);
+                     const StateCopy& state, const DomainSpec& spec) {
+  make_state_the_clones(connection, pool, state.name(), volumes, spec);
+  const std::string path = pool.path_of(state.name());
   if (virDomainRestoreFlags(connection, path.c_str(), nullptr, VIR_DOMAIN_SAVE_RUNNING) < 0) {
     return nullptr;
   }

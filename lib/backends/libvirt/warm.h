@@ -56,10 +56,23 @@ Domain restore_saved(virConnectPtr connection, const StoragePool& pool, const Wa
 // Removes the volumes of an image that was not made (a reap would, later); warns when it cannot.
 void remove_warm_volumes(const StoragePool& pool, const WarmVolumes& volumes) noexcept;
 
+// One clone's copy of the image's state, named `name` in `pool`: libvirt restores a save image
+// only as the domain its XML names, so each clone's XML is written into a file of its own. Made on
+// construction (the copy runs on the host), removed on destruction (a process killed in between
+// leaves it to the reap: its name is the domain's with kStateSuffix).
+class StateCopy {
+ public:
+  StateCopy(const StoragePool& pool, const WarmVolumes& volumes, const std::string& name);
+  [[nodiscard]] const std::string& name() const { return volume_.name(); }
+
+ private:
+  TemporaryVolume volume_;
+};
+
 // Restores the image `volumes` as the running clone `spec` (its disk volume an overlay on
-// volumes.base, made already), through a copy of the state named `state_copy`, removed once the
-// domain runs. Returns null with libvirt's error pending when the restore itself failed.
+// volumes.base, made already) from `state`, its XML rewritten as the clone's first. Returns null
+// with libvirt's error pending when the restore itself failed (`state` can be rewritten again).
 Domain restore_clone(virConnectPtr connection, const StoragePool& pool, const WarmVolumes& volumes,
-                     const std::string& state_copy, const DomainSpec& spec);
+                     const StateCopy& state, const DomainSpec& spec);
 
 }  // namespace vmfest::detail::libvirt
