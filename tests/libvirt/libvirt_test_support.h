@@ -50,6 +50,17 @@ inline bool domain_exists(const std::string& uri, const std::string& part) {
                      [&](const std::string& name) { return name.find(part) != std::string::npos; });
 }
 
+// Waits up to `limit` for the domains whose names contain `part` to be gone; whether they are.
+inline bool domains_gone_within(const std::string& uri, const std::string& part,
+                                std::chrono::milliseconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (domain_exists(uri, part)) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return true;
+}
+
 // A started instance of the test model: a warm clone, or one that boots (`warm` false).
 inline Instance start_instance(bool warm = true) {
   vmfest::InstanceRequest request;
