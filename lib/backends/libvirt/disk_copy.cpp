@@ -57,7 +57,7 @@ void wait_until_mirrored(virDomainPtr domain, const std::string& target, const S
 // own disk.
 void copy_domain_disk(virDomainPtr domain, const std::string& target, const StoragePool& pool,
                       const std::string& disk_volume, const std::string& copy) {
-  pool.create_empty_like(copy, disk_volume);
+  pool.create_empty(copy, pool.capacity_of(disk_volume), "qcow2");
   const std::string destination =
       fmt::format("<disk type='file'><source file='{}'/><driver type='qcow2'/></disk>",
                   xml_escape(pool.path_of(copy)));

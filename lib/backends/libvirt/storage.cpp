@@ -261,6 +261,24 @@ void StoragePool::download(const std::string& name, const fs::path& file) const 
   }
 }
 
+void StoragePool::overwrite_start(const std::string& name, const std::string& data) const {
+  auto volume = find_volume(pool_.get(), name, uri_);
+  if (!volume) throw BackendError(fmt::format("libvirt: no volume '{}' on {}", name, uri_));
+  Stream stream(virStreamNew(connection_, 0));
+  bool done = stream && virStorageVolUpload(volume->get(), stream.get(), 0, data.size(), 0) == 0;
+  for (std::size_t sent = 0; done && sent < data.size();) {
+    const int put = virStreamSend(stream.get(), data.data() + sent, data.size() - sent);
+    done = put > 0;
+    if (done) sent += static_cast<std::size_t>(put);
+  }
+  if (!done || virStreamFinish(stream.get()) < 0) {
+    const std::string why = last_error();
+    if (stream) virStreamAbort(stream.get());
+    throw BackendError(
+        fmt::format("libvirt: could not write volume '{}' on {}: {}", name, uri_, why));
+  }
+}
+
 std::uint64_t StoragePool::allocation_of(const std::string& name) const {
   auto volume = find_volume(pool_.get(), name, uri_);
   virStorageVolInfo info{};
@@ -393,20 +411,22 @@ void StoragePool::create_copy(const std::string& name, const std::string& source
                               const std::string& format) const {
   auto from = find_volume(pool_.get(), source, uri_);
   if (!from) fail(fmt::format("libvirt: no volume '{}' to copy", source), uri_);
-  const std::string xml = fmt::format(
-      "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><target><format type='{}'/>"
-      "</target></volume>",
-      xml_escape(name), capacity_of(source), format);
+  const std::string xml = new_volume_xml(name, capacity_of(source), format);
   Volume copy(virStorageVolCreateXMLFrom(pool_.get(), xml.c_str(), from->get(), 0));
   if (!copy) fail(fmt::format("libvirt: could not copy volume '{}' to '{}'", source, name), uri_);
 }
 
-void StoragePool::create_empty_like(const std::string& name, const std::string& like) const {
-  create_volume(
-      fmt::format("<volume><name>{}</name><capacity unit='bytes'>{}</capacity><target><format "
-                  "type='qcow2'/></target></volume>",
-                  xml_escape(name), capacity_of(like)),
-      name);
+std::string StoragePool::new_volume_xml(const std::string& name, std::uint64_t capacity,
+                                        const std::string& format) {
+  return fmt::format(
+      "<volume><name>{}</name><capacity unit='bytes'>{}</capacity><target><format type='{}'/>"
+      "</target></volume>",
+      xml_escape(name), capacity, xml_escape(format));
+}
+
+void StoragePool::create_empty(const std::string& name, std::uint64_t capacity,
+                               const std::string& format) const {
+  create_volume(new_volume_xml(name, capacity, format), name);
 }
 
 std::uint64_t StoragePool::capacity_of(const std::string& name) const {

@@ -38,6 +38,8 @@ class StoragePool {
                                  std::uint64_t length) const;
   // The whole volume `name` as the local file `file` (replaced; removed again when that fails).
   void download(const std::string& name, const std::filesystem::path& file) const;
+  // Writes `data` over the start of volume `name` (the rest stays).
+  void overwrite_start(const std::string& name, const std::string& data) const;
   // Uploads a local file once per host: `name` should carry the content's hash. Returns the
   // volume that holds it. Concurrent callers (any home, any runner) wait for the one uploader
   // while its volume grows; beside one that stopped growing (killed, or just very slow) another
@@ -56,9 +58,12 @@ class StoragePool {
   // saved state (raw).
   void create_copy(const std::string& name, const std::string& source,
                    const std::string& format = "qcow2") const;
-  // An empty standalone qcow2 volume `name` of the size volume `like` has for its guest: what a
-  // copy made by something else (a domain's QEMU) fills.
-  void create_empty_like(const std::string& name, const std::string& like) const;
+  // An empty volume `name` of `capacity` bytes for a guest, in `format`: what something else
+  // (libvirt saving a domain, a domain's QEMU copying its disk) fills.
+  void create_empty(const std::string& name, std::uint64_t capacity,
+                    const std::string& format) const;
+  // Its size for a guest (a qcow2's virtual size).
+  [[nodiscard]] std::uint64_t capacity_of(const std::string& name) const;
   // The names of the pool's volumes.
   [[nodiscard]] std::vector<std::string> volume_names() const;
   // Deletes volume `name` if it exists.
@@ -84,8 +89,9 @@ class StoragePool {
   // Streams `file` into the existing volume `name`; deletes the volume when that fails.
   void fill(const std::string& name, const std::filesystem::path& file) const;
   [[nodiscard]] std::uint64_t allocation_of(const std::string& name) const;
-  // Its size for a guest (a qcow2's virtual size).
-  [[nodiscard]] std::uint64_t capacity_of(const std::string& name) const;
+  // A new volume's XML: `name`, `capacity` bytes for a guest, `format`.
+  static std::string new_volume_xml(const std::string& name, std::uint64_t capacity,
+                                    const std::string& format);
   // Waits while another process uploads `volume`: true when it completed (or went), false when it
   // stopped growing.
   [[nodiscard]] bool waited_for_upload(const std::string& volume) const;

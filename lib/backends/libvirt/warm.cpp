@@ -4,7 +4,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <random>
 #include <set>
 
 #include <fmt/format.h>
@@ -40,40 +39,9 @@ void write_u32(std::string& bytes, std::size_t at, std::uint32_t value) {
   std::memcpy(bytes.data() + at, &value, sizeof(value));
 }
 
-std::string random_hex() {
-  static std::mt19937_64 random{std::random_device{}()};
-  return fmt::format("{:016x}", random());
-}
-
-Volume volume_of(const StoragePool& pool, const std::string& name) {
-  auto volume = find_volume(pool.handle(), name, pool.uri());
-  if (!volume) throw BackendError(fmt::format("libvirt: no volume '{}' on {}", name, pool.uri()));
-  return std::move(*volume);
-}
-
-// Writes `data` over the start of volume `name` (the rest stays).
-void overwrite_start(virConnectPtr connection, const StoragePool& pool, const std::string& name,
-                     const std::string& data) {
-  const Volume volume = volume_of(pool, name);
-  Stream stream(virStreamNew(connection, 0));
-  bool done = stream && virStorageVolUpload(volume.get(), stream.get(), 0, data.size(), 0) == 0;
-  for (std::size_t sent = 0; done && sent < data.size();) {
-    const int put = virStreamSend(stream.get(), data.data() + sent, data.size() - sent);
-    done = put > 0;
-    if (done) sent += static_cast<std::size_t>(put);
-  }
-  if (!done || virStreamFinish(stream.get()) < 0) {
-    const std::string why = last_error();
-    if (stream) virStreamAbort(stream.get());
-    throw BackendError(
-        fmt::format("libvirt: could not write volume '{}' on {}: {}", name, pool.uri(), why));
-  }
-}
-
 // Makes the save image `name` restore as the clone `spec`: its XML rewritten in place.
-void make_state_the_clones(virConnectPtr connection, const StoragePool& pool,
-                           const std::string& name, const WarmVolumes& volumes,
-                           const DomainSpec& spec) {
+void make_state_the_clones(const StoragePool& pool, const std::string& name,
+                           const WarmVolumes& volumes, const DomainSpec& spec) {
   std::string header = pool.read(name, 0, kHeaderSize);
   if (header.size() != kHeaderSize || header.compare(0, kSaveMagic.size(), kSaveMagic) != 0 ||
       read_u32(header, kVersionAt) != 2) {
@@ -98,7 +66,7 @@ void make_state_the_clones(virConnectPtr connection, const StoragePool& pool,
   }
   rewritten.resize(data_length, '\0');
   write_u32(header, kCookieOffsetAt, static_cast<std::uint32_t>(xml.size() + 1));
-  overwrite_start(connection, pool, name, header + rewritten);
+  pool.overwrite_start(name, header + rewritten);
 }
 
 }  // namespace
@@ -109,7 +77,7 @@ std::string warm_volume_prefix(const std::string& home_id) {
 
 WarmVolumes plan_warm_volumes(const fs::path& image_directory, const std::string& home_id,
                               const std::string& uri, const std::string& domain) {
-  const std::string stem = warm_volume_prefix(home_id) + random_hex();
+  const std::string stem = warm_volume_prefix(home_id) + random_token();
   WarmVolumes volumes{uri, stem + kWarmStateSuffix, stem + kWarmBaseSuffix, domain};
   const nlohmann::json record = {{"uri", volumes.uri},
                                  {"state", volumes.state},
@@ -164,15 +132,7 @@ std::vector<std::string> unused_warm_volumes(const fs::path& models_folder,
 void save_state(virDomainPtr domain, const StoragePool& pool, const WarmVolumes& volumes) {
   // A volume first, for a path inside the pool that libvirt writes the save image to.
   pool.remove(volumes.state);
-  {
-    const std::string xml = fmt::format(
-        "<volume><name>{}</name><capacity unit='bytes'>0</capacity><target><format type='raw'/>"
-        "</target></volume>",
-        xml_escape(volumes.state));
-    Volume created(virStorageVolCreateXML(pool.handle(), xml.c_str(), 0));
-    if (!created)
-      fail(fmt::format("libvirt: could not create volume '{}'", volumes.state), pool.uri());
-  }
+  pool.create_empty(volumes.state, 0, "raw");
   const std::string path = pool.path_of(volumes.state);
   if (virDomainSaveFlags(domain, path.c_str(), nullptr, VIR_DOMAIN_SAVE_PAUSED) < 0) {
     fail(fmt::format("libvirt: could not save domain '{}' to volume '{}'", volumes.domain,
@@ -242,7 +202,7 @@ StateCopy::StateCopy(const StoragePool& pool, const WarmVolumes& volumes, const 
 
 Domain restore_clone(virConnectPtr connection, const StoragePool& pool, const WarmVolumes& volumes,
                      const StateCopy& state, const DomainSpec& spec) {
-  make_state_the_clones(connection, pool, state.name(), volumes, spec);
+  make_state_the_clones(pool, state.name(), volumes, spec);
   const std::string path = pool.path_of(state.name());
   if (virDomainRestoreFlags(connection, path.c_str(), nullptr, VIR_DOMAIN_SAVE_RUNNING) < 0) {
     return nullptr;
