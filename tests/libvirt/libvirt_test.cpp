@@ -316,10 +316,6 @@ TEST(Libvirt, AKilledOwnerOfASavedInstanceLeavesNoDomain) {
   EXPECT_TRUE(volumes_with(first_uri(), "-" + name).empty());
 }
 
-// A warm clone is restored, and libvirt cannot tie a restored domain to its owner's connection:
-// its guest agent powers it off once the owner's channel closes. An owner of three warm clones
-// (vmfest_own_three) is SIGKILLed at a random moment of its life (copying the state, restoring,
-// handing over identities, running); within 30 s no domain of it runs, and a reap leaves no volume.
 // The ssh processes of process `owner` to a remote host (lib/backends/libvirt/ssh_multiplexer.h):
 // its master connection (`masters`), else also the `ssh -W` jumps to its guests, whose command
 // lines name the master's socket, "vmfest-ssh-<pid>-...".
@@ -341,13 +337,15 @@ std::vector<std::string> ssh_processes_of(pid_t owner, bool masters) {
 // Waits up to `timeout` for what ssh_processes_of finds to end; returns what still runs.
 std::vector<std::string> ssh_processes_after(pid_t owner, bool masters,
                                              std::chrono::seconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!ssh_processes_of(owner, masters).empty() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(100ms);
-  }
+  vmfest::detail::poll_until(timeout, 100ms,
+                             [&] { return ssh_processes_of(owner, masters).empty(); });
   return ssh_processes_of(owner, masters);
 }
 
+// A warm clone is restored, and libvirt cannot tie a restored domain to its owner's connection:
+// its guest agent powers it off once the owner's channel closes. An owner of three warm clones
+// (vmfest_own_three) is SIGKILLed at a random moment of its life (copying the state, restoring,
+// handing over identities, running); within 30 s no domain of it runs, and a reap leaves no volume.
 TEST(Libvirt, AKilledOwnerOfWarmClonesLeavesNoDomainWithin30Seconds) {
   const PrivateHome home;
   {

@@ -21,6 +21,7 @@
 #include "backends/libvirt/storage.h"
 #include "vmfest/gtest/fixture.h"
 #include "vmfest/instance.h"
+#include "vmfest/internal/driver.h"
 
 namespace vmfest::testing::libvirt_support {
 namespace fs = std::filesystem;
@@ -53,12 +54,8 @@ inline bool domain_exists(const std::string& uri, const std::string& part) {
 // Waits up to `limit` for the domains whose names contain `part` to be gone; whether they are.
 inline bool domains_gone_within(const std::string& uri, const std::string& part,
                                 std::chrono::milliseconds limit) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (domain_exists(uri, part)) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  return true;
+  return vmfest::detail::poll_until(limit, std::chrono::milliseconds(200),
+                                    [&] { return !domain_exists(uri, part); });
 }
 
 // A started instance of the test model: a warm clone, or one that boots (`warm` false).
