@@ -16,6 +16,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -323,8 +324,12 @@ std::vector<std::string> ssh_processes_of(pid_t owner, bool masters) {
   const std::string mark = fmt::format("vmfest-ssh-{}-", owner);
   std::vector<std::string> found;
   for (const auto& entry : fs::directory_iterator("/proc")) {
+    // A process may end while its cmdline is read (ESRCH): `<<` from the buffer then sets failbit
+    // where an istreambuf_iterator would throw out of libstdc++'s underflow.
     std::ifstream file(entry.path() / "cmdline");
-    std::string command((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    std::ostringstream text;
+    text << file.rdbuf();
+    std::string command = text.str();
     std::replace(command.begin(), command.end(), '\0', ' ');
     if (command.find(mark) != std::string::npos &&
         (!masters || command.find(" -M ") != std::string::npos)) {
