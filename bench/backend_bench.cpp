@@ -2,7 +2,8 @@
 // by round so all see the same machine: cold boots and warm starts on each backend, and on each
 // host of VMFEST_LIBVIRT_URI (comma-separated) in turn. Uses VMFEST_HOME as it is (a libvirtd must
 // run: tools/libvirt-services.sh). Both backends give TCG the same translation cache
-// (VMFEST_TCG_TB_SIZE, default 256 MiB); each arm prints the accelerator its instances ran under.
+// (VMFEST_TCG_TB_SIZE, default 256 MiB); each arm prints the accelerator its instances ran under
+// and where their time went.
 //   vmfest_backend_bench [ROUNDS]
 #include <algorithm>
 #include <chrono>
@@ -31,6 +32,14 @@ using vmfest::testing::seconds_since;
 struct Arm {
   std::vector<double> seconds;
   std::set<std::string> accelerators;  // what its instances really ran under
+  // Where the time went: "create" (Instance::create), then each phase of start().
+  std::vector<std::string> phase_order;
+  std::map<std::string, std::vector<double>> phase_seconds;
+
+  void add_phase(const std::string& name, double phase_seconds_taken) {
+    if (!phase_seconds.contains(name)) phase_order.push_back(name);
+    phase_seconds[name].push_back(phase_seconds_taken);
+  }
 };
 
 // Seconds from Instance::create to start() returning (SSH answered), destroy not counted. False
@@ -42,9 +51,13 @@ bool timed_start(const std::string& backend, bool warm, Arm& arm) {
   request.warm = warm;
   const auto begin = Clock::now();
   vmfest::Instance instance = vmfest::Instance::create(request);
+  arm.add_phase("create", seconds_since(begin));
   instance.start();
   arm.seconds.push_back(seconds_since(begin));
   arm.accelerators.insert(instance.accelerator());
+  for (const vmfest::StartPhase& phase : instance.start_phases()) {
+    arm.add_phase(phase.name, phase.seconds);
+  }
   return !warm || instance.resumed_warm();
 }
 
@@ -83,8 +96,8 @@ std::string joined(const std::set<std::string>& words) {
 constexpr std::string_view kUsage = R"(usage: vmfest_backend_bench [ROUNDS (default 5)]
 Times create -> ready, cold and warm, on the QEMU backend and on the libvirt backend on each host
 of VMFEST_LIBVIRT_URI (comma-separated) in turn, interleaved round by round. Needs a running
-libvirtd (tools/libvirt-services.sh). Prints a table, the accelerator each arm ran under, and the
-ratios.
+libvirtd (tools/libvirt-services.sh). Prints a table, the accelerator each arm ran under, the
+medians of its phases (create, then those of Instance::start_phases()), and the ratios.
 )";
 
 int main(int argc, char** argv) {
@@ -113,6 +126,12 @@ int main(int argc, char** argv) {
     for (const auto& [label, arm] : arms) {
       std::cout << fmt::format("  {:<14} {:6.2f} s  ({})\n", label, median(arm.seconds),
                                joined(arm.accelerators));
+      std::string phases;
+      for (const std::string& phase : arm.phase_order) {
+        phases += fmt::format("{}{} {:.2f}", phases.empty() ? "" : ", ", phase,
+                              median(arm.phase_seconds.at(phase)));
+      }
+      std::cout << fmt::format("  {:<14}   phases: {}\n", "", phases);
     }
     for (std::size_t host = 0; host < uris.size(); ++host) {
       std::cout << fmt::format("  libvirt{}: {}\n", host + 1, uris[host]);
