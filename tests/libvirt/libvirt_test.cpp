@@ -14,16 +14,21 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
 #include "backends/libvirt/hosts.h"
 #include "backends/libvirt/libvirt_api.h"
+#include "backends/libvirt/machine.h"
 #include "backends/libvirt/storage.h"
 #include "child_process.h"
 #include "libvirt_test_support.h"
@@ -120,6 +125,30 @@ TEST(LibvirtHosts, AUriNamesItsHostAndTheWayToItsGuests) {
   }
   EXPECT_THROW(lv::parse_host_uri("hv1"), vmfest::InvalidArgument);
   EXPECT_THROW(lv::parse_host_uri("qemu+ssh:///system"), vmfest::InvalidArgument);
+}
+
+// An instance whose owner died after recording it and before its disk went to a host (no URI in
+// its record): no domain of it runs anywhere, so it is stopped, and killing and removing it, as a
+// reap does, needs no host and warns of nothing.
+TEST(LibvirtHosts, AnInstanceNeverPlacedOnAHostIsStoppedAndGoesQuietly) {
+  vmfest::detail::MachineConfig config;
+  config.instance_name = "never-placed";
+  const fs::path home =
+      fs::temp_directory_path() / fmt::format("vmfest-never-placed-{}", ::getpid());
+  config.directory = home / "instances" / config.instance_name;
+  const auto warnings = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(8);
+  warnings->set_level(spdlog::level::warn);
+  spdlog::default_logger()->sinks().push_back(warnings);
+  {
+    const std::unique_ptr<vmfest::detail::Machine> machine =
+        lv::make_machine(config, nlohmann::json::object());
+    EXPECT_EQ(machine->state(), vmfest::InstanceState::Stopped);
+    machine->kill();
+    EXPECT_NO_THROW(machine->remove());
+  }
+  spdlog::default_logger()->sinks().pop_back();
+  EXPECT_EQ(warnings->last_formatted(), std::vector<std::string>{});
+  fs::remove_all(home);
 }
 
 // The services script (tools/libvirt-services.sh) runs libvirtd with the pool folder on a tmpfs

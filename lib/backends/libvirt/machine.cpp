@@ -247,6 +247,7 @@ void LibvirtMachine::power_down(milliseconds grace) {
 void LibvirtMachine::kill() noexcept {
   close_console();
   agent_.reset();
+  if (host_.uri.empty()) return;  // never created: no domain anywhere
   try {
     if (auto domain = find()) destroy_domain(domain->get(), host_.uri);
   } catch (const std::exception& error) {
@@ -256,6 +257,7 @@ void LibvirtMachine::kill() noexcept {
 }
 
 InstanceState LibvirtMachine::state() {
+  if (host_.uri.empty()) return InstanceState::Stopped;  // never created
   auto domain = find();
   return domain ? state_of(domain->get()) : InstanceState::Stopped;
 }
