@@ -121,6 +121,12 @@ std::optional<int> BackgroundCli::wait_for_exit(std::chrono::milliseconds timeou
   return impl_->status;
 }
 
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+std::string unique(const std::string& prefix) { return prefix + "-" + std::to_string(::getpid()); }
+
 std::optional<nlohmann::json> listed_instance(const std::string& name) {
   CliResult listing = run_cli({"ls", "--json"});
   if (listing.exit_code != 0) {

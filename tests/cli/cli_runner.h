@@ -53,6 +53,13 @@ class BackgroundCli {
   std::unique_ptr<Impl> impl_;
 };
 
+// Whether `text` (an output) holds `part`.
+bool contains(const std::string& text, const std::string& part);
+
+// "`prefix`-PID": a name unique to this test process (ctest runs the tests of a binary in parallel
+// processes that share one VMFEST_HOME).
+std::string unique(const std::string& prefix);
+
 // The entry of `vmfest ls --json` named `name`; nullopt when not listed.
 std::optional<nlohmann::json> listed_instance(const std::string& name);
 

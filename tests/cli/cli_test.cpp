@@ -20,20 +20,14 @@
 namespace {
 namespace fs = std::filesystem;
 using vmfest::testing::CliResult;
+using vmfest::testing::contains;
 using vmfest::testing::kDefaultModel;
 using vmfest::testing::kExitFailure;
 using vmfest::testing::kExitSshFailure;
 using vmfest::testing::kExitUsage;
 using vmfest::testing::listed_instance;
 using vmfest::testing::run_cli;
-
-// Names unique to this test process: ctest runs the tests of this binary in parallel processes
-// that share one VMFEST_HOME.
-std::string unique(const std::string& prefix) { return prefix + "-" + std::to_string(::getpid()); }
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
+using vmfest::testing::unique;
 
 // The first line of a command's stderr that is no log record of the CLI ("info: vmfest: ...", as
 // tools/vmfest_cli.cpp formats them): in a home shared with other tests, a reap of their killed

@@ -23,6 +23,7 @@ namespace {
 using std::chrono::seconds;
 using vmfest::testing::BackgroundCli;
 using vmfest::testing::CliResult;
+using vmfest::testing::contains;
 using vmfest::testing::run_cli;
 
 constexpr int kGuestPort = 8080;
@@ -74,10 +75,6 @@ std::string http_get(int port) {
   }
   ::close(fd);
   return answer;
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
 }
 
 // The first line of what `command` printed, once it has printed one (within a minute).

@@ -14,16 +14,12 @@
 namespace {
 namespace fs = std::filesystem;
 using vmfest::testing::CliResult;
+using vmfest::testing::contains;
 using vmfest::testing::kDefaultModel;
 using vmfest::testing::kExitFailure;
 using vmfest::testing::kExitUsage;
 using vmfest::testing::run_cli;
-
-std::string unique(const std::string& prefix) { return prefix + "-" + std::to_string(::getpid()); }
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
+using vmfest::testing::unique;
 
 std::string read_text(const fs::path& file) {
   std::ifstream in(file);

@@ -15,13 +15,10 @@
 
 namespace {
 namespace fs = std::filesystem;
+using vmfest::testing::contains;
 using vmfest::testing::kDefaultModel;
 using vmfest::testing::kExitUsage;
 using vmfest::testing::run_cli;
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 TEST(CliPublishedLogin, SetupModelTakesAKeyOrAPasswordFileNotBoth) {
   const std::string source = vmfest::ModelRegistry().get(kDefaultModel).source;

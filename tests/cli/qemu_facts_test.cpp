@@ -17,6 +17,7 @@
 namespace {
 namespace fs = std::filesystem;
 using vmfest::testing::CliResult;
+using vmfest::testing::contains;
 using vmfest::testing::run_cli;
 
 class QemuFacts : public ::testing::Test {
@@ -64,10 +65,6 @@ class QemuFacts : public ::testing::Test {
   const fs::path calls_ = folder_ / "calls";
   fs::path real_qemu_;
 };
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 TEST_F(QemuFacts, AreAskedOncePerBinaryAndAgainWhenItChanges) {
   const std::string first = qemu_runs_of_create();

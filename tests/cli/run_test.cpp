@@ -23,17 +23,13 @@
 namespace {
 namespace fs = std::filesystem;
 using vmfest::testing::CliResult;
+using vmfest::testing::contains;
 using vmfest::testing::kDefaultModel;
 using vmfest::testing::kExitSshFailure;
 using vmfest::testing::kExitUsage;
 using vmfest::testing::listed_instance;
 using vmfest::testing::run_cli;
-
-std::string unique(const std::string& prefix) { return prefix + "-" + std::to_string(::getpid()); }
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
+using vmfest::testing::unique;
 
 // Nothing of instance `name` is left: not listed, no folder, no VM process working in it.
 void expect_gone(const std::string& name) {

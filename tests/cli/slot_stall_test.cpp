@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "child_process.h"
+#include "cli_runner.h"
 #include "timing.h"
 #include "vmfest/home.h"
 
@@ -20,11 +21,8 @@ namespace {
 namespace fs = std::filesystem;
 using vmfest::testing::ChildProcess;
 using vmfest::testing::Clock;
+using vmfest::testing::contains;
 using vmfest::testing::seconds_since;
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 TEST(SlotStall, TwoSuitesOfTwoVmTestsAtACapOfTwoBothFinish) {
   const fs::path work = vmfest::Home::from_environment().root().parent_path() /

@@ -20,13 +20,10 @@
 namespace {
 namespace fs = std::filesystem;
 using vmfest::testing::CliResult;
+using vmfest::testing::contains;
 using vmfest::testing::kDefaultModel;
 using vmfest::testing::listed_instance;
 using vmfest::testing::run_cli;
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 std::string state_of(const std::string& name) {
   auto entry = listed_instance(name);
