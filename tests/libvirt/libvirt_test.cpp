@@ -17,7 +17,6 @@
 #include <memory>
 #include <optional>
 #include <random>
-#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -353,12 +352,8 @@ std::vector<std::string> ssh_processes_of(pid_t owner, bool masters) {
   const std::string mark = fmt::format("vmfest-ssh-{}-", owner);
   std::vector<std::string> found;
   for (const auto& entry : fs::directory_iterator("/proc")) {
-    // A process may end while its cmdline is read (ESRCH): `<<` from the buffer then sets failbit
-    // where an istreambuf_iterator would throw out of libstdc++'s underflow.
-    std::ifstream file(entry.path() / "cmdline");
-    std::ostringstream text;
-    text << file.rdbuf();
-    std::string command = text.str();
+    // Tolerates a process that ends while it is read (ESRCH), as the library's own scans do.
+    std::string command = vmfest::detail::read_text_if_exists(entry.path() / "cmdline");
     std::replace(command.begin(), command.end(), '\0', ' ');
     if (command.find(mark) != std::string::npos &&
         (!masters || command.find(" -M ") != std::string::npos)) {
